@@ -1,0 +1,36 @@
+# Fresh-clone bootstrap: every target builds .venv from pyproject.toml when it is
+# missing or older than pyproject.toml, then runs inside it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+EXTRAS ?= dev
+
+.PHONY: test test-fast test-x64 test-slow demo bench lint venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	@touch $(STAMP)
+
+# Default suite: float32 tests, then the float64 tests in their own process
+# (jax_enable_x64 is global state).
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not x64"
+	JAX_ENABLE_X64=1 $(PY) -m pytest -q -m "x64 and not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m "slow and not x64"
+	JAX_ENABLE_X64=1 $(PY) -m pytest -q -m "slow and x64"
+
+demo: $(STAMP)
+	$(VENV)/bin/composition-jax demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check composition_jax tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache

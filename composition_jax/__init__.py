@@ -1,0 +1,35 @@
+"""composition_jax: compose diffusion models by adding scores, with exact oracles.
+
+Layers (data flows one way): schedules -> distributions -> compose -> samplers -> verify.
+See ``docs/architecture.md`` and Bradley et al., *Mechanisms of Projective Composition of
+Diffusion Models* (ICML 2025).
+"""
+
+from .distributions import (
+    Diffused,
+    Distribution,
+    Empirical,
+    Gaussian,
+    GaussianMixture,
+    LinearPushforward,
+    Product,
+    diffuse,
+)
+from .schedules import CosineVPSchedule, Schedule, VESchedule, VPSchedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CosineVPSchedule",
+    "Schedule",
+    "VESchedule",
+    "VPSchedule",
+    "Diffused",
+    "Distribution",
+    "Empirical",
+    "Gaussian",
+    "GaussianMixture",
+    "LinearPushforward",
+    "Product",
+    "diffuse",
+]

@@ -1,0 +1,20 @@
+"""Clean (t = 0) laws and their exact noised families (the oracles)."""
+
+from .base import Distribution
+from .diffuse import Diffused, diffuse
+from .empirical import Empirical
+from .gaussian import Gaussian, GaussianMixture
+from .product import Product, normalize_blocks
+from .pushforward import LinearPushforward
+
+__all__ = [
+    "Distribution",
+    "Diffused",
+    "diffuse",
+    "Empirical",
+    "Gaussian",
+    "GaussianMixture",
+    "Product",
+    "LinearPushforward",
+    "normalize_blocks",
+]

@@ -1,0 +1,283 @@
+r"""Noise schedules: ``x_t = alpha(t) x_0 + sigma(t) eps``, ``eps ~ N(0, I)``, ``t in [0, 1]``.
+
+Every schedule is a pytree whose numbers are leaves, and exposes
+
+* ``alpha(t)``, ``sigma(t)``, ``log_alpha(t)``, ``log_snr(t) = log(alpha^2 / sigma^2)`` and its
+  inverse ``t_from_log_snr(lam)``;
+* the forward SDE ``dx = f(t) x dt + g(t) dW`` consistent with ``alpha``/``sigma``:
+  ``f(t) = d log alpha / dt = -beta(t)/2`` and ``g(t)^2 = d sigma^2/dt - 2 f(t) sigma^2``
+  (``drift(x, t) = f(t) x``, ``diffusion(t) = g(t)``). With ``Var[x_0] = v`` the moment ODEs
+  ``m' = f m``, ``V' = 2 f V + g^2`` started at ``(m_0, v + sigma(0)^2)`` give
+  ``alpha(t) m_0`` and ``alpha(t)^2 v + sigma(t)^2`` (tested numerically);
+* the prior used to start reverse-time samplers at ``t_max``: ``N(0, prior_std^2 I)``.
+
+All quantities are evaluated in closed form without catastrophic cancellation at small ``t``
+(``expm1``/``sin`` identities), in the dtype of ``t``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ._checks import as_float_array, check_t, float_dtype_of, is_concrete
+from ._pytree import pytree_dataclass, static_field
+
+__all__ = ["Schedule", "VPSchedule", "CosineVPSchedule", "VESchedule"]
+
+
+def _time(t: Any) -> jax.Array:
+    t = check_t(t)
+    return t.astype(float_dtype_of(t))
+
+
+def _param(x: Any, name: str) -> jax.Array:
+    arr = as_float_array(x, name)
+    if arr.ndim != 0:
+        raise ValueError(f"{name} must be a scalar, got shape {tuple(arr.shape)}")
+    return arr
+
+
+class Schedule:
+    """Base class. Subclasses implement ``log_alpha``, ``sigma2`` and ``beta`` (and may override
+    ``g2``, ``log_snr``, ``t_from_log_snr``)."""
+
+    t_max: float = 1.0
+
+    # -- to implement -------------------------------------------------------------------
+    def log_alpha(self, t: Any) -> jax.Array:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def sigma2(self, t: Any) -> jax.Array:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def beta(self, t: Any) -> jax.Array:
+        """``beta(t) = -2 d log alpha / dt``."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    # -- derived ------------------------------------------------------------------------
+    def alpha(self, t: Any) -> jax.Array:
+        return jnp.exp(self.log_alpha(t))
+
+    def sigma(self, t: Any) -> jax.Array:
+        return jnp.sqrt(self.sigma2(t))
+
+    def alpha_sigma(self, t: Any) -> tuple[jax.Array, jax.Array]:
+        return self.alpha(t), self.sigma(t)
+
+    def log_snr(self, t: Any) -> jax.Array:
+        """``log(alpha(t)^2 / sigma(t)^2)``, decreasing in ``t``."""
+        return 2.0 * self.log_alpha(t) - jnp.log(self.sigma2(t))
+
+    def t_from_log_snr(self, lam: Any) -> jax.Array:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def drift_coeff(self, t: Any) -> jax.Array:
+        """``f(t)`` with ``drift(x, t) = f(t) x``."""
+        return -0.5 * self.beta(t)
+
+    def g2(self, t: Any) -> jax.Array:
+        """Squared diffusion ``g(t)^2``."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def drift(self, x: Any, t: Any) -> jax.Array:
+        """Forward-SDE drift ``f(t) x``."""
+        x = as_float_array(x, "x")
+        return self.drift_coeff(t).astype(x.dtype) * x
+
+    def diffusion(self, t: Any) -> jax.Array:
+        """Forward-SDE diffusion coefficient ``g(t)``."""
+        return jnp.sqrt(self.g2(t))
+
+    @property
+    def prior_std(self) -> float:
+        """Standard deviation of the reverse-time prior ``N(0, prior_std^2 I)`` at ``t_max``."""
+        return 1.0
+
+    def prior_sample(self, key: jax.Array, shape: tuple[int, ...], dtype: Any = None) -> jax.Array:
+        dtype = jnp.result_type(float) if dtype is None else dtype
+        return jnp.asarray(self.prior_std, dtype) * jax.random.normal(key, shape, dtype)
+
+    def prior_log_prob(self, x: Any) -> jax.Array:
+        x = as_float_array(x, "x")
+        s = jnp.asarray(self.prior_std, x.dtype)
+        d = x.shape[-1]
+        return -0.5 * jnp.sum((x / s) ** 2, -1) - d * (jnp.log(s) + 0.5 * math.log(2 * math.pi))
+
+
+@pytree_dataclass
+class VPSchedule(Schedule):
+    r"""Variance-preserving schedule with linear ``beta(t) = beta_min + t (beta_max - beta_min)``.
+
+    ``log alpha(t) = -(beta_min t + (beta_max - beta_min) t^2 / 2) / 2``,
+    ``sigma^2 = 1 - alpha^2`` (computed as ``-expm1(2 log alpha)``), ``g^2 = beta``.
+    Song et al. (2021) VP-SDE; DDPM's linear schedule in the continuous limit.
+    """
+
+    beta_min: Any = 0.1
+    beta_max: Any = 20.0
+    t_max: float = static_field(default=1.0)
+
+    def __post_init__(self):
+        bmin = _param(self.beta_min, "beta_min")
+        bmax = _param(self.beta_max, "beta_max")
+        if is_concrete(bmin, bmax) and not (0 < float(bmin) <= float(bmax)):
+            raise ValueError(
+                f"VPSchedule needs 0 < beta_min <= beta_max, got {float(bmin)}, {float(bmax)}"
+            )
+        object.__setattr__(self, "beta_min", bmin)
+        object.__setattr__(self, "beta_max", bmax)
+
+    def _p(self, t):
+        t = _time(t)
+        return t, self.beta_min.astype(t.dtype), self.beta_max.astype(t.dtype)
+
+    def log_alpha(self, t):
+        t, b0, b1 = self._p(t)
+        return -0.5 * (b0 * t + 0.5 * (b1 - b0) * t * t)
+
+    def sigma2(self, t):
+        return -jnp.expm1(2.0 * self.log_alpha(t))
+
+    def beta(self, t):
+        t, b0, b1 = self._p(t)
+        return b0 + t * (b1 - b0)
+
+    def g2(self, t):
+        return self.beta(t)
+
+    def t_from_log_snr(self, lam):
+        lam = as_float_array(lam, "lam")
+        b0, b1 = self.beta_min.astype(lam.dtype), self.beta_max.astype(lam.dtype)
+        # alpha^2 = sigmoid(lam)  =>  b0 t + (b1-b0) t^2 / 2 = softplus(-lam) =: c
+        c = jax.nn.softplus(-lam)
+        return 2.0 * c / (b0 + jnp.sqrt(b0 * b0 + 2.0 * (b1 - b0) * c))
+
+
+@pytree_dataclass
+class CosineVPSchedule(Schedule):
+    r"""Cosine variance-preserving schedule (Nichol & Dhariwal, 2021).
+
+    ``alpha(t) = cos(pi/2 (t+s)/(1+s)) / cos(pi/2 s/(1+s))`` so ``alpha(0) = 1`` and
+    ``alpha(1) = 0`` exactly. ``sigma^2 = 1 - alpha^2`` is evaluated as
+    ``sin(b-a) sin(b+a) / cos(a)^2`` (no cancellation at small ``t``), and
+    ``beta(t) = pi/(1+s) tan(pi/2 (t+s)/(1+s))``, which diverges at ``t = 1``; reverse-time
+    samplers therefore start at ``t_max`` (default 0.995, where ``alpha ~ 8e-3``) from ``N(0, I)``.
+    """
+
+    s: Any = 0.008
+    t_max: float = static_field(default=0.995)
+
+    def __post_init__(self):
+        s = _param(self.s, "s")
+        if is_concrete(s) and not (float(s) >= 0):
+            raise ValueError(f"CosineVPSchedule needs s >= 0, got {float(s)}")
+        if not (0.0 < self.t_max <= 1.0):
+            raise ValueError(f"t_max must lie in (0, 1], got {self.t_max}")
+        object.__setattr__(self, "s", s)
+
+    def _angles(self, t):
+        t = _time(t)
+        s = self.s.astype(t.dtype)
+        h = 0.5 * jnp.pi / (1.0 + s)
+        return t, s, h
+
+    def log_alpha(self, t):
+        t, s, h = self._angles(t)
+        # cos(h (t + s)) == sin(h (1 - t)) since h (1 + s) = pi/2: exact zero at t = 1.
+        return jnp.log(jnp.sin(h * (1.0 - t))) - jnp.log(jnp.cos(h * s))
+
+    def sigma2(self, t):
+        t, s, h = self._angles(t)
+        a, b = h * s, h * (t + s)
+        return jnp.sin(h * t) * jnp.sin(a + b) / jnp.cos(a) ** 2
+
+    def beta(self, t):
+        t, s, h = self._angles(t)
+        return 2.0 * h / jnp.tan(h * (1.0 - t))
+
+    def g2(self, t):
+        return self.beta(t)
+
+    def log_snr(self, t):
+        t, s, h = self._angles(t)
+        a, b = h * s, h * (t + s)
+        return 2.0 * jnp.log(jnp.sin(h * (1.0 - t))) - jnp.log(jnp.sin(h * t)) - jnp.log(
+            jnp.sin(a + b)
+        )
+
+    def t_from_log_snr(self, lam):
+        lam = as_float_array(lam, "lam")
+        s = self.s.astype(lam.dtype)
+        h = 0.5 * jnp.pi / (1.0 + s)
+        # alpha = sqrt(sigmoid(lam)) = sin(h (1 - t)) / cos(h s)
+        alpha = jnp.exp(0.5 * jax.nn.log_sigmoid(lam))
+        return 1.0 - jnp.arcsin(jnp.clip(alpha * jnp.cos(h * s), 0.0, 1.0)) / h
+
+
+@pytree_dataclass
+class VESchedule(Schedule):
+    r"""Variance-exploding schedule: ``alpha = 1``, ``sigma(t) = sigma_min (sigma_max/sigma_min)^t``.
+
+    ``g(t)^2 = d sigma^2 / dt = 2 log(sigma_max/sigma_min) sigma(t)^2`` and zero drift (Song et
+    al., 2021). Note ``sigma(0) = sigma_min > 0``: the law at ``t = 0`` is the data convolved with
+    ``N(0, sigma_min^2 I)``; the exact oracles use exactly this ``sigma(t)``. The reverse-time prior
+    is ``N(0, sigma_max^2 I)``.
+    """
+
+    sigma_min: Any = 0.01
+    sigma_max: Any = 50.0
+    t_max: float = static_field(default=1.0)
+
+    def __post_init__(self):
+        lo = _param(self.sigma_min, "sigma_min")
+        hi = _param(self.sigma_max, "sigma_max")
+        if is_concrete(lo, hi) and not (0 < float(lo) < float(hi)):
+            raise ValueError(
+                f"VESchedule needs 0 < sigma_min < sigma_max, got {float(lo)}, {float(hi)}"
+            )
+        object.__setattr__(self, "sigma_min", lo)
+        object.__setattr__(self, "sigma_max", hi)
+
+    def _p(self, t):
+        t = _time(t)
+        lo, hi = self.sigma_min.astype(t.dtype), self.sigma_max.astype(t.dtype)
+        return t, lo, jnp.log(hi) - jnp.log(lo)
+
+    def log_alpha(self, t):
+        t = _time(t)
+        return jnp.zeros_like(t)
+
+    def log_sigma(self, t):
+        t, lo, r = self._p(t)
+        return jnp.log(lo) + t * r
+
+    def sigma(self, t):
+        return jnp.exp(self.log_sigma(t))
+
+    def sigma2(self, t):
+        return jnp.exp(2.0 * self.log_sigma(t))
+
+    def beta(self, t):
+        t = _time(t)
+        return jnp.zeros_like(t)
+
+    def g2(self, t):
+        t, lo, r = self._p(t)
+        return 2.0 * r * self.sigma2(t)
+
+    def log_snr(self, t):
+        return -2.0 * self.log_sigma(t)
+
+    def t_from_log_snr(self, lam):
+        lam = as_float_array(lam, "lam")
+        lo = self.sigma_min.astype(lam.dtype)
+        r = jnp.log(self.sigma_max.astype(lam.dtype)) - jnp.log(lo)
+        return (-0.5 * lam - jnp.log(lo)) / r
+
+    @property
+    def prior_std(self):
+        return self.sigma_max
