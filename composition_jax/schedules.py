@@ -38,7 +38,9 @@ def _param(x: Any, name: str) -> jax.Array:
     arr = as_float_array(x, name)
     if arr.ndim != 0:
         raise ValueError(f"{name} must be a scalar, got shape {tuple(arr.shape)}")
-    return arr
+    # Strong dtype: a schedule built from Python floats and one built from arrays have the same
+    # avals, so a jitted function taking the schedule as an argument is not retraced.
+    return arr.astype(arr.dtype)
 
 
 class Schedule:
@@ -187,8 +189,19 @@ class CosineVPSchedule(Schedule):
 
     def log_alpha(self, t):
         t, s, h = self._angles(t)
-        # cos(h (t + s)) == sin(h (1 - t)) since h (1 + s) = pi/2: exact zero at t = 1.
-        return jnp.log(jnp.sin(h * (1.0 - t))) - jnp.log(jnp.cos(h * s))
+        # alpha = cos(h (t + s)) / cos(h s).  For t <= 1/2 expand the cosine of a sum:
+        # alpha = cos(h t) - tan(h s) sin(h t) = 1 - 2 sin(h t / 2)^2 - tan(h s) sin(h t), so that
+        # log alpha = log1p(...) is accurate for tiny t and alpha(0) == 1 exactly.  For t > 1/2 use
+        # cos(h (t + s)) == sin(h (1 - t)) (h (1 + s) = pi/2): alpha(1) == 0 exactly.
+        # Each branch sees a safe time (double-where) so gradients stay finite.
+        lo = t <= 0.5
+        t_lo = jnp.where(lo, t, jnp.zeros_like(t))
+        t_hi = jnp.where(lo, jnp.ones_like(t), t)
+        small = jnp.log1p(
+            -2.0 * jnp.sin(0.5 * h * t_lo) ** 2 - jnp.tan(h * s) * jnp.sin(h * t_lo)
+        )
+        large = jnp.log(jnp.sin(h * (1.0 - t_hi))) - jnp.log(jnp.cos(h * s))
+        return jnp.where(lo, small, large)
 
     def sigma2(self, t):
         t, s, h = self._angles(t)
@@ -213,9 +226,25 @@ class CosineVPSchedule(Schedule):
         lam = as_float_array(lam, "lam")
         s = self.s.astype(lam.dtype)
         h = 0.5 * jnp.pi / (1.0 + s)
-        # alpha = sqrt(sigmoid(lam)) = sin(h (1 - t)) / cos(h s)
-        alpha = jnp.exp(0.5 * jax.nn.log_sigmoid(lam))
-        return 1.0 - jnp.arcsin(jnp.clip(alpha * jnp.cos(h * s), 0.0, 1.0)) / h
+        # With theta = h (t + s), S = sin(h s), C = cos(h s) and q^2 = exp(-lam) = sigma^2/alpha^2:
+        # 1/alpha^2 = 1 + q^2 gives tan(theta) = R / C with R = sqrt(q^2 + S^2), hence
+        # tan(h t) = tan(theta - h s) = q^2 C / ((R + S)(C^2 + R S))   (no cancellation),
+        # and t = atan2(q^2 C, (R + S)(C^2 + R S)) / h.  For lam < 0 numerator and denominator
+        # are divided by q^2 (p = 1/q = exp(lam/2) <= 1) so nothing overflows; lam = +-inf give
+        # t = 0 and t = 1.  (arcsin(alpha cos(h s)) would lose ~1e-2 relative at t = 1e-4 in
+        # float32.)
+        S, C = jnp.sin(h * s), jnp.cos(h * s)
+        pos = lam >= 0
+        q = jnp.exp(-0.5 * jnp.maximum(lam, 0.0))
+        r_q = jnp.hypot(q, S)
+        num_pos = q * q * C
+        den_pos = (r_q + S) * (C * C + r_q * S)
+        p = jnp.exp(0.5 * jnp.minimum(lam, 0.0))
+        r_p = jnp.hypot(jnp.ones_like(p), S * p)
+        num_neg = jnp.broadcast_to(C, p.shape)
+        den_neg = (r_p + S * p) * (C * C * p + r_p * S)
+        t = jnp.arctan2(jnp.where(pos, num_pos, num_neg), jnp.where(pos, den_pos, den_neg)) / h
+        return jnp.clip(t, 0.0, 1.0)
 
 
 @pytree_dataclass
@@ -252,8 +281,11 @@ class VESchedule(Schedule):
         return jnp.zeros_like(t)
 
     def log_sigma(self, t):
-        t, lo, r = self._p(t)
-        return jnp.log(lo) + t * r
+        t = _time(t)
+        lo, hi = self.sigma_min.astype(t.dtype), self.sigma_max.astype(t.dtype)
+        # (1 - t) log sigma_min + t log sigma_max: exact end points sigma(0) = sigma_min and
+        # sigma(1) = sigma_max (to one rounding of exp).
+        return (1.0 - t) * jnp.log(lo) + t * jnp.log(hi)
 
     def sigma(self, t):
         return jnp.exp(self.log_sigma(t))

@@ -72,27 +72,38 @@ class Empirical(Distribution):
         safe_s = jnp.where(s > 0, s, jnp.ones_like(s))
         lg = self.log_weights - 0.5 * sq / (safe_s * safe_s)
         norm = -d * (jnp.log(safe_s) + 0.5 * math.log(2 * math.pi))
-        return lg, norm, sq
+        return lg, norm, sq, diff, safe_s
 
     def _noised_log_prob(self, x, a, s):
-        lg, norm, sq = self._logits(x, a, s)
+        lg, norm, sq, _, _ = self._logits(x, a, s)
         noisy = logsumexp(lg) + norm
         mass = logsumexp(jnp.where(sq == 0, self.log_weights, -jnp.inf))
         return jnp.where(s > 0, noisy, mass)
 
     def responsibilities(self, x, a, s):
-        lg, _, _ = self._logits(x, a, s)
+        """Posterior point probabilities ``P(x_0 = p_j | x_t = x)``, shape ``(M,)``."""
+        lg = self._logits(x, a, s)[0]
         return jax.nn.softmax(lg)
 
     def _noised_denoise(self, x, a, s):
-        lg, _, _ = self._logits(x, a, s)
+        lg = self._logits(x, a, s)[0]
         return jnp.where(s > 0, jax.nn.softmax(lg) @ self.points, x)
 
+    def _score_from(self, lg, diff, s, safe_s, x):
+        # score = sum_j r_j (a p_j - x) / s^2 = -(r @ diff) / s^2, from the explicit differences
+        # (not a E[x_0|x] - x, which cancels when x is within ~sigma of a point).
+        sc = -(jax.nn.softmax(lg) @ diff) / (safe_s * safe_s)
+        return jnp.where(s > 0, sc, jnp.full_like(x, jnp.nan))
+
     def _noised_score(self, x, a, s):
-        lg, _, _ = self._logits(x, a, s)
-        mean = jax.nn.softmax(lg) @ self.points
-        safe_s = jnp.where(s > 0, s, jnp.ones_like(s))
-        return jnp.where(s > 0, (a * mean - x) / (safe_s * safe_s), jnp.full_like(x, jnp.nan))
+        lg, _, _, diff, safe_s = self._logits(x, a, s)
+        return self._score_from(lg, diff, s, safe_s, x)
+
+    def _noised_log_prob_and_score(self, x, a, s):
+        lg, norm, sq, diff, safe_s = self._logits(x, a, s)
+        mass = logsumexp(jnp.where(sq == 0, self.log_weights, -jnp.inf))
+        lp = jnp.where(s > 0, logsumexp(lg) + norm, mass)
+        return lp, self._score_from(lg, diff, s, safe_s, x)
 
     def _sample_one(self, key):
         j = jax.random.categorical(key, self.log_weights)

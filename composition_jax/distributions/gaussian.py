@@ -259,7 +259,7 @@ class GaussianMixture(Distribution):
     def moments(self) -> tuple[jax.Array, jax.Array]:
         """Mean ``sum_k w_k m_k`` and covariance (law of total covariance)."""
         m = self.weights @ self.means
-        dm = self.means - m
+        dm = self.means - m[None, :]
         cov = jnp.einsum("k,kij->ij", self.weights, self.covs) + jnp.einsum(
             "k,ki,kj->ij", self.weights, dm, dm
         )

@@ -2,10 +2,10 @@ r"""Linear pushforward ``y = A x + b`` of a base law, ``A`` invertible.
 
 At ``t = 0``: ``log p_Y(y) = log p_X(A^{-1}(y - b)) - log|det A|`` (LU factorization computed once).
 
-Noised law (``y_t = a y_0 + s eps``), exact in three cases:
+Noised law (``y_t = a y_0 + s eps``), exact in these cases:
 
-* base Gaussian or mixture: the pushforward is again one (``A m + b``, ``A S A^T``), built once at
-  construction and used for everything;
+* base Gaussian, mixture or ``Empirical``: the pushforward is again one (``A m + b``,
+  ``A S A^T``; points ``A p_j + b``), built once at construction and used for everything;
 * ``A`` orthogonal, any base: ``y_t = A x_t + a b`` with ``x_t`` the base's noised variable (since
   ``A^T eps ~ eps``), so ``log p_t(y) = log p^X_t(A^T (y - a b))``,
   ``score = A score^X``, ``E[y_0|y_t] = A E[x_0|x_t] + b``;
@@ -27,22 +27,31 @@ import numpy as np
 from .._checks import as_float_array, is_concrete
 from .._pytree import pytree_dataclass, static_field
 from .base import Distribution
+from .empirical import Empirical
 from .gaussian import Gaussian, GaussianMixture
 from .product import Product
 
 __all__ = ["LinearPushforward"]
 
 
+def _sym(c):
+    """Symmetrize (``A S A^T`` is symmetric only up to rounding)."""
+    return 0.5 * (c + jnp.swapaxes(c, -1, -2))
+
+
 def _closed_form(base, matrix, shift):
-    """The pushforward as a Gaussian / mixture / product when one exists, else ``None``."""
+    """The pushforward as a Gaussian / mixture / empirical law when one exists, else ``None``."""
     if isinstance(base, Gaussian):
-        return Gaussian(matrix @ base.mean + shift, matrix @ base.cov @ matrix.T)
+        return Gaussian(matrix @ base.mean + shift, _sym(matrix @ base.cov @ matrix.T))
     if isinstance(base, GaussianMixture):
         return GaussianMixture(
             base.weights,
-            base.means @ matrix.T + shift,
-            jnp.einsum("ij,kjl,ml->kim", matrix, base.covs, matrix),
+            base.means @ matrix.T + shift[None, :],
+            _sym(jnp.einsum("ij,kjl,ml->kim", matrix, base.covs, matrix)),
         )
+    if isinstance(base, Empirical):
+        # An affine image of a point set is the point set of the images, same weights.
+        return Empirical(base.points @ matrix.T + shift[None, :], base.weights)
     if isinstance(base, LinearPushforward) and base.closed is not None:
         return _closed_form(base.closed, matrix, shift)
     return None
@@ -147,8 +156,8 @@ class LinearPushforward(Distribution):
             f"LinearPushforward of a {type(self.base).__name__} by a non-orthogonal matrix "
             "(not block-diagonal over a Product's blocks) has no closed-form noised density: "
             "the noised law is a convolution of a non-Gaussian law with an anisotropic "
-            "Gaussian. Exact noising needs a Gaussian/mixture base, an orthogonal matrix, or a "
-            "Product base with a block-diagonal matrix."
+            "Gaussian. Exact noising needs a Gaussian/mixture/Empirical base, an orthogonal "
+            "matrix, or a Product base with a block-diagonal matrix."
         )
 
     def inverse(self, y):
@@ -186,7 +195,7 @@ class LinearPushforward(Distribution):
         return x  # t = 0: the posterior mean is the point itself
 
     def sample(self, key, n):
-        return self.base.sample(key, n) @ self.matrix.T + self.shift
+        return self.base.sample(key, n) @ self.matrix.T + self.shift[None, :]
 
     def _sample_one(self, key):  # pragma: no cover - sample() is overridden
         return self.sample(key, 1)[0]
