@@ -16,6 +16,17 @@ from .distributions import (
     diffuse,
 )
 from .schedules import CosineVPSchedule, Schedule, VESchedule, VPSchedule
+from .compose import (
+    Composition,
+    FunctionModel,
+    LinearCombination,
+    Model,
+    as_model,
+    compose,
+    composed_distribution,
+    guidance,
+    linear_combination,
+)
 
 __version__ = "0.1.0"
 
@@ -32,4 +43,13 @@ __all__ = [
     "LinearPushforward",
     "Product",
     "diffuse",
+    "Composition",
+    "FunctionModel",
+    "LinearCombination",
+    "Model",
+    "as_model",
+    "compose",
+    "composed_distribution",
+    "guidance",
+    "linear_combination",
 ]

@@ -1,0 +1,303 @@
+r"""Exact ``t = 0`` laws of compositions: ``C[p] ∝ p_b prod_i (p_i / p_b)^{w_i}``.
+
+Write the composition as a product of powers ``prod_j q_j^{e_j}`` with ``e_b = 1 - sum_i w_i`` and
+``e_i = w_i`` (the exponents sum to one). Each Gaussian factor ``N(m, S)`` is
+``exp(-1/2 x^T P x + h^T x + c)`` with ``P = S^{-1}``, ``h = P m`` and
+``c = -1/2 m^T P m - 1/2 log det(2 pi S)``; powers scale ``(P, h, c)``. A Gaussian mixture to a
+non-negative integer power ``n`` is a mixture over ``n``-tuples of components, so the whole
+composition is a sum over the product of the component index sets of ``exp(quadratic)`` terms,
+each with precision ``Λ``, linear term ``h`` and constant ``c``. Term ``n`` integrates to
+``exp(c + 1/2 h^T Λ^{-1} h) (2 pi)^{d/2} det(Λ)^{-1/2}`` when ``Λ`` is positive definite, which
+gives the mixture weights (``softmax`` of the log-integrals), the component means ``Λ^{-1} h`` and
+covariances ``Λ^{-1}``. Everything goes through eigendecompositions (the inputs' stored
+``eigh`` factors and one ``eigh`` of each ``Λ``): no explicit inverse of an input covariance.
+
+Structure is kept where it exists: ``Product`` inputs sharing a block structure are composed
+block by block (cost additive), and ``LinearPushforward`` inputs sharing one matrix and shift are
+composed in the base space and pushed forward (Lemma 6.2: ``C[A# p] = A# C[p]``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._checks import as_float_array, is_concrete
+from .distributions import (
+    Diffused,
+    Distribution,
+    Gaussian,
+    GaussianMixture,
+    LinearPushforward,
+    Product,
+)
+
+__all__ = ["composed_distribution"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+_MAX_COMPONENTS = 1 << 16
+
+
+def _names(k: int) -> list[str]:
+    return ["background"] + [f"conditionals[{i}]" for i in range(k)]
+
+
+def _prepare(background: Any, conditionals: Any, weights: Any):
+    if isinstance(conditionals, (str, bytes)) or not isinstance(conditionals, Sequence):
+        raise TypeError(
+            "conditionals must be a sequence of distributions, got "
+            f"{type(conditionals).__name__}"
+        )
+    conds = tuple(conditionals)
+    if not conds:
+        raise ValueError("conditionals must not be empty (got 0 conditionals)")
+    dists = []
+    for name, d in zip(_names(len(conds)), (background,) + conds):
+        if isinstance(d, Diffused):
+            d = d.dist
+        if not isinstance(d, Distribution):
+            raise TypeError(
+                f"{name} must be a Distribution (a clean t = 0 law, e.g. cj.Gaussian), got "
+                f"{type(d).__name__}"
+            )
+        dists.append(d)
+    dims = [d.dim for d in dists]
+    if len(set(dims)) > 1:
+        found = ", ".join(f"{n}.dim={d}" for n, d in zip(_names(len(conds)), dims))
+        raise ValueError(f"all inputs must have the same dimension; found {found}")
+    k = len(conds)
+    if weights is None:
+        w = jnp.ones((k,), jnp.result_type(float))
+    else:
+        if isinstance(weights, (bool, np.bool_)):
+            raise TypeError("weights must be real numbers, got bool")
+        w = as_float_array(weights, "weights")
+        if w.shape != (k,):
+            raise ValueError(
+                f"weights must have shape ({k},) (one per conditional), got shape "
+                f"{tuple(w.shape)}"
+            )
+        if is_concrete(w) and not np.all(np.isfinite(np.asarray(w))):
+            raise ValueError(f"weights must be finite, got {np.asarray(w).tolist()}")
+    return dists, w
+
+
+def _same_law(a: Distribution, b: Distribution) -> bool:
+    """Whether two distributions are the same object or have equal concrete parameters."""
+    if a is b:
+        return True
+    la, ta = jax.tree_util.tree_flatten(a)
+    lb, tb = jax.tree_util.tree_flatten(b)
+    if ta != tb or not is_concrete(la, lb):
+        return False
+    return all(
+        np.shape(x) == np.shape(y) and np.array_equal(np.asarray(x), np.asarray(y))
+        for x, y in zip(la, lb)
+    )
+
+
+def _same_matrix(a: LinearPushforward, b: LinearPushforward) -> bool:
+    if a.matrix is b.matrix and a.shift is b.shift:
+        return True
+    if not is_concrete(a.matrix, b.matrix, a.shift, b.shift):
+        return False
+    return bool(
+        np.array_equal(np.asarray(a.matrix), np.asarray(b.matrix))
+        and np.array_equal(np.asarray(a.shift), np.asarray(b.shift))
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Gaussian / mixture form
+# ----------------------------------------------------------------------------------------
+
+
+def _as_mixture(d: Distribution, name: str):
+    """``(log_weights (K,), means (K, d), covs (K, d, d), is_single_gaussian)`` or raise."""
+    if isinstance(d, Gaussian):
+        return jnp.zeros((1,), d.mean.dtype), d.mean[None], d.cov[None], True
+    if isinstance(d, GaussianMixture):
+        return d.log_weights, d.means, d.covs, False
+    if isinstance(d, LinearPushforward):
+        if d.closed is not None:
+            return _as_mixture(d.closed, name)
+        raise NotImplementedError(
+            f"{name} is a LinearPushforward of a {type(d.base).__name__} with no closed form; "
+            "composed_distribution has closed forms for Gaussians, Gaussian mixtures, Products of "
+            "those, and pushforwards sharing one matrix"
+        )
+    if isinstance(d, Product):
+        parts = [_as_mixture(f, f"{name}.factors[{j}]") for j, f in enumerate(d.factors)]
+        dim = d.dim
+        lw = jnp.zeros((1,), parts[0][1].dtype)
+        means = jnp.zeros((1, dim), parts[0][1].dtype)
+        covs = jnp.zeros((1, dim, dim), parts[0][1].dtype)
+        single = True
+        for (plw, pm, pc, ps), blk in zip(parts, d.blocks):
+            ix = np.asarray(blk)
+            k0, k1 = lw.shape[0], plw.shape[0]
+            if k0 * k1 > _MAX_COMPONENTS:
+                raise NotImplementedError(
+                    f"{name}: expanding the Product into a mixture would need more than "
+                    f"{_MAX_COMPONENTS} components"
+                )
+            lw = (lw[:, None] + plw[None, :]).reshape(-1)
+            means = jnp.repeat(means, k1, axis=0).at[:, ix].set(jnp.tile(pm, (k0, 1)))
+            covs = jnp.repeat(covs, k1, axis=0).at[:, ix[:, None], ix[None, :]].set(
+                jnp.tile(pc, (k0, 1, 1))
+            )
+            single = single and ps
+        return lw, means, covs, single
+    raise NotImplementedError(
+        f"{name} is a {type(d).__name__}: C[p] ∝ p_b prod (p_i/p_b)^w_i has no closed form for it "
+        "(closed forms exist for Gaussians, Gaussian mixtures, Products and LinearPushforwards "
+        "of those)"
+    )
+
+
+def _natural(log_w, means, covs):
+    """Per-component natural parameters ``(P, h, c)`` of ``w_k N(m_k, S_k)`` via ``eigh``."""
+    lam, u = jnp.linalg.eigh(covs)
+    inv = 1.0 / lam
+    um = jnp.einsum("kji,kj->ki", u, means)  # U^T m
+    prec = jnp.einsum("kij,kj,klj->kil", u, inv, u)
+    h = jnp.einsum("kij,kj->ki", u, um * inv)
+    d = means.shape[-1]
+    c = log_w - 0.5 * jnp.sum(um * um * inv, -1) - 0.5 * jnp.sum(jnp.log(lam), -1) - 0.5 * d * _LOG_2PI
+    return prec, h, c
+
+
+def _fmt(a) -> str:
+    return np.array2string(np.asarray(a, np.float64), precision=4, separator=", ")
+
+
+def _closed_form(dists: list, w: jax.Array) -> Distribution:
+    k = len(dists) - 1
+    names = _names(k)
+    dt = jnp.result_type(*[d.dtype for d in dists])
+    w = w.astype(dt)
+    concrete_w = is_concrete(w)
+    exps: list[Any] = [1.0 - jnp.sum(w)] + [w[i] for i in range(k)]
+    # Merge identical inputs (sum their exponents): under Factorized Conditionals a conditional's
+    # off-block factors are the background's and cancel exactly.
+    groups: list[tuple[Distribution, Any, list[str]]] = []
+    for d, e, n in zip(dists, exps, names):
+        for gi, (gd, ge, gn) in enumerate(groups):
+            if _same_law(gd, d):
+                groups[gi] = (gd, ge + e, gn + [n])
+                break
+        else:
+            groups.append((d, e, [n]))
+    forms = [(_as_mixture(d, " = ".join(n)), e, n) for d, e, n in groups]
+    has_mixture = any(not single for (_, _, _, single), _, _ in forms)
+    if has_mixture and not concrete_w:
+        raise ValueError(
+            "weights must be concrete (not traced) when a Gaussian mixture is composed: "
+            "mixture exponents must be checked to be non-negative integers"
+        )
+    d = dists[0].dim
+    prec = jnp.zeros((1, d, d), dt)
+    lin = jnp.zeros((1, d), dt)
+    const = jnp.zeros((1,), dt)
+    used = []  # (name, exponent, P, h) of the Gaussian factors, for error messages
+    for (lw, means, covs, single), e, n in forms:
+        label = " = ".join(n)
+        if concrete_w:
+            ev = float(e)
+            if abs(ev) <= 1e-12:
+                continue
+        p, h, c = _natural(lw.astype(dt), means.astype(dt), covs.astype(dt))
+        if single:
+            ee = jnp.asarray(e, dt)
+            prec, lin, const = prec + ee * p, lin + ee * h, const + ee * c
+            used.append((label, e, p[0]))
+            continue
+        n_int = round(ev)
+        if abs(ev - n_int) > 1e-9 or n_int < 0:
+            what = "1 - sum(weights)" if n == ["background"] or "background" in n else "its weight"
+            raise NotImplementedError(
+                f"{label} is a Gaussian mixture with exponent {ev:.6g} ({what}) in "
+                "p_b prod (p_i/p_b)^w_i; a mixture to a non-integer or negative power is not a "
+                "mixture and has no closed form (only non-negative integer exponents do; e.g. "
+                "Bayes composition with a mixture background needs exactly one conditional)"
+            )
+        for _ in range(n_int):
+            m0, m1 = prec.shape[0], p.shape[0]
+            if m0 * m1 > _MAX_COMPONENTS:
+                raise NotImplementedError(
+                    f"the composed mixture would have more than {_MAX_COMPONENTS} components"
+                )
+            prec = (prec[:, None] + p[None]).reshape(-1, d, d)
+            lin = (lin[:, None] + h[None]).reshape(-1, d)
+            const = (const[:, None] + c[None]).reshape(-1)
+            used.append((label, 1.0, None))
+    prec = 0.5 * (prec + jnp.swapaxes(prec, -1, -2))
+    mu, v = jnp.linalg.eigh(prec)
+    if is_concrete(mu):
+        mun = np.asarray(mu, np.float64)
+        bad = np.nonzero(~(mun.min(-1) > 0))[0]
+        if bad.size:
+            j = int(bad[0])
+            neg = mun[j][mun[j] <= 0]
+            direction = np.asarray(v[j], np.float64)[:, int(np.argmin(mun[j]))]
+            along = "; ".join(
+                f"{lab} (exponent {float(e):.4g}): v^T P v = "
+                f"{float(direction @ np.asarray(p, np.float64) @ direction):.4g}"
+                for lab, e, p in used if p is not None
+            )
+            comp = f" (mixture component {j} of {mun.shape[0]})" if mun.shape[0] > 1 else ""
+            raise ValueError(
+                "composition is not normalizable: the composed precision "
+                "Λ = P_b + sum_i w_i (P_i - P_b)" + comp + " is not positive definite; "
+                f"non-positive eigenvalue(s) {_fmt(neg)} with weights {_fmt(w)}; along the "
+                f"worst eigenvector v = {_fmt(direction)} the inputs' precisions (inverse "
+                f"covariances) give: {along}. Lower the weights that multiply a larger "
+                "background precision, or widen the conditionals."
+            )
+    inv = 1.0 / mu
+    vh = jnp.einsum("nji,nj->ni", v, lin)
+    means = jnp.einsum("nij,nj->ni", v, vh * inv)
+    covs = jnp.einsum("nij,nj,nlj->nil", v, inv, v)
+    covs = 0.5 * (covs + jnp.swapaxes(covs, -1, -2))
+    if prec.shape[0] == 1 and not has_mixture:
+        return Gaussian(means[0], covs[0])
+    log_z = const + 0.5 * jnp.sum(vh * vh * inv, -1) + 0.5 * d * _LOG_2PI - 0.5 * jnp.sum(
+        jnp.log(mu), -1
+    )
+    weights = jax.nn.softmax(log_z)
+    return GaussianMixture(weights, means, covs)
+
+
+def composed_distribution(background: Any, conditionals: Sequence[Any],
+                          weights: Any = None) -> Distribution:
+    """See :func:`composition_jax.compose.composed_distribution`."""
+    dists, w = _prepare(background, conditionals, weights)
+    return _compose(dists, w)
+
+
+def _compose(dists: list, w: jax.Array) -> Distribution:
+    first = dists[0]
+    # Lemma 6.2: C[A# p] = A# C[p] when every input is pushed forward by the same map.
+    if isinstance(first, LinearPushforward) and all(
+        isinstance(d, LinearPushforward) and _same_matrix(first, d) for d in dists[1:]
+    ):
+        try:
+            base = _compose([d.base for d in dists], w)
+        except NotImplementedError:
+            if not all(d.closed is not None for d in dists):
+                raise
+        else:
+            return LinearPushforward(base, first.matrix, first.shift, orthogonal=first.orthogonal)
+    # Products with one shared block structure: blockwise (recursively).
+    if isinstance(first, Product) and all(
+        isinstance(d, Product) and d.blocks == first.blocks for d in dists[1:]
+    ):
+        factors = tuple(
+            _compose([d.factors[j] for d in dists], w) for j in range(len(first.blocks))
+        )
+        return Product(factors, first.blocks)
+    return _closed_form(dists, w)

@@ -1,0 +1,513 @@
+r"""Composition operators on models: score functions in, score functions out.
+
+A *model* is anything with ``.score(x, t)`` acting on ONE sample ``x`` of shape ``(d,)`` and a
+scalar ``t``; it may also have ``.log_prob(x, t)`` (possibly unnormalized),
+``.log_prob_and_score(x, t)``, ``.denoise(x, t)`` (``E[x_0 | x_t = x]``) and ``.dim``. A bare
+function ``score_fn(x, t)`` is accepted wherever a model is (see :func:`as_model`).
+
+The operators (Bradley et al. 2025, Definition 5.1 and eqs. (5)-(6); Liu et al. 2022; Ho &
+Salimans 2022):
+
+* :func:`compose` -- ``s = s_b + sum_i w_i (s_i - s_b)``, the score of
+  ``C[p] ∝ p_b prod_i (p_i / p_b)^{w_i}`` (unit weights: the paper's operator);
+* :func:`linear_combination` -- ``s = sum_i w_i s_i``, the score of ``prod_i p_i^{w_i}``;
+* :func:`guidance` -- classifier-free guidance ``s = s_u + scale (s_c - s_u)``, i.e. ``compose``
+  with one conditional of weight ``scale`` over the unconditional background;
+* negation is a negative weight, e.g. "``c_1`` AND NOT ``c_2``" is
+  ``compose(uncond, [m_1, m_2], weights=[1.0, -0.5])``.
+
+Results are models (pytrees whose weights are leaves: one jitted sampler serves any weights and
+any distribution parameters without retracing) and compose again. Methods beyond ``score`` exist
+only when every input has them, so ``hasattr(model, "log_prob")`` tells a sampler whether a
+Metropolis correction is possible:
+
+* ``log_prob``: the *unnormalized* ``lp_b + sum_i w_i (lp_i - lp_b)`` (exact up to the unknown
+  constant ``-log Z``); its gradient is exactly ``score``;
+* ``denoise`` (``compose`` only): ``D_b + sum_i w_i (D_i - D_b)``. Tweedie's formula
+  ``D = (x + sigma^2 s) / alpha`` is affine in the score with coefficients that sum to one here,
+  so this is exactly the denoiser that corresponds to the composed score (no division by
+  ``alpha``: fine at ``alpha = 0``). ``linear_combination`` has no ``denoise`` (its coefficients
+  need not sum to one).
+
+The exact ``t = 0`` law of a composition, where one exists in closed form, is
+:func:`composition_jax.compose.composed_distribution`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._checks import as_float_array, is_concrete
+from ._pytree import pytree_dataclass, static_field
+from .distributions import Distribution
+
+__all__ = [
+    "Model",
+    "FunctionModel",
+    "Composition",
+    "LinearCombination",
+    "as_model",
+    "compose",
+    "linear_combination",
+    "guidance",
+    "composed_distribution",
+]
+
+
+class Model:
+    """Marker base class of the models built by this module (a model needs only ``.score``)."""
+
+    def _missing(self, method: str, why: str) -> AttributeError:
+        return AttributeError(f"{type(self).__name__} has no {method}: {why}")
+
+
+def _input_names(n: int, first: str = "background", rest: str = "conditionals") -> list[str]:
+    return [first] + [f"{rest}[{i}]" for i in range(n - 1)]
+
+
+@pytree_dataclass
+class FunctionModel(Model):
+    """A model made of plain functions (kept as static metadata, so they must be hashable; a new
+    lambda per call means a new trace under ``jit``).
+
+    Args:
+      score_fn: ``score_fn(x, t) -> (d,)``.
+      log_prob_fn: optional ``log_prob_fn(x, t) -> ()`` whose gradient is ``score_fn``.
+      denoise_fn: optional ``denoise_fn(x, t) -> (d,)`` (``E[x_0 | x_t = x]``).
+      dim: optional data dimension (used to validate compositions).
+    """
+
+    score_fn: Callable = static_field()
+    log_prob_fn: Callable | None = static_field(default=None)
+    denoise_fn: Callable | None = static_field(default=None)
+    dim: int | None = static_field(default=None)
+
+    def __post_init__(self):
+        for name in ("score_fn", "log_prob_fn", "denoise_fn"):
+            f = getattr(self, name)
+            if f is not None and not callable(f):
+                raise TypeError(f"{name} must be callable, got {type(f).__name__}")
+        if self.dim is not None and (isinstance(self.dim, bool) or not isinstance(self.dim, int)
+                                     or self.dim < 1):
+            raise ValueError(f"dim must be a positive int or None, got {self.dim!r}")
+
+    def score(self, x: Any, t: Any) -> jax.Array:
+        return self.score_fn(x, t)
+
+    @property
+    def log_prob(self) -> Callable:
+        if self.log_prob_fn is None:
+            raise self._missing("log_prob", "no log_prob_fn was given")
+        return self.log_prob_fn
+
+    @property
+    def log_prob_and_score(self) -> Callable:
+        if self.log_prob_fn is None:
+            raise self._missing("log_prob_and_score", "no log_prob_fn was given")
+        return lambda x, t: (self.log_prob_fn(x, t), self.score_fn(x, t))
+
+    @property
+    def denoise(self) -> Callable:
+        if self.denoise_fn is None:
+            raise self._missing("denoise", "no denoise_fn was given")
+        return self.denoise_fn
+
+
+@pytree_dataclass
+class _StaticModel(Model):
+    """Wraps a model object that is not a pytree (kept static, compared by identity)."""
+
+    obj: Any = static_field()
+
+    @property
+    def dim(self):
+        return getattr(self.obj, "dim", None)
+
+    def score(self, x, t):
+        return self.obj.score(x, t)
+
+    def __getattr__(self, name):
+        if name in ("log_prob", "log_prob_and_score", "denoise"):
+            return getattr(self.obj, name)
+        raise AttributeError(name)
+
+
+def _is_pytree_node(obj: Any) -> bool:
+    leaves = jax.tree_util.tree_leaves(obj)
+    return not (len(leaves) == 1 and leaves[0] is obj)
+
+
+def as_model(obj: Any, name: str = "model") -> Any:
+    """Return ``obj`` as a model.
+
+    * an object with a callable ``.score`` is returned as is (wrapped in a static holder when it
+      is not a pytree, so that compositions containing it can still be ``jit`` arguments);
+    * a plain callable ``score_fn(x, t)`` becomes a :class:`FunctionModel`;
+    * a :class:`~composition_jax.distributions.Distribution` (a clean ``t = 0`` law, whose
+      ``score`` takes no ``t``) raises ``TypeError``: use ``cj.diffuse(dist, schedule)``.
+
+    Raises:
+      TypeError: for anything else, naming ``name`` and the type found.
+    """
+    if isinstance(obj, Distribution):
+        raise TypeError(
+            f"{name} is a {type(obj).__name__} (a clean t = 0 law, not a model with "
+            "score(x, t)); wrap it with cj.diffuse(dist, schedule), or use "
+            "composed_distribution() for exact t = 0 laws"
+        )
+    score = getattr(obj, "score", None)
+    if score is not None and callable(score):
+        if _is_pytree_node(obj) or isinstance(obj, Model):
+            return obj
+        return _StaticModel(obj)
+    if callable(obj):
+        return FunctionModel(obj)
+    raise TypeError(
+        f"{name} must be a model (an object with .score(x, t)) or a function score_fn(x, t), "
+        f"got {type(obj).__name__}"
+    )
+
+
+def _model_dim(m: Any) -> int | None:
+    d = getattr(m, "dim", None)
+    return d if isinstance(d, (int, np.integer)) and not isinstance(d, bool) else None
+
+
+def _check_dims(models: Sequence[Any], names: Sequence[str]) -> int | None:
+    dims = [(n, _model_dim(m)) for n, m in zip(names, models)]
+    known = [(n, d) for n, d in dims if d is not None]
+    if len({d for _, d in known}) > 1:
+        found = ", ".join(f"{n}.dim={d}" for n, d in known)
+        raise ValueError(f"all inputs must have the same dimension; found {found}")
+    return int(known[0][1]) if known else None
+
+
+def _check_weights(weights: Any, k: int, name: str = "weights") -> jax.Array:
+    """Weights as a float array of shape ``(k,)`` (defaults: ones)."""
+    if weights is None:
+        return jnp.ones((k,), jnp.result_type(float))
+    if isinstance(weights, (bool, np.bool_)):
+        raise TypeError(f"{name} must be real numbers, got bool")
+    w = as_float_array(weights, name)
+    if w.shape != (k,):
+        raise ValueError(
+            f"{name} must have shape ({k},) (one weight per model), got shape {tuple(w.shape)}"
+        )
+    if is_concrete(w) and not np.all(np.isfinite(np.asarray(w))):
+        raise ValueError(f"{name} must be finite, got {np.asarray(w).tolist()}")
+    return w
+
+
+def _all_have(models: Sequence[Any], method: str) -> bool:
+    return all(hasattr(m, method) for m in models)
+
+
+def _lp_and_score(m: Any, x: Any, t: Any) -> tuple[jax.Array, jax.Array]:
+    if hasattr(m, "log_prob_and_score"):
+        return m.log_prob_and_score(x, t)
+    return m.log_prob(x, t), m.score(x, t)
+
+
+def _lacking(models: Sequence[Any], names: Sequence[str], method: str) -> str:
+    return ", ".join(n for n, m in zip(names, models) if not hasattr(m, method))
+
+
+@pytree_dataclass
+class Composition(Model):
+    r"""``C[p_b, p_1..p_k]`` with weights: ``score = s_b + sum_i w_i (s_i - s_b)``.
+
+    Attributes:
+      background: the background model ``p_b``.
+      conditionals: tuple of ``k >= 1`` models ``p_i``.
+      weights: ``(k,)`` array (a pytree leaf).
+
+    ``log_prob`` / ``log_prob_and_score`` exist when every input has ``log_prob`` (unnormalized:
+    ``lp_b + sum_i w_i (lp_i - lp_b)``); ``denoise`` exists when every input has ``denoise``
+    (``D_b + sum_i w_i (D_i - D_b)``, exact by Tweedie since the coefficients sum to one).
+    Build it with :func:`compose`.
+    """
+
+    background: Any
+    conditionals: tuple
+    weights: Any = None
+
+    def __post_init__(self):
+        conds = self.conditionals
+        if isinstance(conds, (str, bytes)) or not isinstance(conds, Sequence):
+            raise TypeError(
+                "conditionals must be a sequence (list or tuple) of models, got "
+                f"{type(conds).__name__}"
+            )
+        conds = tuple(conds)
+        if not conds:
+            raise ValueError("conditionals must not be empty (got 0 conditionals)")
+        bg = as_model(self.background, "background")
+        conds = tuple(as_model(c, f"conditionals[{i}]") for i, c in enumerate(conds))
+        _check_dims((bg,) + conds, _input_names(len(conds) + 1))
+        w = _check_weights(self.weights, len(conds))
+        object.__setattr__(self, "background", bg)
+        object.__setattr__(self, "conditionals", conds)
+        object.__setattr__(self, "weights", w)
+
+    @property
+    def _inputs(self) -> tuple:
+        return (self.background,) + tuple(self.conditionals)
+
+    @property
+    def dim(self) -> int | None:
+        return _check_dims(self._inputs, _input_names(len(self._inputs)))
+
+    def score(self, x: Any, t: Any) -> jax.Array:
+        """Composed score ``s_b + sum_i w_i (s_i - s_b)``, shape ``(d,)``."""
+        sb = self.background.score(x, t)
+        s = jnp.stack([c.score(x, t) for c in self.conditionals])
+        w = self.weights.astype(sb.dtype)
+        return sb + w @ (s.astype(sb.dtype) - sb[None])
+
+    def _log_prob(self, x, t):
+        lb = self.background.log_prob(x, t)
+        lp = jnp.stack([c.log_prob(x, t) for c in self.conditionals]).astype(lb.dtype)
+        return lb + self.weights.astype(lb.dtype) @ (lp - lb)
+
+    def _log_prob_and_score(self, x, t):
+        lb, sb = _lp_and_score(self.background, x, t)
+        pairs = [_lp_and_score(c, x, t) for c in self.conditionals]
+        lp = jnp.stack([p[0] for p in pairs]).astype(lb.dtype)
+        s = jnp.stack([p[1] for p in pairs]).astype(sb.dtype)
+        w = self.weights
+        return lb + w.astype(lb.dtype) @ (lp - lb), sb + w.astype(sb.dtype) @ (s - sb[None])
+
+    def _denoise(self, x, t):
+        db = self.background.denoise(x, t)
+        ds = jnp.stack([c.denoise(x, t) for c in self.conditionals]).astype(db.dtype)
+        return db + self.weights.astype(db.dtype) @ (ds - db[None])
+
+    def _need(self, method: str, required: str) -> None:
+        if not _all_have(self._inputs, required):
+            lack = _lacking(self._inputs, _input_names(len(self._inputs)), required)
+            raise self._missing(method, f"input(s) without {required}: {lack}")
+
+    @property
+    def log_prob(self) -> Callable:
+        """Unnormalized ``log C[p](x, t) = lp_b + sum_i w_i (lp_i - lp_b)`` (scalar)."""
+        self._need("log_prob", "log_prob")
+        return self._log_prob
+
+    @property
+    def log_prob_and_score(self) -> Callable:
+        """``(log_prob, score)`` sharing the inputs' work (for Metropolis-corrected samplers)."""
+        self._need("log_prob_and_score", "log_prob")
+        return self._log_prob_and_score
+
+    @property
+    def denoise(self) -> Callable:
+        """Composed denoiser ``D_b + sum_i w_i (D_i - D_b)``, shape ``(d,)``."""
+        self._need("denoise", "denoise")
+        return self._denoise
+
+
+@pytree_dataclass
+class LinearCombination(Model):
+    r"""``score = sum_i w_i s_i`` (the score of ``prod_i p_i^{w_i}``).
+
+    Attributes:
+      models: tuple of ``k >= 1`` models.
+      weights: ``(k,)`` array (a pytree leaf).
+
+    ``log_prob`` / ``log_prob_and_score`` exist when every input has ``log_prob``
+    (``sum_i w_i lp_i``, unnormalized). There is no ``denoise``: Tweedie's formula is affine in the
+    score, so a combination whose weights do not sum to one has no model-free denoiser. Build it
+    with :func:`linear_combination`.
+    """
+
+    models: tuple
+    weights: Any = None
+
+    def __post_init__(self):
+        models = self.models
+        if isinstance(models, (str, bytes)) or not isinstance(models, Sequence):
+            raise TypeError(f"models must be a sequence of models, got {type(models).__name__}")
+        models = tuple(as_model(m, f"models[{i}]") for i, m in enumerate(models))
+        if not models:
+            raise ValueError("models must not be empty (got 0 models)")
+        names = [f"models[{i}]" for i in range(len(models))]
+        _check_dims(models, names)
+        if self.weights is None:
+            raise TypeError("linear_combination needs weights of shape (k,)")
+        w = _check_weights(self.weights, len(models))
+        object.__setattr__(self, "models", models)
+        object.__setattr__(self, "weights", w)
+
+    @property
+    def dim(self) -> int | None:
+        return _check_dims(self.models, [f"models[{i}]" for i in range(len(self.models))])
+
+    def score(self, x: Any, t: Any) -> jax.Array:
+        """``sum_i w_i s_i(x, t)``, shape ``(d,)``."""
+        s = jnp.stack([m.score(x, t) for m in self.models])
+        return self.weights.astype(s.dtype) @ s
+
+    def _log_prob(self, x, t):
+        lp = jnp.stack([m.log_prob(x, t) for m in self.models])
+        return self.weights.astype(lp.dtype) @ lp
+
+    def _log_prob_and_score(self, x, t):
+        pairs = [_lp_and_score(m, x, t) for m in self.models]
+        lp = jnp.stack([p[0] for p in pairs])
+        s = jnp.stack([p[1] for p in pairs])
+        return self.weights.astype(lp.dtype) @ lp, self.weights.astype(s.dtype) @ s
+
+    def _need(self, method: str) -> None:
+        if not _all_have(self.models, "log_prob"):
+            names = [f"models[{i}]" for i in range(len(self.models))]
+            raise self._missing(method, f"input(s) without log_prob: "
+                                        f"{_lacking(self.models, names, 'log_prob')}")
+
+    @property
+    def log_prob(self) -> Callable:
+        """Unnormalized ``sum_i w_i lp_i(x, t)`` (scalar)."""
+        self._need("log_prob")
+        return self._log_prob
+
+    @property
+    def log_prob_and_score(self) -> Callable:
+        self._need("log_prob_and_score")
+        return self._log_prob_and_score
+
+
+def compose(background: Any, conditionals: Sequence[Any], weights: Any = None) -> Composition:
+    r"""The composition operator of Bradley et al. (2025), Definition 5.1, with optional weights.
+
+    ``score(x, t) = s_b(x, t) + sum_i w_i (s_i(x, t) - s_b(x, t))`` -- the score of
+    ``C[p^t] ∝ p_b^t prod_i (p_i^t / p_b^t)^{w_i}`` at every noise level (eq. (6)). With unit
+    weights and ``p_b`` the unconditional model this is Bayes composition (Liu et al. 2022); with
+    ``k = 1`` it is classifier-free guidance (:func:`guidance`). Exact as an operator on scores;
+    whether sampling with it reaches ``C[p]`` at ``t = 0`` is the paper's question (exact under
+    Factorized Conditionals, Theorem 5.3).
+
+    Args:
+      background: model ``p_b`` (or a function ``score_fn(x, t)``).
+      conditionals: non-empty sequence of ``k`` models ``p_i``.
+      weights: ``(k,)`` weights (default ones). Negative weights negate a concept.
+
+    Returns:
+      A :class:`Composition` model (a pytree; ``weights`` is a leaf).
+
+    Raises:
+      ValueError: empty ``conditionals``; ``weights`` not of shape ``(k,)`` or non-finite; inputs
+        with different ``.dim``.
+      TypeError: an input that is not a model.
+
+    Example:
+      >>> import jax.numpy as jnp, composition_jax as cj
+      >>> sch = cj.VPSchedule()
+      >>> bg = cj.diffuse(cj.Gaussian(jnp.zeros(2), jnp.eye(2)), sch)
+      >>> dog = cj.diffuse(cj.Gaussian(jnp.array([2.0, 0.0]), 0.25 * jnp.eye(2)), sch)
+      >>> hat = cj.diffuse(cj.Gaussian(jnp.array([0.0, 2.0]), 0.25 * jnp.eye(2)), sch)
+      >>> both = cj.compose(bg, [dog, hat])                         # dog AND hat
+      >>> no_hat = cj.compose(bg, [dog, hat], weights=[1.0, -1.0])  # dog AND NOT hat
+      >>> both.score(jnp.zeros(2), 0.5).shape, hasattr(both, "log_prob")
+      ((2,), True)
+    """
+    return Composition(background, conditionals, weights)
+
+
+def linear_combination(models: Sequence[Any], weights: Any) -> LinearCombination:
+    r"""``score = sum_i w_i s_i`` -- the score of the (unnormalized) product ``prod_i p_i^{w_i}``.
+
+    ``compose(b, cs, w)`` equals ``linear_combination([b, *cs], [1 - sum(w), *w])``.
+
+    Args:
+      models: non-empty sequence of ``k`` models.
+      weights: ``(k,)`` weights (required).
+
+    Raises:
+      ValueError: empty ``models``, ``weights`` not of shape ``(k,)``, mismatched ``.dim``.
+      TypeError: an input that is not a model, or missing ``weights``.
+
+    Example:
+      >>> import jax.numpy as jnp, composition_jax as cj
+      >>> m = cj.diffuse(cj.Gaussian(jnp.zeros(1), jnp.eye(1)), cj.VESchedule())
+      >>> prod = cj.linear_combination([m, m], jnp.array([1.0, 1.0]))  # p^2 (tempered)
+      >>> float(prod.score(jnp.ones(1), 0.0)[0])
+      -2.0
+    """
+    return LinearCombination(models, weights)
+
+
+def guidance(conditional: Any, unconditional: Any, scale: Any) -> Composition:
+    r"""Classifier-free guidance: ``score = s_u + scale (s_c - s_u)``.
+
+    The ``k = 1`` case of :func:`compose` with background ``unconditional`` and weight ``scale``;
+    at ``t = 0`` its law is ``∝ p_u^{1 - scale} p_c^{scale}`` (exactly ``p_c`` at ``scale = 1``;
+    for ``scale != 1`` the noisy sequence is not a diffusion path). ``scale`` is a leaf (a scalar
+    or an array of shape ``()`` or ``(1,)``). A negative ``scale`` steers away from the condition.
+
+    Raises:
+      ValueError: ``scale`` of another shape; mismatched ``.dim``.
+      TypeError: an input that is not a model.
+    """
+    if isinstance(scale, (bool, np.bool_)):
+        raise TypeError("scale must be a real number, got bool")
+    s = as_float_array(scale, "scale")
+    if s.shape not in ((), (1,)):
+        raise ValueError(f"scale must be a scalar (shape () or (1,)), got shape {tuple(s.shape)}")
+    return Composition(unconditional, (conditional,), jnp.reshape(s, (1,)))
+
+
+def composed_distribution(background: Any, conditionals: Sequence[Any],
+                          weights: Any = None) -> Distribution:
+    r"""The exact ``t = 0`` law ``C[p] ∝ p_b prod_i (p_i / p_b)^{w_i}`` as a distribution.
+
+    Closed forms (see :mod:`composition_jax._compose_exact`):
+
+    * Gaussians (and anything reducible to one: products of Gaussians, linear pushforwards of
+      Gaussians), any real weights: precision algebra
+      ``Λ = P_b + sum_i w_i (P_i - P_b)``, ``h = h_b + sum_i w_i (h_i - h_b)`` with ``P = S^{-1}``,
+      ``h = P m``; the result is ``N(Λ^{-1} h, Λ^{-1})``.
+    * Gaussian mixtures: every input is a factor ``p^e`` with exponent ``e`` (``1 - sum w`` for the
+      background, ``w_i`` for conditional ``i``; identical inputs are merged first, so a
+      conditional that equals the background off its block cancels). A mixture needs a
+      non-negative integer exponent (``p^n`` is a mixture over ``n``-tuples of components); the
+      result is the mixture over the product of the component index sets, with log-weights from
+      the Gaussian product integrals (log-normalizers of ``exp(quadratic)`` via eigendecompositions).
+    * ``Product`` inputs that share one block structure: blockwise, recursively (cost additive).
+    * ``LinearPushforward`` inputs sharing one matrix and shift:
+      ``A# C[p_b, p_1..]`` (Lemma 6.2, reparameterization equivariance).
+
+    ``Diffused`` inputs are accepted (their clean law is used).
+
+    Args:
+      background: distribution ``p_b``.
+      conditionals: non-empty sequence of ``k`` distributions.
+      weights: ``(k,)`` weights (default ones). They may be traced only when no Gaussian mixture
+        is involved.
+
+    Returns:
+      A ``Gaussian``, ``GaussianMixture``, ``Product`` or ``LinearPushforward``.
+
+    Raises:
+      ValueError: non-normalizable composition (the composed precision, or that of some mixture
+        component, is not positive definite: the message lists the eigenvalues, weights and the
+        inputs' precisions along the offending direction); empty ``conditionals``; weights of the
+        wrong shape; mismatched dimensions.
+      TypeError: inputs that are not distributions.
+      NotImplementedError: no closed form (e.g. a mixture with a non-integer or negative exponent,
+        such as Bayes composition over a mixture background with ``k >= 2``; ``Empirical`` laws;
+        non-closed pushforwards), naming what has no closed form.
+
+    Example:
+      >>> import jax.numpy as jnp, composition_jax as cj
+      >>> pb = cj.Gaussian(jnp.zeros(1), jnp.eye(1))
+      >>> p1 = cj.Gaussian(jnp.array([2.0]), jnp.array([[0.25]]))
+      >>> g = cj.composed_distribution(pb, [p1], weights=jnp.array([2.0]))  # N(16/7, 1/7)
+      >>> round(float(g.mean[0]), 3), round(float(g.cov[0, 0]), 3)
+      (2.286, 0.143)
+    """
+    from ._compose_exact import composed_distribution as _cd
+
+    return _cd(background, conditionals, weights)
