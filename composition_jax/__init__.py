@@ -30,7 +30,18 @@ from .compose import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):  # lazy: flax/optax add ~0.4 s to import; load nn/training on first use
+    if name in ("nn", "training"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "nn",
+    "training",
     "CosineVPSchedule",
     "Schedule",
     "VESchedule",

@@ -1,0 +1,206 @@
+r"""A trained network as a *model*: ``ScoreNetModel(network, params, schedule, parameterization)``.
+
+The model is a pytree: ``params`` (and the schedule's numbers and the condition index) are leaves,
+the flax module definition and the parameterization are static. It acts on ONE sample ``x`` of
+shape ``(d,)`` and a scalar ``t`` like ``cj.diffuse(dist, schedule)``, so it plugs into
+``cj.compose``, ``cj.guidance`` and ``cj.sample`` unchanged, and a jitted sampler taking the model
+as an argument serves every checkpoint (and every condition) without retracing.
+
+Parameterizations (``x_t = alpha x_0 + sigma eps``; ``out`` is the network output evaluated at
+the preconditioned input ``x / sqrt(alpha^2 + sigma^2)``):
+
+==========  ====================================  =============================================
+``eps``     ``score = -out / sigma``               ``denoise = (x - sigma out) / alpha``
+``score``   ``score = out``                        ``denoise = (x + sigma^2 out) / alpha``
+``x0``      ``score = (alpha out - x) / sigma^2``  ``denoise = out``
+==========  ====================================  =============================================
+
+These are Tweedie's identity ``E[x_0 | x_t] = (x_t + sigma^2 grad log p_t) / alpha`` and
+``E[eps | x_t] = -sigma grad log p_t`` (Vincent, 2011; Ho et al., 2020; Karras et al., 2022 for
+the input scaling). The conversions are exact; only ``out`` is approximate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._checks import check_point, check_t, is_concrete
+from .._pytree import pytree_dataclass, replace, static_field
+from ..schedules import Schedule
+
+__all__ = ["ScoreNetModel", "PARAMETERIZATIONS", "output_to_eps", "input_scale"]
+
+PARAMETERIZATIONS = ("eps", "score", "x0")
+
+
+def _cast_floats(tree: Any, dtype: Any) -> Any:
+    def f(leaf):
+        if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating):
+            return leaf.astype(dtype)
+        return leaf
+
+    return jax.tree.map(f, tree)
+
+
+def input_scale(alpha: jax.Array, sigma: jax.Array) -> jax.Array:
+    """``1 / sqrt(alpha^2 + sigma^2)``: the network input scaling (unit variance for unit data)."""
+    return jax.lax.rsqrt(alpha * alpha + sigma * sigma)
+
+
+def output_to_eps(out, x, alpha, sigma, parameterization: str):
+    """Network output -> predicted noise ``eps_hat`` (exact conversion; broadcasts)."""
+    if parameterization == "eps":
+        return out
+    if parameterization == "score":
+        return -sigma * out
+    if parameterization == "x0":
+        return (x - alpha * out) / sigma
+    raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
+
+
+def _check_parameterization(p):
+    if p not in PARAMETERIZATIONS:
+        raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {p!r}")
+
+
+def _check_network(network):
+    for attr in ("dim", "num_conditions", "null_condition", "apply"):
+        if not hasattr(network, attr):
+            raise TypeError(
+                f"network must be a composition_jax.nn score network (with .{attr}), "
+                f"got {type(network).__name__}"
+            )
+
+
+def _check_condition(c, network, name="condition"):
+    if network.num_conditions is None:
+        raise ValueError(f"{name}: this network is unconditional (num_conditions=None)")
+    arr = jnp.asarray(c)
+    if arr.ndim != 0 or not jnp.issubdtype(arr.dtype, jnp.integer):
+        raise TypeError(f"{name} must be an integer scalar, got dtype {arr.dtype} shape {arr.shape}")
+    if is_concrete(arr) and not (0 <= int(arr) <= network.null_condition):
+        raise ValueError(
+            f"{name} must lie in [0, {network.num_conditions}] "
+            f"({network.num_conditions} = NULL), got {int(arr)}"
+        )
+    return arr.astype(jnp.int32)
+
+
+@pytree_dataclass
+class ScoreNetModel:
+    r"""A score network with parameters, as a model with exact-contract ``.score``/``.denoise``.
+
+    Attributes:
+      params: the flax parameter pytree (leaves).
+      schedule: the noise schedule the network was trained with (leaves).
+      cond: int32 scalar condition index (a leaf, so switching condition never retraces); for a
+        conditional network the default is the NULL index (the unconditional model); ``None``
+        for an unconditional network.
+      network: the flax module (static; hashable, compared by its configuration).
+      parameterization: ``"eps"``, ``"score"`` or ``"x0"`` (static).
+
+    Example:
+      >>> import jax, composition_jax as cj
+      >>> net = cj.nn.MLPScoreNet(dim=2, hidden=16, depth=1)
+      >>> params = cj.nn.init_params(net, jax.random.key(0))
+      >>> m = cj.nn.ScoreNetModel(net, params, cj.VPSchedule())
+      >>> m.score(jax.numpy.ones(2), 0.5).shape
+      (2,)
+    """
+
+    network: Any = static_field()
+    params: Any
+    schedule: Schedule
+    parameterization: str = static_field(default="eps")
+    cond: Any = None
+
+    def __post_init__(self):
+        _check_network(self.network)
+        _check_parameterization(self.parameterization)
+        if not isinstance(self.schedule, Schedule):
+            raise TypeError(f"schedule must be a Schedule, got {type(self.schedule).__name__}")
+        if self.network.num_conditions is None:
+            if self.cond is not None:
+                raise ValueError("cond must be None for an unconditional network")
+        else:
+            c = self.network.null_condition if self.cond is None else self.cond
+            object.__setattr__(self, "cond", _check_condition(c, self.network, "cond"))
+
+    # -- model contract ----------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return int(self.network.dim)
+
+    @property
+    def num_conditions(self) -> int | None:
+        return self.network.num_conditions
+
+    @property
+    def null_condition(self) -> int:
+        return self.network.null_condition
+
+    def condition(self, c: Any) -> "ScoreNetModel":
+        """The model for condition ``c`` (an int in ``[0, C]``; ``C`` = NULL). ``c`` is a leaf:
+        a jitted function of the model compiles once for all conditions."""
+        return replace(self, cond=_check_condition(c, self.network, "c"))
+
+    def unconditional(self) -> "ScoreNetModel":
+        """The same network with the NULL condition (the unconditional model)."""
+        return self.condition(self.network.null_condition)
+
+    def _out(self, x, t):
+        x = check_point(x, self.dim)
+        t = check_t(t).astype(x.dtype)
+        a = self.schedule.alpha(t).astype(x.dtype)
+        s = self.schedule.sigma(t).astype(x.dtype)
+        params = _cast_floats(self.params, x.dtype)
+        cond = (
+            jnp.zeros((1,), jnp.int32) if self.cond is None else jnp.reshape(self.cond, (1,))
+        )
+        x_in = (x * input_scale(a, s))[None, :]
+        out = self.network.apply(params, x_in, t[None], cond)[0]
+        return out, x, a, s
+
+    def score(self, x: Any, t: Any) -> jax.Array:
+        """Learned ``grad_x log p_t(x)``, shape ``(d,)`` (approximate: a trained network)."""
+        out, x, a, s = self._out(x, t)
+        if self.parameterization == "eps":
+            return -out / s
+        if self.parameterization == "score":
+            return out
+        return (a * out - x) / (s * s)
+
+    def denoise(self, x: Any, t: Any) -> jax.Array:
+        """Learned ``E[x_0 | x_t = x]``, shape ``(d,)``."""
+        out, x, a, s = self._out(x, t)
+        if self.parameterization == "eps":
+            return (x - s * out) / a
+        if self.parameterization == "score":
+            return (x + s * s * out) / a
+        return out
+
+    def eps(self, x: Any, t: Any) -> jax.Array:
+        """Learned ``E[eps | x_t = x] = -sigma score``, shape ``(d,)``."""
+        out, x, a, s = self._out(x, t)
+        return output_to_eps(out, x, a, s, self.parameterization)
+
+
+def init_params(network: Any, key: jax.Array, dtype: Any = jnp.float32) -> Any:
+    """Initial parameters of ``network`` (a dict pytree), from a dummy batch of one sample."""
+    _check_network(network)
+    x = jnp.zeros((1, network.dim), dtype)
+    t = jnp.full((1,), 0.5, dtype)
+    c = jnp.full((1,), network.null_condition, jnp.int32)
+    return network.init(key, x, t, c)
+
+
+def param_count(params: Any) -> int:
+    """Number of scalar parameters."""
+    return int(sum(np.prod(np.shape(p)) for p in jax.tree.leaves(params)))
+
+
+__all__ += ["init_params", "param_count"]

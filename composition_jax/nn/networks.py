@@ -1,0 +1,200 @@
+r"""Score networks (flax ``linen``) acting on batches of flat vectors.
+
+Every network here is a *raw function approximator* with the call signature
+
+    ``net.apply(params, x_in, t, cond) -> out``,  ``x_in (B, d)``, ``t (B,)``, ``cond (B,) int32``
+
+and the attributes ``dim`` (``d``), ``num_conditions`` (``None`` for an unconditional network) and
+``null_condition``. The *meaning* of ``out`` (``eps``, ``score`` or ``x0``) and the input scaling
+``x_in = x / sqrt(alpha^2 + sigma^2)`` are applied by :class:`composition_jax.nn.ScoreNetModel`,
+which turns ``(network, params, schedule)`` into a model with ``.score(x, t)`` / ``.denoise(x, t)``.
+
+Why ``linen`` and not ``nnx``: a ``linen`` module is a frozen, hashable dataclass holding only
+the architecture, and its parameters are a plain dict pytree. That is exactly the split the library
+needs: the module goes into the treedef (static) and the parameters are jit arguments, so one
+compiled sampler or loss serves every checkpoint, and checkpoints are plain arrays. ``nnx`` modules
+are mutable objects carrying their own state; using them under ``jit`` needs a ``split``/``merge``
+round trip on every call.
+
+Conditioning: a network with ``num_conditions = C`` has an embedding table with ``C + 1`` rows;
+row ``C`` is the reserved NULL condition (``null_condition``), trained by condition dropout, so one
+network is also the unconditional model and serves classifier-free guidance
+(Ho & Salimans, 2022; Bradley et al., 2025, Sec. 6 use location-conditioned models composed over a
+background).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from .embeddings import SinusoidalEmbedding
+
+__all__ = ["MLPScoreNet", "UNetScoreNet"]
+
+
+class _CondTimeEmbedding(nn.Module):
+    """Time embedding (sinusoidal -> MLP) plus an optional learned condition embedding."""
+
+    features: int
+    num_conditions: int | None
+
+    @nn.compact
+    def __call__(self, t, cond):
+        emb = SinusoidalEmbedding(self.features)(t)
+        emb = nn.Dense(self.features)(emb)
+        emb = nn.silu(emb)
+        emb = nn.Dense(self.features)(emb)
+        if self.num_conditions is not None:
+            table = nn.Embed(self.num_conditions + 1, self.features, name="cond_embed")
+            emb = emb + table(cond)
+        return emb
+
+
+def _check_num_conditions(num_conditions):
+    if num_conditions is not None and (
+        isinstance(num_conditions, bool) or not isinstance(num_conditions, int) or num_conditions < 1
+    ):
+        raise ValueError(f"num_conditions must be None or a positive int, got {num_conditions!r}")
+
+
+class MLPScoreNet(nn.Module):
+    r"""Residual MLP for vector data with a sinusoidal time embedding.
+
+    ``h = W_in x_in + E(t, c)``; ``depth`` residual blocks ``h += W_2 silu(W_1 silu(LN(h)) + E)``;
+    output ``W_out silu(LN(h))`` with ``W_out`` initialised to zero (an untrained network predicts
+    zero, i.e. ``eps = 0`` / ``score = 0`` / ``x0 = 0`` depending on the parameterization).
+
+    Attributes:
+      dim: data dimension ``d``.
+      hidden: width of the hidden layers.
+      depth: number of residual blocks.
+      num_conditions: ``None`` (unconditional) or the number ``C`` of conditions; index ``C`` is
+        the NULL condition.
+    """
+
+    dim: int
+    hidden: int = 128
+    depth: int = 3
+    num_conditions: int | None = None
+
+    def __post_init__(self):
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
+            raise ValueError(f"dim must be a positive int, got {self.dim!r}")
+        if not isinstance(self.hidden, int) or self.hidden < 2 or self.hidden % 2:
+            raise ValueError(f"hidden must be an even int >= 2, got {self.hidden!r}")
+        if not isinstance(self.depth, int) or self.depth < 0:
+            raise ValueError(f"depth must be a non-negative int, got {self.depth!r}")
+        _check_num_conditions(self.num_conditions)
+        super().__post_init__()
+
+    @property
+    def null_condition(self) -> int:
+        """The reserved NULL (unconditional) condition index ``C`` (0 for unconditional nets)."""
+        return 0 if self.num_conditions is None else self.num_conditions
+
+    @nn.compact
+    def __call__(self, x, t, cond):
+        emb = _CondTimeEmbedding(self.hidden, self.num_conditions)(t, cond)
+        h = nn.Dense(self.hidden)(x) + emb
+        for _ in range(self.depth):
+            r = nn.silu(nn.LayerNorm()(h))
+            r = nn.Dense(self.hidden)(r) + nn.Dense(self.hidden)(nn.silu(emb))
+            r = nn.Dense(self.hidden)(nn.silu(r))
+            h = h + r
+        h = nn.silu(nn.LayerNorm()(h))
+        return nn.Dense(self.dim, kernel_init=nn.initializers.zeros)(h)
+
+
+class _ResBlock(nn.Module):
+    features: int
+    groups: int
+
+    @nn.compact
+    def __call__(self, h, emb):
+        r = nn.silu(nn.GroupNorm(num_groups=min(self.groups, h.shape[-1]))(h))
+        r = nn.Conv(self.features, (3, 3))(r)
+        r = r + nn.Dense(self.features)(nn.silu(emb))[:, None, None, :]
+        r = nn.silu(nn.GroupNorm(num_groups=min(self.groups, self.features))(r))
+        r = nn.Conv(self.features, (3, 3))(r)
+        if h.shape[-1] != self.features:
+            h = nn.Conv(self.features, (1, 1))(h)
+        return h + r
+
+
+class UNetScoreNet(nn.Module):
+    r"""Small convolutional U-Net for images, on flattened vectors.
+
+    A sample is a vector of length ``d = height * width * channels`` (row-major ``(H, W, C)``), so
+    the network fits the library's ``(d,)`` contract. Architecture: one residual block per
+    resolution going down (stride-2 convolutions between resolutions), a middle block, and one
+    residual block per resolution going up (nearest upsampling + skip concatenation); time and
+    condition embeddings are added in every block. ``height`` and ``width`` must be divisible by
+    ``2 ** (len(features) - 1)``. Output convolution initialised to zero.
+
+    Attributes:
+      height, width, channels: image shape.
+      features: channels per resolution, e.g. ``(32, 64)`` for two resolutions.
+      num_conditions: ``None`` or ``C`` (NULL index ``C``), as for :class:`MLPScoreNet`.
+      groups: GroupNorm groups (capped by the channel count).
+    """
+
+    height: int = 16
+    width: int = 16
+    channels: int = 1
+    features: Sequence[int] = (32, 64)
+    num_conditions: int | None = None
+    groups: int = 8
+
+    def __post_init__(self):
+        for name in ("height", "width", "channels", "groups"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        feats = tuple(self.features)
+        if len(feats) < 1 or any(not isinstance(f, int) or f < 1 or f % 2 for f in feats):
+            raise ValueError(f"features must be a non-empty sequence of even ints, got {feats!r}")
+        object.__setattr__(self, "features", feats)
+        f = 2 ** (len(feats) - 1)
+        if self.height % f or self.width % f:
+            raise ValueError(
+                f"height and width must be divisible by 2**(len(features)-1) = {f}, "
+                f"got ({self.height}, {self.width})"
+            )
+        _check_num_conditions(self.num_conditions)
+        super().__post_init__()
+
+    @property
+    def dim(self) -> int:
+        return self.height * self.width * self.channels
+
+    @property
+    def null_condition(self) -> int:
+        return 0 if self.num_conditions is None else self.num_conditions
+
+    @nn.compact
+    def __call__(self, x, t, cond):
+        b = x.shape[0]
+        h = x.reshape(b, self.height, self.width, self.channels)
+        emb = _CondTimeEmbedding(4 * self.features[0], self.num_conditions)(t, cond)
+        h = nn.Conv(self.features[0], (3, 3))(h)
+        skips = []
+        for i, f in enumerate(self.features):
+            h = _ResBlock(f, self.groups)(h, emb)
+            skips.append(h)
+            if i < len(self.features) - 1:
+                h = nn.Conv(self.features[i + 1], (3, 3), strides=(2, 2))(h)
+        h = _ResBlock(self.features[-1], self.groups)(h, emb)
+        for i in reversed(range(len(self.features))):
+            if i < len(self.features) - 1:
+                bb, hh, ww, cc = h.shape
+                h = jax.image.resize(h, (bb, 2 * hh, 2 * ww, cc), method="nearest")
+                h = nn.Conv(self.features[i], (3, 3))(h)
+            h = jnp.concatenate([h, skips[i]], axis=-1)
+            h = _ResBlock(self.features[i], self.groups)(h, emb)
+        h = nn.silu(nn.GroupNorm(num_groups=min(self.groups, h.shape[-1]))(h))
+        h = nn.Conv(self.channels, (3, 3), kernel_init=nn.initializers.zeros)(h)
+        return h.reshape(b, self.dim)

@@ -1,0 +1,36 @@
+"""optax denoising-score-matching training, checkpoints, and score accuracy against exact scores.
+
+``DSMTrainer`` (jitted fused steps, EMA, progress bar, exact resumption), ``save_checkpoint`` /
+``load_checkpoint`` (atomic, fingerprinted), ``fisher_divergence`` (per-time score error against
+``cj.diffuse(dist, schedule)``).
+"""
+
+from .checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    load_checkpoint,
+    read_checkpoint_header,
+    save_checkpoint,
+    tree_fingerprint,
+)
+from .dsm import TIME_SAMPLINGS, WEIGHTINGS, dsm_loss_per_example, sample_times
+from .metrics import FisherReport, fisher_divergence
+from .trainer import DSMTrainer, TrainState, throughput
+
+__all__ = [
+    "DSMTrainer",
+    "TrainState",
+    "throughput",
+    "CheckpointError",
+    "FORMAT_VERSION",
+    "save_checkpoint",
+    "load_checkpoint",
+    "read_checkpoint_header",
+    "tree_fingerprint",
+    "WEIGHTINGS",
+    "TIME_SAMPLINGS",
+    "dsm_loss_per_example",
+    "sample_times",
+    "FisherReport",
+    "fisher_divergence",
+]
