@@ -16,6 +16,7 @@ from .distributions import (
     diffuse,
 )
 from .schedules import CosineVPSchedule, Schedule, VESchedule, VPSchedule
+from .samplers import SampleInfo, SampleResult, sample, time_grid
 from .compose import (
     Composition,
     FunctionModel,
@@ -40,6 +41,10 @@ def __getattr__(name):  # lazy: flax/optax add ~0.4 s to import; load nn/trainin
 
 
 __all__ = [
+    "sample",
+    "SampleInfo",
+    "SampleResult",
+    "time_grid",
     "nn",
     "training",
     "CosineVPSchedule",

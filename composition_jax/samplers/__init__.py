@@ -1,0 +1,24 @@
+"""Reverse-diffusion and Metropolis-corrected samplers: one-step kernels (``kernels``, ``mcmc``),
+time grids (``grids``) and the shared jitted driver ``sample`` (``driver``)."""
+
+from . import mcmc as _mcmc  # noqa: F401  (registers the Metropolis kernels)
+from .driver import SampleInfo, SampleResult, as_model, sample, trace_count
+from .grids import GRIDS, time_grid
+from .kernels import KERNELS, Kernel, SamplerState, register_kernel
+from .mcmc import MCMCInfo, MCMCState
+
+__all__ = [
+    "sample",
+    "SampleInfo",
+    "SampleResult",
+    "as_model",
+    "trace_count",
+    "GRIDS",
+    "time_grid",
+    "KERNELS",
+    "Kernel",
+    "SamplerState",
+    "register_kernel",
+    "MCMCInfo",
+    "MCMCState",
+]

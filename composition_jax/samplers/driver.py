@@ -1,0 +1,478 @@
+r"""The shared driver: ``cj.sample`` (a ``lax.scan`` over a time grid, vmapped over particles).
+
+Design:
+
+* Everything static -- method, shape, steps, ``t_min``, grid, options, mesh -- is part of a
+  hashable configuration; one jitted function is built (and cached) per configuration. The model
+  and the schedule are pytree ARGUMENTS of that function, so new model or schedule numbers reuse
+  the compiled sampler (no retrace).
+* Randomness: the key is split once into ``(k_init, k_normal, k_uniform)``; at step ``i`` the
+  driver draws ONE batched ``jax.random.normal(fold_in(k_normal, i), (n, m, d))``. With
+  ``jax_threefry_partitionable`` (on by default) row ``i`` of such a draw does not depend on
+  ``n`` (tested), so particle ``i``'s randomness depends only on ``(key, i)``: the first ``m``
+  particles of a run with ``n > m`` equal a run with ``m`` particles, under jit and sharded.
+  Without that flag the driver falls back to per-particle ``fold_in(key, i)`` keys.
+* Memory ``O(n d)``: only the current particles are carried; ``record_every=k`` keeps every
+  ``k``-th state through a nested scan.
+* ``mesh=``: particles are sharded along the mesh's batch axis for the whole run with
+  ``with_sharding_constraint`` on the state and the noise (no gather).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import checkify
+from jax.sharding import NamedSharding, PartitionSpec
+
+from .._pytree import pytree_dataclass, static_field
+from ..schedules import Schedule
+from .grids import GRIDS, time_grid
+from .kernels import KERNELS, Kernel, has_log_prob, model_denoise
+
+__all__ = ["sample", "SampleResult", "SampleInfo", "ScoreFunctionModel", "as_model", "trace_count"]
+
+_TRACES = [0]
+
+
+def trace_count() -> int:
+    """How many times a sampler body has been traced in this process (for retrace tests)."""
+    return _TRACES[0]
+
+
+@pytree_dataclass
+class ScoreFunctionModel:
+    """A plain ``score_fn(x, t)`` seen as a model (no ``log_prob``, no ``denoise``)."""
+
+    fn: Any = static_field()
+
+    def score(self, x, t):
+        return self.fn(x, t)
+
+
+@pytree_dataclass
+class _OpaqueModel:
+    """A model object that is not a pytree of arrays: passed as static (hashed by identity)."""
+
+    model: Any = static_field()
+
+    def score(self, x, t):
+        return self.model.score(x, t)
+
+    def __getattr__(self, name):
+        if name in ("log_prob", "log_prob_and_score", "denoise", "dim"):
+            return getattr(self.model, name)
+        raise AttributeError(name)
+
+
+def _array_like(leaf) -> bool:
+    return isinstance(leaf, (jax.Array, np.ndarray, np.generic, float, int, complex, bool))
+
+
+def as_model(model: Any) -> Any:
+    """Accept a model (has ``.score``) or a plain function ``score_fn(x, t)``.
+
+    Uses ``composition_jax.compose.as_model`` when that module provides it. Models whose leaves
+    are not arrays are wrapped so they can be passed through ``jit`` as static data.
+    """
+    try:
+        from ..compose import as_model as _compose_as_model
+    except ImportError:  # pragma: no cover - compose layer absent
+        _compose_as_model = None
+    if _compose_as_model is not None:
+        model = _compose_as_model(model, "model")
+    elif not callable(getattr(model, "score", None)):
+        if not callable(model):
+            raise TypeError(
+                f"model must have a .score(x, t) method or be a function score_fn(x, t), got "
+                f"{type(model).__name__}"
+            )
+        model = ScoreFunctionModel(model)
+    if not all(_array_like(leaf) for leaf in jax.tree.leaves(model)):
+        model = _OpaqueModel(model)
+    return model
+
+
+class SampleInfo(NamedTuple):
+    """Diagnostics of a run.
+
+    Attributes:
+      times: ``(steps + 1,)`` the time grid, from ``t_max`` down to ``t_min``.
+      nonfinite: ``(steps,)`` int, particles with a non-finite coordinate after each step.
+      nonfinite_final: ``()`` int, non-finite particles among the returned samples.
+      acceptance: ``(steps,)`` mean Metropolis acceptance probability per level (MCMC methods),
+        else ``None``.
+      step_size: ``(steps,)`` mean MCMC step size per level, else ``None``.
+    """
+
+    times: jax.Array
+    nonfinite: jax.Array
+    nonfinite_final: jax.Array
+    acceptance: Any = None
+    step_size: Any = None
+
+
+class SampleResult(NamedTuple):
+    """``samples (n, d)``, ``info`` (:class:`SampleInfo`), ``trajectory`` ``(R, n, d)`` or
+    ``None`` (states at steps ``0, k, 2k, ...``, before the final denoising)."""
+
+    samples: jax.Array
+    info: SampleInfo
+    trajectory: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    method: str
+    shape: tuple
+    steps: int
+    t_min: float
+    grid: str
+    rho: float
+    denoise_final: bool
+    record_every: int | None
+    return_info: bool
+    check: bool
+    mesh: Any
+    batch_axis: Any
+    dtype: Any
+    has_x_init: bool
+    options: tuple
+
+    @property
+    def opts(self) -> dict:
+        return dict(self.options)
+
+
+# --------------------------------------------------------------------------------- validation
+def _check_int(v, name, lo=1):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+    return int(v)
+
+
+def resolve_method(method: str, options: dict) -> tuple[Kernel, dict]:
+    """Look up a kernel and merge user options with its defaults (errors list valid names)."""
+    if method not in KERNELS:
+        raise ValueError(f"unknown method {method!r}; valid methods: {sorted(KERNELS)}")
+    kernel = KERNELS[method]
+    defaults = dict(kernel.defaults)
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {unknown} for method {method!r}; valid options: "
+            f"{sorted(defaults) + list(_DRIVER_OPTIONS)}"
+        )
+    defaults.update(options)
+    kernel.validate(defaults)
+    return kernel, defaults
+
+
+_DRIVER_OPTIONS = (
+    "grid", "rho", "denoise_final", "record_every", "return_info", "check", "mesh", "batch_axis",
+    "x_init", "dtype",
+)
+
+
+def check_times(schedule: Any, steps: Any, t_min: Any, grid: str) -> tuple[int, float]:
+    """Validate ``steps``, ``t_min`` and ``grid`` against ``schedule``."""
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a Schedule, got {type(schedule).__name__}")
+    steps = _check_int(steps, "steps")
+    try:
+        t_min_f = float(t_min)
+    except (TypeError, ValueError):
+        raise TypeError(f"t_min must be a real number, got {t_min!r}") from None
+    if not 0.0 < t_min_f < 1.0:
+        raise ValueError(f"t_min must lie in (0, 1), got {t_min_f}")
+    if not t_min_f < schedule.t_max:
+        raise ValueError(
+            f"t_min must be < schedule.t_max = {schedule.t_max}, got {t_min_f}"
+        )
+    if grid not in GRIDS:
+        raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")
+    return steps, t_min_f
+
+
+def check_model_shape(model: Any, d: int, dtype: Any) -> None:
+    """Evaluate ``model.score`` abstractly once (``jax.eval_shape``) and check ``(d,)`` out."""
+    x = jax.ShapeDtypeStruct((d,), dtype)
+    t = jax.ShapeDtypeStruct((), dtype)
+    try:
+        out = jax.eval_shape(model.score, x, t)
+    except (ValueError, TypeError) as e:
+        raise ValueError(
+            f"model.score failed on one sample x of shape ({d},) and scalar t: {e}"
+        ) from e
+    shape = getattr(out, "shape", None)
+    if shape != (d,):
+        raise ValueError(
+            f"model.score(x, t) must return shape ({d},) for x of shape ({d},), got "
+            f"{shape if shape is not None else type(out).__name__}"
+        )
+
+
+# --------------------------------------------------------------------------------- driver
+def _normals(key, i, n, m, d, dtype):
+    k = jax.random.fold_in(key, i)
+    if jax.config.jax_threefry_partitionable:
+        return jax.random.normal(k, (n, m, d), dtype)
+    keys = jax.vmap(lambda j: jax.random.fold_in(k, j))(jnp.arange(n, dtype=jnp.uint32))
+    return jax.vmap(lambda kk: jax.random.normal(kk, (m, d), dtype))(keys)
+
+
+def _uniforms(key, i, n, m, dtype):
+    k = jax.random.fold_in(key, i)
+    if jax.config.jax_threefry_partitionable:
+        return jax.random.uniform(k, (n, m), dtype)
+    keys = jax.vmap(lambda j: jax.random.fold_in(k, j))(jnp.arange(n, dtype=jnp.uint32))
+    return jax.vmap(lambda kk: jax.random.uniform(kk, (m,), dtype))(keys)
+
+
+def _run(key, model, schedule, x_init, cfg: _Config):
+    _TRACES[0] += 1
+    kernel = KERNELS[cfg.method]
+    opts = cfg.opts
+    n, d = cfg.shape
+    dtype = cfg.dtype
+    m_norm, m_unif = kernel.num_normals(opts), kernel.num_uniforms(opts)
+    if cfg.mesh is not None:
+        sharding = NamedSharding(cfg.mesh, PartitionSpec(cfg.batch_axis))
+
+        def constrain(tree):
+            return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, sharding), tree)
+    else:
+
+        def constrain(tree):
+            return tree
+
+    times = time_grid(schedule, cfg.steps, cfg.t_min, cfg.grid, rho=cfg.rho, dtype=dtype)
+    k_init, k_norm, k_unif = jax.random.split(key, 3)
+    if cfg.has_x_init:
+        x = x_init.astype(dtype)
+    else:
+        x = jnp.asarray(schedule.prior_std, dtype) * _normals(k_init, 0, n, 1, d, dtype)[:, 0]
+    x = constrain(x)
+    state = constrain(jax.vmap(kernel.init, (0, None, None))(x, times[0], opts))
+    step_v = jax.vmap(kernel.step, (None, None, 0, None, None, 0, 0, None))
+
+    def one_step(state, i):
+        t, s = times[i], times[i + 1]
+        normals = (
+            constrain(_normals(k_norm, i, n, m_norm, d, dtype))
+            if m_norm
+            else jnp.zeros((n, 0, d), dtype)
+        )
+        uniforms = (
+            constrain(_uniforms(k_unif, i, n, m_unif, dtype))
+            if m_unif
+            else jnp.zeros((n, 0), dtype)
+        )
+        state, info = step_v(model, schedule, state, t, s, normals, uniforms, opts)
+        state = constrain(state)
+        finite = jnp.all(jnp.isfinite(state.position), axis=-1)
+        if cfg.check:
+            checkify.check(
+                jnp.all(finite), "non-finite particles after step {i} (t = {t})", i=i, t=s
+            )
+        out = {"nonfinite": jnp.sum(~finite).astype(jnp.int32)}
+        for name in ("acceptance", "step_size"):
+            if hasattr(info, name):
+                out[name] = jnp.mean(getattr(info, name))
+        return state, out
+
+    steps = cfg.steps
+    traj = None
+    if cfg.record_every is None:
+        state, infos = jax.lax.scan(one_step, state, jnp.arange(steps))
+    else:
+        k = cfg.record_every
+        n_chunks, rem = divmod(steps, k)
+
+        def chunk(state, c):
+            state, inf = jax.lax.scan(one_step, state, c * k + jnp.arange(k))
+            return state, (state.position, inf)
+
+        x0 = state.position
+        state, (traj, infos) = jax.lax.scan(chunk, state, jnp.arange(n_chunks))
+        infos = jax.tree.map(lambda a: a.reshape((n_chunks * k,) + a.shape[2:]), infos)
+        traj = jnp.concatenate([x0[None], traj], axis=0)
+        if rem:
+            state, inf2 = jax.lax.scan(one_step, state, n_chunks * k + jnp.arange(rem))
+            infos = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), infos, inf2)
+
+    x = state.position
+    if cfg.denoise_final:
+        x = jax.vmap(model_denoise, (None, None, 0, None))(model, schedule, x, times[-1])
+        x = constrain(x)
+    finite = jnp.all(jnp.isfinite(x), axis=-1)
+    if cfg.check:
+        checkify.check(jnp.all(finite), "non-finite final samples")
+    if not cfg.return_info:
+        return x
+    info = SampleInfo(
+        times=times,
+        nonfinite=infos["nonfinite"],
+        nonfinite_final=jnp.sum(~finite).astype(jnp.int32),
+        acceptance=infos.get("acceptance"),
+        step_size=infos.get("step_size"),
+    )
+    return SampleResult(x, info, traj)
+
+
+@functools.lru_cache(maxsize=256)
+def _build(cfg: _Config):
+    fn = functools.partial(_run, cfg=cfg)
+    if cfg.check:
+        return jax.jit(checkify.checkify(fn, errors=checkify.user_checks))
+    return jax.jit(fn)
+
+
+def _auto_mesh(mesh):
+    """``jax.make_mesh`` defaults to Explicit axes, with which ``with_sharding_constraint``
+    does not apply; rebuild the same device mesh with Auto axes."""
+    types = getattr(mesh, "axis_types", None)
+    auto = jax.sharding.AxisType.Auto
+    if types is None or all(tp == auto for tp in types):
+        return mesh
+    return jax.sharding.Mesh(mesh.devices, mesh.axis_names, axis_types=(auto,) * len(types))
+
+
+def sample(
+    key: jax.Array,
+    model: Any,
+    schedule: Schedule,
+    shape: tuple[int, int],
+    *,
+    method: str = "euler_maruyama",
+    steps: int = 500,
+    t_min: float = 1e-3,
+    grid: str = "uniform",
+    rho: float = 7.0,
+    denoise_final: bool = True,
+    record_every: int | None = None,
+    return_info: bool = False,
+    check: bool = False,
+    mesh: Any = None,
+    batch_axis: Any = None,
+    x_init: Any = None,
+    dtype: Any = None,
+    **options: Any,
+) -> Any:
+    r"""Draw ``shape = (n, d)`` samples by integrating a reverse-time sampler.
+
+    Starts from the prior ``N(0, schedule.prior_std^2 I)`` at ``schedule.t_max`` (or from
+    ``x_init``), takes ``steps`` steps of ``method`` over a decreasing time grid down to
+    ``t_min``, then (``denoise_final=True``) one Tweedie step ``E[x_0 | x_{t_min}]``:
+    ``model.denoise(x, t_min)`` if the model has it, else ``(x + sigma^2 s(x, t_min)) / alpha``.
+    Approximate: the discretization error vanishes as ``steps`` grows (weak order 1 for
+    ``euler_maruyama``/``ode_euler``, 2 for ``ode_heun``, measured in the tests); for models with
+    affine scores the exact law of the output is :func:`composition_jax.verify.sampler_law`.
+
+    Args:
+      key: PRNG key. Particle ``i`` depends only on ``(key, i)`` (any batch size, jit, devices).
+      model: anything with ``.score(x, t)`` on one sample ``x (d,)`` (pytree models are passed as
+        jit arguments: new numbers, no retrace), or a plain function ``score_fn(x, t)``.
+        Metropolis methods need ``.log_prob(x, t)`` (unnormalized is fine).
+      schedule: the noise schedule the model was trained/derived with.
+      shape: ``(n, d)``.
+      method: one of ``euler_maruyama``, ``ode_euler``, ``ode_heun``, ``ddpm``, ``ddim``,
+        ``predictor_corrector``, ``annealed_mala``, ``annealed_hmc`` (see
+        :mod:`composition_jax.samplers.kernels` and :mod:`~composition_jax.samplers.mcmc`).
+      steps: number of reverse steps (``>= 1``).
+      t_min: final time in ``(0, t_max)``.
+      grid: ``"uniform"`` (in ``t``), ``"log_snr"``, or ``"edm"`` (with ``rho``).
+      denoise_final: apply the final Tweedie denoising step.
+      record_every: keep every ``k``-th state in ``trajectory`` (``(steps // k + 1, n, d)``).
+      return_info: return a :class:`SampleResult` ``(samples, info, trajectory)``.
+      check: raise (via ``jax.experimental.checkify``) when particles become non-finite.
+      mesh: a ``jax.sharding.Mesh``; particles are sharded along ``batch_axis`` (default: the
+        mesh's first axis) for the whole run.
+      x_init: optional initial particles ``(n, d)`` at ``t_max``.
+      dtype: floating dtype (default ``x_init``'s, else JAX's default float).
+      **options: method options, e.g. ``eta`` (ddim); ``snr``, ``n_corrector``,
+        ``corrector_step`` (predictor_corrector); ``mcmc_steps``, ``step_size``,
+        ``target_accept``, ``adapt_rate``, ``n_leapfrog`` (annealed MCMC).
+
+    Returns:
+      ``samples (n, d)``, or a :class:`SampleResult` when ``return_info`` or ``record_every``.
+
+    Raises:
+      ValueError: bad ``shape``/``steps``/``t_min``/``grid``/``method``/option values, or a model
+        whose score has the wrong shape.
+      TypeError: unknown options, a Metropolis method on a model without ``log_prob``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, composition_jax as cj
+      >>> sch = cj.VPSchedule()
+      >>> p = cj.diffuse(cj.Gaussian(jnp.zeros(2), jnp.eye(2)), sch)
+      >>> cj.sample(jax.random.key(0), p, sch, (4, 2), steps=10).shape
+      (4, 2)
+    """
+    kernel, opts = resolve_method(method, options)
+    if (
+        not isinstance(shape, (tuple, list))
+        or len(shape) != 2
+        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in shape)
+        or shape[0] < 1
+        or shape[1] < 1
+    ):
+        raise ValueError(f"shape must be a tuple (n, d) of positive ints, got {shape!r}")
+    n, d = int(shape[0]), int(shape[1])
+    steps, t_min_f = check_times(schedule, steps, t_min, grid)
+    if record_every is not None:
+        record_every = _check_int(record_every, "record_every")
+        if record_every > steps:
+            raise ValueError(f"record_every must be <= steps = {steps}, got {record_every}")
+    if x_init is not None:
+        x_init = jnp.asarray(x_init)
+        if x_init.shape != (n, d):
+            raise ValueError(f"x_init must have shape {(n, d)}, got {tuple(x_init.shape)}")
+        if not jnp.issubdtype(x_init.dtype, jnp.floating):
+            raise TypeError(f"x_init must be floating, got dtype {x_init.dtype}")
+    if dtype is None:
+        dtype = x_init.dtype if x_init is not None else jnp.result_type(float)
+    dtype = jnp.dtype(dtype)
+    model = as_model(model)
+    if kernel.needs_log_prob and not has_log_prob(model):
+        raise TypeError(
+            f"method {method!r} is Metropolis-corrected and needs model.log_prob(x, t); "
+            f"{type(model).__name__} has none"
+        )
+    check_model_shape(model, d, dtype)
+    if mesh is not None:
+        if not isinstance(mesh, jax.sharding.Mesh):
+            raise TypeError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
+        mesh = _auto_mesh(mesh)
+        batch_axis = mesh.axis_names[0] if batch_axis is None else batch_axis
+        if batch_axis not in mesh.axis_names:
+            raise ValueError(f"batch_axis {batch_axis!r} not in mesh axes {mesh.axis_names}")
+    cfg = _Config(
+        method=method,
+        shape=(n, d),
+        steps=steps,
+        t_min=t_min_f,
+        grid=grid,
+        rho=float(rho),
+        denoise_final=bool(denoise_final),
+        record_every=record_every,
+        return_info=bool(return_info or record_every is not None),
+        check=bool(check),
+        mesh=mesh,
+        batch_axis=batch_axis,
+        dtype=dtype,
+        has_x_init=x_init is not None,
+        options=tuple(sorted(opts.items())),
+    )
+    fn = _build(cfg)
+    if cfg.check:
+        err, out = fn(key, model, schedule, x_init)
+        err.throw()
+        return out
+    return fn(key, model, schedule, x_init)
