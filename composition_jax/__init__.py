@@ -28,6 +28,7 @@ from .compose import (
     guidance,
     linear_combination,
 )
+from . import verify
 
 __version__ = "0.1.0"
 
@@ -68,4 +69,5 @@ __all__ = [
     "composed_distribution",
     "guidance",
     "linear_combination",
+    "verify",
 ]
