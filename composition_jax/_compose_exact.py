@@ -218,7 +218,7 @@ def _closed_form(dists: list, w: jax.Array) -> Distribution:
             continue
         n_int = round(ev)
         if abs(ev - n_int) > 1e-9 or n_int < 0:
-            what = "1 - sum(weights)" if n == ["background"] or "background" in n else "its weight"
+            what = "1 - sum(weights) + ..." if "background" in n else "the sum of its weights"
             raise NotImplementedError(
                 f"{label} is a Gaussian mixture with exponent {ev:.6g} ({what}) in "
                 "p_b prod (p_i/p_b)^w_i; a mixture to a non-integer or negative power is not a "

@@ -193,6 +193,7 @@ def _check_weights(weights: Any, k: int, name: str = "weights") -> jax.Array:
     if isinstance(weights, (bool, np.bool_)):
         raise TypeError(f"{name} must be real numbers, got bool")
     w = as_float_array(weights, name)
+    w = w.astype(w.dtype)  # drop weak typing (Python scalars): same trace for every weight
     if w.shape != (k,):
         raise ValueError(
             f"{name} must have shape ({k},) (one weight per model), got shape {tuple(w.shape)}"
@@ -433,7 +434,7 @@ def linear_combination(models: Sequence[Any], weights: Any) -> LinearCombination
       >>> import jax.numpy as jnp, composition_jax as cj
       >>> m = cj.diffuse(cj.Gaussian(jnp.zeros(1), jnp.eye(1)), cj.VESchedule())
       >>> prod = cj.linear_combination([m, m], jnp.array([1.0, 1.0]))  # p^2 (tempered)
-      >>> float(prod.score(jnp.ones(1), 0.0)[0])
+      >>> round(float(prod.score(jnp.ones(1), 0.0)[0]), 2)  # VE: sigma(0) = 0.01
       -2.0
     """
     return LinearCombination(models, weights)
@@ -454,6 +455,7 @@ def guidance(conditional: Any, unconditional: Any, scale: Any) -> Composition:
     if isinstance(scale, (bool, np.bool_)):
         raise TypeError("scale must be a real number, got bool")
     s = as_float_array(scale, "scale")
+    s = s.astype(s.dtype)  # drop weak typing: one trace for every scale
     if s.shape not in ((), (1,)):
         raise ValueError(f"scale must be a scalar (shape () or (1,)), got shape {tuple(s.shape)}")
     return Composition(unconditional, (conditional,), jnp.reshape(s, (1,)))
