@@ -100,6 +100,8 @@ class Gaussian(Distribution):
         cov = as_float_array(self.cov, "cov")
         dt = jnp.result_type(mean.dtype, cov.dtype)
         mean, cov = mean.astype(dt), cov.astype(dt)
+        if cov.ndim != 2 or cov.shape[0] != cov.shape[1]:
+            raise ValueError(f"cov must be a square (d, d) matrix, got shape {tuple(cov.shape)}")
         if cov.shape != (mean.shape[0], mean.shape[0]):
             raise ValueError(
                 f"cov must have shape ({mean.shape[0]}, {mean.shape[0]}) to match mean "
@@ -174,6 +176,10 @@ class GaussianMixture(Distribution):
         dt = jnp.result_type(w.dtype, means.dtype, covs.dtype)
         w, means, covs = w.astype(dt), means.astype(dt), covs.astype(dt)
         k, d = means.shape
+        if covs.shape[-1] != covs.shape[-2]:
+            raise ValueError(
+                f"covs must hold square (d, d) matrices, got shape {tuple(covs.shape)}"
+            )
         if w.shape[0] != k:
             raise ValueError(
                 f"weights has shape {tuple(w.shape)} but means has {k} components "

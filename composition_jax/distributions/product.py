@@ -24,7 +24,7 @@ def normalize_blocks(blocks: Any, dim: int | None = None, *, name: str = "blocks
     """Validate ``blocks`` (a sequence of integer index arrays) and return a tuple of tuples.
 
     With ``partition=True`` the blocks must be disjoint and cover ``range(dim)`` exactly (``dim``
-    defaults to the total size).
+    defaults to ``max(total size, largest index + 1)``).
     """
     if isinstance(blocks, (np.ndarray, jax.Array)) and np.ndim(blocks) == 1:
         raise ValueError(f"{name} must be a sequence of index arrays, got a flat array")
@@ -42,7 +42,8 @@ def normalize_blocks(blocks: Any, dim: int | None = None, *, name: str = "blocks
     except TypeError as e:
         raise ValueError(f"{name} must be a sequence of index arrays: {e}") from None
     flat = [j for b in out for j in b]
-    total = len(flat) if dim is None else dim
+    # Without ``dim`` the blocks must cover range(max index + 1): a gap is reported as missing.
+    total = max(len(flat), max(flat, default=-1) + 1) if dim is None else dim
     if any(j < 0 or j >= total for j in flat):
         bad = sorted({j for j in flat if j < 0 or j >= total})
         raise ValueError(f"{name} has indices out of range({total}): {bad}")
