@@ -29,11 +29,38 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_out(path: str, force: bool) -> "Path":
+    from pathlib import Path
+
+    out = Path(path)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise SystemExit(f"output folder {out} exists and is not empty; use --force to overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench.harness import run_bench
+
+    out = _prepare_out(args.out, args.force)
+    impls = args.impls.split(",") if args.impls else None
+    run_bench(out, quick=args.quick, impls=impls)
+    print(f"wrote {out / 'results.json'}, {out / 'table.md'} and plots")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="composition-jax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_demo = sub.add_parser("demo", help="small end-to-end demonstration")
     p_demo.set_defaults(func=_demo)
+    p_bench = sub.add_parser("bench", help="speed side by side with NumPy, diffrax, PyTorch")
+    p_bench.add_argument("--out", default="bench_out")
+    p_bench.add_argument("--quick", action="store_true", help="small sizes (< 3 minutes)")
+    p_bench.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    p_bench.add_argument("--impls", default=None,
+                         help="comma-separated subset of composition_jax,numpy,diffrax,torch,torch_compile")
+    p_bench.set_defaults(func=_bench)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

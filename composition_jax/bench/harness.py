@@ -1,0 +1,304 @@
+"""``composition-jax bench``: side-by-side speed, scaling and the roofline, in one run.
+
+Every measurement runs in a fresh subprocess (see ``worker.py``). Results: ``results.json`` (one
+record per (implementation, problem, size), with the machine and versions), PNG plots, and a
+printed table of ratios to composition_jax. Implementations are checked to give the same law:
+their sample means agree with composition_jax's within a Bonferroni-corrected z-test derived
+from ``n``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .impls import available
+from .problem import QUICK_SIZES, SIZES
+
+__all__ = ["run_bench", "measure_ceilings", "agreement"]
+
+
+def _worker(spec: dict, env_extra: dict | None = None, timeout: float = 3600) -> dict:
+    env = dict(os.environ)
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")  # BLAS threads slowed batched NumPy here
+    if env_extra:
+        env.update(env_extra)
+    cmd = [sys.executable, "-m", "composition_jax.bench.worker", json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    return {**spec, "error": (proc.stderr or proc.stdout)[-2000:]}
+
+
+def measure_ceilings(quick: bool = False) -> dict:
+    """This machine's ceilings: float32 matmul FLOP/s, normal-sample rate, memory bandwidth."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    def best(fn, *args, reps=5):
+        jax.block_until_ready(fn(*args))
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            ts.append(time.perf_counter() - t0)
+        return min(ts)
+
+    n = 1024 if quick else 2048
+    a = jnp.ones((n, n), jnp.float32)
+    mm = jax.jit(lambda x: x @ x)
+    flops = 2 * n**3 / best(mm, a)
+    m = 1 << (22 if quick else 24)
+    rng = jax.jit(lambda k: jax.random.normal(k, (m,), jnp.float32))
+    normals = m / best(rng, jax.random.key(0))
+    big = jnp.ones((m,), jnp.float32)
+    add = jax.jit(lambda x: x * 1.0001 + 1.0)
+    bw = 2 * 4 * m / best(add, big)  # read + write
+    arr = np.ones(m, np.float32)
+    out = np.empty_like(arr)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        np.multiply(arr, 1.0001, out=out)
+    np_bw = 5 * 2 * 4 * m / (time.perf_counter() - t0)
+    return {
+        "matmul_flops_per_s": flops,
+        "normals_per_s": normals,
+        "bandwidth_bytes_per_s": bw,
+        "numpy_bandwidth_bytes_per_s": np_bw,
+    }
+
+
+def _z_threshold(d: int, alpha: float = 1e-3) -> float:
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(1 - alpha / (2 * d))
+
+
+def agreement(ref: dict, other: dict) -> dict:
+    """Bonferroni z-test of per-coordinate means between two implementations' samples."""
+    n1, n2 = ref["n"], other["n"]
+    m1, v1 = ref["summary"]["mean"], ref["summary"]["var"]
+    m2, v2 = other["summary"]["mean"], other["summary"]["var"]
+    z = max(abs(a - b) / math.sqrt(va / n1 + vb / n2 + 1e-30) for a, b, va, vb in zip(m1, m2, v1, v2))
+    vr = max(abs(math.log(vb / va)) for va, vb in zip(v1, v2) if va > 0 and vb > 0)
+    thr = _z_threshold(len(m1))
+    return {"max_mean_z": z, "z_threshold": thr, "max_abs_log_var_ratio": vr,
+            "agree": bool(z < thr and other["summary"]["finite"])}
+
+
+def _roofline(rec: dict, ceil: dict) -> dict:
+    ps = rec["particle_steps_per_s"]
+    d = rec["d"]
+    t_flop = rec["flops_per_particle_step"] / ceil["matmul_flops_per_s"]
+    t_rng = rec["normals_per_particle_step"] / ceil["normals_per_s"]
+    # bytes per particle-step: read x, write x, read noise (float32), plus score temporaries
+    t_mem = (4 * 4 * d) / ceil["bandwidth_bytes_per_s"]
+    floor = max(t_flop, t_rng, t_mem)
+    binding = ["matmul_flops", "normal_samples", "memory_bandwidth"][[t_flop, t_rng, t_mem].index(floor)]
+    return {"binding_ceiling": binding, "floor_particle_steps_per_s": 1 / floor,
+            "fraction_of_ceiling": ps * floor}
+
+
+def environment() -> dict:
+    import jax
+    import numpy as np
+
+    env = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "numpy": np.__version__,
+        "devices": [str(d) for d in jax.devices()],
+    }
+    for mod in ("diffrax", "torch"):
+        try:
+            env[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - optional
+            env[mod] = None
+    return env
+
+
+def run_bench(out_dir: str | Path, quick: bool = False, impls: list[str] | None = None,
+              progress=print) -> dict:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    impls = impls or ["composition_jax", "numpy", "diffrax", "torch", "torch_compile"]
+    impls = [i for i in impls if available(i)]
+    steps = 100 if quick else 500
+    repeats = 2 if quick else 3
+    sizes = QUICK_SIZES if quick else SIZES
+    ks = (1, 2) if quick else (1, 2, 4)
+    records: list[dict] = []
+    ceil = measure_ceilings(quick)
+    progress(f"ceilings: {ceil}")
+
+    def go(spec, env_extra=None):
+        rec = _worker(spec, env_extra)
+        rec["group"] = spec.get("group", "compare")
+        records.append(rec)
+        if "error" in rec:
+            progress(f"  {spec['impl']:<16} {spec} ERROR {rec['error'][-300:]}")
+        else:
+            progress(f"  {rec['impl']:<16} {rec['problem']:<28} {rec['method']:<15} "
+                     f"{rec['particle_steps_per_s']:.3e} ps/s  first call {rec['first_call_s']:.2f}s")
+        return rec
+
+    # 1. side by side
+    for method in ("euler_maruyama", "ode_heun"):
+        for size in sizes:
+            for k in ks if method == "euler_maruyama" else (1,):
+                base = dict(size, k=k, steps=steps, method=method, repeats=repeats, seed=0)
+                ref = go(dict(base, impl="composition_jax"))
+                for impl in impls:
+                    if impl == "composition_jax":
+                        continue
+                    rec = go(dict(base, impl=impl))
+                    if "error" not in rec and "error" not in ref:
+                        rec["agreement"] = agreement(ref, rec)
+                        rec["ratio_cj_over_impl"] = (
+                            ref["particle_steps_per_s"] / rec["particle_steps_per_s"])
+    # N = 1k, where per-step overhead dominates
+    base = dict(d=2, K=8, n=1000, k=1, steps=steps, method="euler_maruyama", repeats=repeats)
+    ref = go(dict(base, impl="composition_jax"))
+    for impl in impls:
+        if impl != "composition_jax":
+            rec = go(dict(base, impl=impl))
+            if "error" not in rec and "error" not in ref:
+                rec["agreement"] = agreement(ref, rec)
+                rec["ratio_cj_over_impl"] = ref["particle_steps_per_s"] / rec["particle_steps_per_s"]
+
+    # 2. scaling (composition_jax)
+    sc = dict(impl="composition_jax", steps=steps, method="euler_maruyama", repeats=repeats,
+              group="scaling")
+    ns = (1000, 4000, 16000) if quick else (1000, 10_000, 100_000)
+    for n in ns:
+        go(dict(sc, d=2, K=8, k=1, n=n, axis="N"))
+        go(dict(sc, d=2, K=8, k=1, n=n, axis="N_traj", record_every=max(1, steps // 10)))
+    for d in ((2, 16, 64) if quick else (2, 16, 64, 256)):
+        go(dict(sc, d=d, K=16, k=1, n=2000 if quick else 4000, axis="d"))
+    for K in ((4, 16) if quick else (4, 16, 64)):
+        go(dict(sc, d=16, K=K, k=1, n=2000 if quick else 4000, axis="K"))
+    for k in ((1, 2) if quick else (1, 2, 4, 8)):
+        go(dict(sc, d=16, K=8, k=k, n=2000 if quick else 4000, axis="k"))
+    for ndev in ((1, 2) if quick else (1, 2, 4, 8)):
+        go(dict(sc, d=2, K=8, k=1, n=8000 if quick else 100_000, devices=ndev, axis="devices"),
+           env_extra={"XLA_FLAGS": f"--xla_force_host_platform_device_count={max(ndev, 1)}"})
+
+    for rec in records:
+        if rec.get("impl") == "composition_jax" and "error" not in rec:
+            rec["roofline"] = _roofline(rec, ceil)
+
+    result = {"environment": environment(), "ceilings": ceil, "quick": quick, "records": records}
+    _atomic_json(out_dir / "results.json", result)
+    table = ratio_table(result)
+    (out_dir / "table.md").write_text(table)
+    progress(table)
+    try:
+        plot(result, out_dir)
+    except ImportError:
+        progress("matplotlib not installed: no plots")
+    return result
+
+
+def _atomic_json(path: Path, obj) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def ratio_table(result: dict) -> str:
+    recs = [r for r in result["records"] if r.get("group") == "compare" and "error" not in r]
+    lines = [
+        "| problem | method | implementation | particle-steps/s | first call (s) | peak RSS (MB) "
+        "| composition_jax speed-up | same law (max z / thr) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in recs:
+        ag = r.get("agreement")
+        if ag is None:
+            same = "-"
+        else:
+            verdict = "yes" if ag["agree"] else "NO"
+            same = f"{verdict} ({ag['max_mean_z']:.1f}/{ag['z_threshold']:.1f})"
+        lines.append(
+            f"| {r['problem']} | {r['method']} | {r['impl']} | {r['particle_steps_per_s']:.3g} "
+            f"| {r['first_call_s']:.2f} | {r['peak_rss_mb']:.0f} "
+            f"| {r.get('ratio_cj_over_impl', 1.0):.2f}x "
+            f"| {same} |"
+        )
+    roof = [r for r in result["records"] if "roofline" in r and r.get("group") == "compare"]
+    if roof:
+        lines += ["", "| problem | method | binding ceiling | floor ps/s | achieved fraction |",
+                  "|---|---|---|---|---|"]
+        for r in roof:
+            rf = r["roofline"]
+            lines.append(f"| {r['problem']} | {r['method']} | {rf['binding_ceiling']} "
+                         f"| {rf['floor_particle_steps_per_s']:.3g} | {rf['fraction_of_ceiling']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sc = [r for r in result["records"] if r.get("group") == "scaling" and "error" not in r]
+    axes_spec = [("N", "n"), ("d", "d"), ("K", "K"), ("k", "k"), ("devices", "devices")]
+    fig, axs = plt.subplots(1, len(axes_spec), figsize=(4 * len(axes_spec), 3.5))
+    for ax, (axis, key) in zip(axs, axes_spec):
+        rs = sorted((r for r in sc if r.get("axis") == axis), key=lambda r: r[key])
+        if rs:
+            ax.loglog([r[key] for r in rs], [r["particle_steps_per_s"] for r in rs], "o-")
+        ax.set_xlabel(key)
+        ax.set_ylabel("particle-steps / s")
+        ax.set_title(f"composition_jax vs {key}")
+        ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_dir / "scaling.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for axis, label in (("N", "final state only"), ("N_traj", "trajectory every steps/10")):
+        rs = sorted((r for r in sc if r.get("axis") == axis), key=lambda r: r["n"])
+        if rs:
+            ax.loglog([r["n"] for r in rs], [r["peak_rss_mb"] for r in rs], "o-", label=label)
+    ax.set_xlabel("particles N")
+    ax.set_ylabel("peak RSS (MB)")
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_dir / "memory.png", dpi=100)
+    plt.close(fig)
+
+    cmp_ = [r for r in result["records"] if r.get("group") == "compare" and "error" not in r]
+    probs = sorted({(r["problem"], r["method"]) for r in cmp_})
+    impls = sorted({r["impl"] for r in cmp_})
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(probs)), 4))
+    width = 0.8 / max(1, len(impls))
+    for i, impl in enumerate(impls):
+        ys = []
+        for prob in probs:
+            r = next((r for r in cmp_ if (r["problem"], r["method"]) == prob and r["impl"] == impl), None)
+            ys.append(r["particle_steps_per_s"] if r else 0)
+        ax.bar([j + i * width for j in range(len(probs))], ys, width, label=impl)
+    ax.set_yscale("log")
+    ax.set_xticks([j + 0.4 for j in range(len(probs))])
+    ax.set_xticklabels([f"{p}\n{m}" for p, m in probs], fontsize=6, rotation=30)
+    ax.set_ylabel("particle-steps / s")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "compare.png", dpi=100)
+    plt.close(fig)
