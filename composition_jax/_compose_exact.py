@@ -263,7 +263,7 @@ def _closed_form(dists: list, w: jax.Array) -> Distribution:
     means = jnp.einsum("nij,nj->ni", v, vh * inv)
     covs = jnp.einsum("nij,nj,nlj->nil", v, inv, v)
     covs = 0.5 * (covs + jnp.swapaxes(covs, -1, -2))
-    if prec.shape[0] == 1 and not has_mixture:
+    if prec.shape[0] == 1:  # a one-component composition (e.g. mixtures that cancelled)
         return Gaussian(means[0], covs[0])
     log_z = const + 0.5 * jnp.sum(vh * vh * inv, -1) + 0.5 * d * _LOG_2PI - 0.5 * jnp.sum(
         jnp.log(mu), -1
