@@ -181,7 +181,13 @@ def _closed_form(dists: list, w: jax.Array) -> Distribution:
     dt = jnp.result_type(*[d.dtype for d in dists])
     w = w.astype(dt)
     concrete_w = is_concrete(w)
-    exps: list[Any] = [1.0 - jnp.sum(w)] + [w[i] for i in range(k)]
+    if concrete_w:  # exponent bookkeeping in float64, tolerances from the input dtype
+        wn = np.asarray(w, np.float64)
+        exps: list[Any] = [1.0 - float(wn.sum())] + [float(v) for v in wn]
+        tol = 1e3 * float(jnp.finfo(dt).eps) * (1.0 + float(np.abs(wn).sum()))
+    else:
+        exps = [1.0 - jnp.sum(w)] + [w[i] for i in range(k)]
+        tol = 0.0
     # Merge identical inputs (sum their exponents): under Factorized Conditionals a conditional's
     # off-block factors are the background's and cancel exactly.
     groups: list[tuple[Distribution, Any, list[str]]] = []
@@ -208,7 +214,7 @@ def _closed_form(dists: list, w: jax.Array) -> Distribution:
         label = " = ".join(n)
         if concrete_w:
             ev = float(e)
-            if abs(ev) <= 1e-12:
+            if abs(ev) <= tol:  # cancelled (e.g. a conditional's off-block background factor)
                 continue
         p, h, c = _natural(lw.astype(dt), means.astype(dt), covs.astype(dt))
         if single:
@@ -217,13 +223,13 @@ def _closed_form(dists: list, w: jax.Array) -> Distribution:
             used.append((label, e, p[0]))
             continue
         n_int = round(ev)
-        if abs(ev - n_int) > 1e-9 or n_int < 0:
-            what = "1 - sum(weights) + ..." if "background" in n else "the sum of its weights"
+        if abs(ev - n_int) > tol or n_int < 0:
             raise NotImplementedError(
-                f"{label} is a Gaussian mixture with exponent {ev:.6g} ({what}) in "
-                "p_b prod (p_i/p_b)^w_i; a mixture to a non-integer or negative power is not a "
-                "mixture and has no closed form (only non-negative integer exponents do; e.g. "
-                "Bayes composition with a mixture background needs exactly one conditional)"
+                f"{label} is a Gaussian mixture with exponent {ev:.6g} in "
+                "C[p] ∝ p_b^(1 - sum_i w_i) prod_i p_i^(w_i) (identical inputs add their "
+                "exponents); a mixture to a non-integer or negative power is not a mixture and "
+                "has no closed form (only non-negative integer exponents do; e.g. Bayes "
+                "composition with a mixture background needs exactly one conditional)"
             )
         for _ in range(n_int):
             m0, m1 = prec.shape[0], p.shape[0]

@@ -71,9 +71,8 @@ def test_score_is_grad_log_prob_float32(key):
 
 
 @pytest.mark.x64
-@pytest.mark.parametrize("d", [1, 3])
-def test_score_is_grad_log_prob_x64(key, d):
-    _check_score_is_grad(key, jnp.float64, d, rtol=1e-10, atol=1e-10)
+def test_score_is_grad_log_prob_x64(key):
+    _check_score_is_grad(key, jnp.float64, 2, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.x64

@@ -497,3 +497,14 @@ def test_bayes_composition_laws_x64():
     prec = (1 - 3.0) / 2.0 + 3.0 / 0.3
     np.testing.assert_allclose(cfg.cov, np.eye(2) / prec, rtol=1e-12)
     np.testing.assert_allclose(cfg.mean, (3.0 / 0.3) * np.asarray(m1.mean) / prec, rtol=1e-12)
+
+
+def test_float32_weight_rounding_still_cancels(key):
+    """Exponent bookkeeping is done in float64: float32 weights whose exponents cancel only up to
+    rounding still give the closed form (here the background mixture cancels: 1 - .3 - .7 = 0)."""
+    mix = _mixture(key, 2, 1)
+    g = cj.Gaussian(jnp.array([1.0]), jnp.array([[0.5]]))
+    q = cj.composed_distribution(mix, [g, g], jnp.array([0.3, 0.7], jnp.float32))
+    assert isinstance(q, cj.Gaussian)
+    np.testing.assert_allclose(q.mean, g.mean, rtol=1e-6)
+    np.testing.assert_allclose(q.cov, g.cov, rtol=1e-6)
