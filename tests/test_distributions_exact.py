@@ -90,7 +90,8 @@ def _tol(x64):
 
 def _check_score_is_grad(family, sched, x64):
     _, _, _, out = results(family, sched, x64)
-    assert np.all(np.isfinite(out["score"]))
+    for k in ("log_prob", "score", "denoise"):  # t in {1e-4, ..., 1} included
+        assert np.all(np.isfinite(out[k])), k
     err = _rel_err(out["score"], out["grad"], 1.0)
     assert err.max() < _tol(x64), err
     # the fused version agrees with the separate ones
@@ -191,3 +192,27 @@ def test_log_prob_matches_scipy_dims_1_to_8_all_schedules():
 @pytest.mark.x64
 def test_x64_log_prob_matches_scipy_dims_1_to_8_all_schedules():
     _dims_sweep(jnp.float64, _tol64, full=True)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_eager_loop_equals_jit_vmap(family):
+    """Eager, unbatched calls in a Python loop == the jitted, vmapped results above (jit == eager
+    and vmap == loop at once), at the smallest and largest t, all finite, dtype preserved."""
+    sched = "vp"
+    case, xs, _, out = results(family, sched, False)
+    p = cj.diffuse(case.dist, SCHEDULES[sched]())
+    for i in (0, len(xs) - 1):  # t = 1e-4 and t = 1
+        t = TIMES[i // N_PER_T]
+        x = jnp.asarray(xs[i], jnp.float32)
+        # Different fusion (FMAs) under jit changes roundings of x - a p; the results then move by
+        # rounding(x) * derivative: ~eps32 |x| |score| for log_prob (score ~ 1/sigma near a
+        # point mass at t = 1e-4) and ~eps32 |x| / sigma relative for score/denoise (3e-4).
+        lp_tol = 1e-6 * (1 + np.abs(xs[i]).max()) * (1 + np.linalg.norm(out["score"][i]))
+        for name, fn in (("log_prob", p.log_prob), ("score", p.score), ("denoise", p.denoise)):
+            got = fn(x, t)
+            assert got.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(got)))
+            want = out[name][i]
+            if name == "log_prob":
+                assert abs(float(got) - want) <= lp_tol, (got, want, lp_tol)
+            else:
+                assert _rel_err(np.asarray(got, np.float64), want, 1.0) < 3e-4, (name, got, want)
