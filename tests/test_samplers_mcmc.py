@@ -1,0 +1,136 @@
+"""Annealed MALA/HMC correct a coarse reverse-SDE run; mixture targets for every method."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import composition_jax as cj
+from composition_jax.verify.sampler_law import sampler_law
+
+from _sampler_helpers import gaussian_moment_check, moment_check_any
+
+T_MIN = 1e-2
+
+
+def _composed(sch):
+    bg = cj.diffuse(cj.Gaussian(jnp.zeros(2), 3.0 * jnp.eye(2)), sch)
+    c1 = cj.diffuse(cj.Gaussian(jnp.array([1.5, 0.0]), jnp.array([[1.0, 0.4], [0.4, 1.0]])), sch)
+    c2 = cj.diffuse(cj.Gaussian(jnp.array([0.0, -1.0]), jnp.array([[0.5, 0.0], [0.0, 2.0]])), sch)
+    return cj.compose(bg, [c1, c2])
+
+
+def _exact_affine_law(model, t):
+    """The composed p_t of Gaussians is Gaussian: score A x + b  =>  N(-A^{-1} b, -A^{-1})."""
+    x0 = jnp.zeros(2)
+    A = jax.jacfwd(model.score)(x0, t)
+    b = model.score(x0, t)
+    cov = -jnp.linalg.inv(A)
+    return cov @ b, 0.5 * (cov + cov.T)
+
+
+def _worst_z(mean, cov, ref_mean, ref_cov, n):
+    """Exact (noise-free) distance in standard errors at sample size n."""
+    mean, cov = np.asarray(mean, np.float64), np.asarray(cov, np.float64)
+    rm, rc = np.asarray(ref_mean, np.float64), np.asarray(ref_cov, np.float64)
+    dg = np.diag(rc)
+    zm = np.max(np.abs(mean - rm) / np.sqrt(dg / n))
+    zc = np.max(np.abs(cov - rc) / np.sqrt((np.outer(dg, dg) + rc**2) / (n - 1)))
+    return max(zm, zc)
+
+
+@pytest.mark.parametrize("method", ["annealed_mala", "annealed_hmc"])
+def test_mcmc_corrects_coarse_reverse_sde_on_composition(key, method):
+    sch = cj.VPSchedule()
+    model = _composed(sch)
+    n, steps = 4000, 8
+    exact_m, exact_c = _exact_affine_law(model, T_MIN)
+    em = sampler_law(model, sch, method="euler_maruyama", steps=steps, t_min=T_MIN, dim=2,
+                     denoise_final=False)
+    z_em = _worst_z(em.mean, em.cov, exact_m, exact_c, n)
+    r = cj.sample(key, model, sch, (n, 2), method=method, steps=steps, t_min=T_MIN,
+                  denoise_final=False, return_info=True)
+    acc = np.asarray(r.info.acceptance)
+    print(f"{method}: uncorrected EM law is {z_em:.1f} SE from the exact law; acceptance per "
+          f"level {np.round(acc, 3)}; step sizes {np.asarray(r.info.step_size)}")
+    assert z_em > 8.0  # the coarse run is measurably wrong ...
+    zm, zc = gaussian_moment_check(r.samples, exact_m, exact_c)  # ... the corrected one is not
+    assert max(zm, zc) < z_em - 3.0
+    assert acc.shape == (steps,) and np.all((acc > 0.2) & (acc <= 1.0))
+
+
+RING_K = 8
+_ANG = 2 * np.pi * np.arange(RING_K) / RING_K
+RING = cj.GaussianMixture(
+    jnp.full(RING_K, 1.0 / RING_K),
+    jnp.asarray(np.stack([3 * np.cos(_ANG), 3 * np.sin(_ANG)], 1), jnp.float32),
+    jnp.tile(0.09 * jnp.eye(2), (RING_K, 1, 1)),
+)
+
+ALL_METHODS = [
+    ("euler_maruyama", {}),
+    ("ode_euler", {}),
+    ("ode_heun", {}),
+    ("ddpm", {}),
+    ("ddim", {}),
+    # the per-particle SNR step over-disperses in 2-D (|s(x)| ~ 0 near modes); fixed step here
+    ("predictor_corrector", {"corrector_step": "fixed"}),
+    ("annealed_mala", {}),
+    ("annealed_hmc", {}),
+]
+
+
+def _occupancy_check(x, means, weights, k=5.0):
+    """Nearest-mean component counts against multinomial(n, weights), per component."""
+    x, means = np.asarray(x), np.asarray(means)
+    lab = np.argmin(((x[:, None, :] - means[None]) ** 2).sum(-1), 1)
+    counts = np.bincount(lab, minlength=len(weights))
+    n = x.shape[0]
+    w = np.asarray(weights, np.float64)
+    z = np.abs(counts - n * w) / np.sqrt(n * w * (1 - w))
+    assert np.max(z) < k, f"component counts {counts} vs {n * w}"
+
+
+RING_CASES = ALL_METHODS[:-1] + [
+    pytest.param(
+        "annealed_hmc", {},
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="known: per-particle adaptive HMC over-disperses within components "
+            "(mean nearest-mean distance 0.400 vs exact 0.376, 5.5 SE at n=2000)",
+        ),
+    )
+]
+
+
+@pytest.mark.parametrize("method,opts", RING_CASES)
+def test_every_method_reaches_ring_mixture(key, method, opts):
+    sch = cj.VPSchedule()
+    p = cj.diffuse(RING, sch)
+    n = 2000
+    x = cj.sample(key, p, sch, (n, 2), method=method, steps=200, grid="log_snr", **opts)
+    m, c = RING.moments()
+    moment_check_any(x, m, c)
+    _occupancy_check(x, RING.means, RING.weights)
+    # within-component spread (the ring's components have std 0.3): the distance to the
+    # nearest mean has exact mean 0.3 sqrt(pi/2) (Rayleigh); 5 SE with the Rayleigh variance
+    dist = np.min(np.linalg.norm(np.asarray(x)[:, None] - np.asarray(RING.means)[None], axis=-1), 1)
+    ray_mean, ray_sd = 0.3 * np.sqrt(np.pi / 2), 0.3 * np.sqrt(2 - np.pi / 2)
+    assert abs(dist.mean() - ray_mean) < 5 * ray_sd / np.sqrt(n), dist.mean()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,opts", ALL_METHODS)
+def test_every_method_reaches_16d_mixture(key, method, opts):
+    d, k = 16, 4
+    rng = np.random.default_rng(0)
+    means = jnp.asarray(2.0 * rng.standard_normal((k, d)), jnp.float32)
+    mix = cj.GaussianMixture(jnp.full(k, 0.25), means, jnp.tile(0.25 * jnp.eye(d), (k, 1, 1)))
+    sch = cj.VPSchedule()
+    x = cj.sample(key, cj.diffuse(mix, sch), sch, (4000, d), method=method, steps=400,
+                  grid="log_snr", **opts)
+    m, c = mix.moments()
+    moment_check_any(x, m, c)
+    _occupancy_check(x, mix.means, mix.weights)
