@@ -8,12 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _sampler_helpers import gaussian_moment_check
 
 import composition_jax as cj
 from composition_jax.samplers import KERNELS, time_grid, trace_count
 from composition_jax.verify.sampler_law import sampler_law
-
-from _sampler_helpers import gaussian_moment_check
 
 MEAN = jnp.array([1.0, -1.0, 0.5])
 COV = jnp.array([[2.0, 0.5, 0.0], [0.5, 1.0, -0.3], [0.0, -0.3, 0.5]])

@@ -6,11 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _sampler_helpers import gaussian_moment_check, moment_check_any
 
 import composition_jax as cj
 from composition_jax.verify.sampler_law import sampler_law
-
-from _sampler_helpers import gaussian_moment_check, moment_check_any
 
 T_MIN = 1e-2
 

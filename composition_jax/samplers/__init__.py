@@ -8,17 +8,17 @@ from .kernels import KERNELS, Kernel, SamplerState, register_kernel
 from .mcmc import MCMCInfo, MCMCState
 
 __all__ = [
-    "sample",
-    "SampleInfo",
-    "SampleResult",
-    "as_model",
-    "trace_count",
     "GRIDS",
-    "time_grid",
     "KERNELS",
     "Kernel",
-    "SamplerState",
-    "register_kernel",
     "MCMCInfo",
     "MCMCState",
+    "SampleInfo",
+    "SampleResult",
+    "SamplerState",
+    "as_model",
+    "register_kernel",
+    "sample",
+    "time_grid",
+    "trace_count",
 ]

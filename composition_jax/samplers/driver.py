@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from typing import Any, NamedTuple
 
 import jax
@@ -36,7 +35,7 @@ from ..schedules import Schedule
 from .grids import GRIDS, time_grid
 from .kernels import KERNELS, Kernel, has_log_prob, model_denoise
 
-__all__ = ["sample", "SampleResult", "SampleInfo", "ScoreFunctionModel", "as_model", "trace_count"]
+__all__ = ["SampleInfo", "SampleResult", "ScoreFunctionModel", "as_model", "sample", "trace_count"]
 
 _TRACES = [0]
 

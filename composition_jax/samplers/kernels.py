@@ -40,7 +40,8 @@ All of these are approximate samplers of ``p_{t_min}`` whose discretization erro
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,14 +49,14 @@ import jax.numpy as jnp
 from ..schedules import CosineVPSchedule, VPSchedule
 
 __all__ = [
-    "Kernel",
     "KERNELS",
-    "SamplerState",
     "EmptyInfo",
-    "model_score",
-    "model_log_prob_and_score",
-    "model_denoise",
+    "Kernel",
+    "SamplerState",
     "has_log_prob",
+    "model_denoise",
+    "model_log_prob_and_score",
+    "model_score",
     "register_kernel",
 ]
 

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from .kernels import Kernel, em_transition, model_log_prob_and_score, register_kernel
 
-__all__ = ["MCMCState", "MCMCInfo"]
+__all__ = ["MCMCInfo", "MCMCState"]
 
 
 class MCMCState(NamedTuple):
