@@ -48,7 +48,7 @@ def _propagate(model, schedule, m0, C0, *, kernel, opts, steps, t_min, grid, rho
     def body(carry, i):
         mean, cov = carry
         t, s = times[i], times[i + 1]
-        f = lambda x, z: kernel.transition(model, schedule, x, z, t, s, opts)  # noqa: E731
+        f = lambda x, z: kernel.transition(model, schedule, x, z, t, s, opts)
         q, P, Q = _affine(f, d, m_norm, dtype)
         mean = P @ mean + q
         cov = P @ cov @ P.T + Q @ Q.T
@@ -56,7 +56,7 @@ def _propagate(model, schedule, m0, C0, *, kernel, opts, steps, t_min, grid, rho
 
     (mean, cov), _ = jax.lax.scan(body, (m0, C0), jnp.arange(steps))
     if denoise_final:
-        f = lambda x, z: model_denoise(model, schedule, x, times[-1])  # noqa: E731
+        f = lambda x, z: model_denoise(model, schedule, x, times[-1])
         q, P, _ = _affine(f, d, 0, dtype)
         mean = P @ mean + q
         cov = P @ cov @ P.T
