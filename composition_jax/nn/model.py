@@ -22,6 +22,7 @@ the input scaling). The conversions are exact; only ``out`` is approximate.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -195,7 +196,31 @@ def init_params(network: Any, key: jax.Array, dtype: Any = jnp.float32) -> Any:
     x = jnp.zeros((1, network.dim), dtype)
     t = jnp.full((1,), 0.5, dtype)
     c = jnp.full((1,), network.null_condition, jnp.int32)
-    return network.init(key, x, t, c)
+    if not is_concrete(key):  # under a transformation (eval_shape, jit): trace it inline
+        return network.init(key, x, t, c)
+    return _compiled_init(network, jnp.dtype(dtype).name)(key, x, t, c)
+
+
+# Initialisation runs once, so it is compiled with XLA's backend optimisations off: for the U-Net
+# this cuts the compile time on CPU by ~6x (measured 56 s -> 10 s on a loaded 2-core machine); the
+# result is a deterministic function of the key (integer RNG bits, then elementwise transforms).
+_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_init(network: Any, dtype_name: str):
+    dtype = jnp.dtype(dtype_name)
+    args = (
+        jax.random.key(0),
+        jnp.zeros((1, network.dim), dtype),
+        jnp.full((1,), 0.5, dtype),
+        jnp.full((1,), network.null_condition, jnp.int32),
+    )
+    lowered = jax.jit(network.init).lower(*args)
+    try:
+        return lowered.compile(compiler_options=_FAST_COMPILE)
+    except Exception:  # pragma: no cover - unknown option on another backend
+        return lowered.compile()
 
 
 def param_count(params: Any) -> int:

@@ -89,7 +89,9 @@ def fisher_divergence(
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ValueError(f"n must be an int >= 2, got {n!r}")
-    if not (hasattr(exact, "score") and hasattr(exact, "sample")):
+    from ..distributions import Distribution
+
+    if isinstance(exact, Distribution) or not (hasattr(exact, "score") and hasattr(exact, "sample")):
         raise TypeError(
             f"exact must have .score(x, t) and .sample(key, n, t) (e.g. cj.diffuse(dist, "
             f"schedule)), got {type(exact).__name__}"
@@ -114,9 +116,8 @@ def fisher_divergence(
     rel = f / s2
     # delta method for a ratio of correlated means
     cov = np.array([np.cov(a, b)[0, 1] for a, b in zip(d2, e2)]) / n
-    rel_se = np.abs(rel) * np.sqrt(
-        np.maximum((fse / f) ** 2 + (s2se / s2) ** 2 - 2 * cov / (f * s2), 0.0)
-    )
+    # var(f/s2) ~ (var f - 2 rel cov + rel^2 var s2) / s2^2  (no division by f: fine at f = 0)
+    rel_se = np.sqrt(np.maximum(fse**2 - 2 * rel * cov + rel**2 * s2se**2, 0.0)) / s2
     sched = getattr(exact, "schedule", None)
     sig2 = (
         np.asarray(jax.vmap(sched.sigma2)(ts_j), np.float64) if sched is not None

@@ -267,8 +267,11 @@ class DSMTrainer:
         def body(st, i):
             k = jax.random.fold_in(st.key, st.step)
             loss, grads = grad_fn(st.params, k, data)
-            updates, opt_state = self.optimizer.update(grads, st.opt_state, st.params)
-            params = optax.apply_updates(st.params, updates)
+            # optax mixes Python floats with its int32 step count (bias corrections, schedules),
+            # which strict dtype promotion rejects; its internals get the standard rules
+            with jax.numpy_dtype_promotion("standard"):
+                updates, opt_state = self.optimizer.update(grads, st.opt_state, st.params)
+                params = optax.apply_updates(st.params, updates)
             decay = jnp.asarray(self.ema_decay, jnp.float32)
             if self.ema_warmup:
                 s = st.step.astype(jnp.float32)
