@@ -97,22 +97,22 @@ def test_operator_formulas_x64(key):
         inner = cj.compose(bg, cs[:2], w[:2])
         nest_s = inner.score(x, t) + w[2] * (si[2] - inner.score(x, t))
         nest_l = inner.log_prob(x, t) + w[2] * (li[2] - inner.log_prob(x, t))
-        return dict(
-            want=(want_s, want_l, want_d),
-            comp=(comp.score(x, t), comp.log_prob(x, t), comp.denoise(x, t)),
-            comp_joint=comp.log_prob_and_score(x, t),
+        return {
+            "want": (want_s, want_l, want_d),
+            "comp": (comp.score(x, t), comp.log_prob(x, t), comp.denoise(x, t)),
+            "comp_joint": comp.log_prob_and_score(x, t),
             # Tweedie is affine in the score with coefficients summing to one: the composed
             # denoiser is the denoiser of the composed score.
-            tweedie=(x + s * s * want_s) / a,
-            lin=(lin.score(x, t), lin.log_prob(x, t)),
-            lin_joint=lin.log_prob_and_score(x, t),
-            nested=(nested.score(x, t), nested.log_prob(x, t)),
-            nested_want=(nest_s, nest_l),
-            inner_manual=(inner.score(x, t), sb + w[0] * (si[0] - sb) + w[1] * (si[1] - sb)),
-        )
+            "tweedie": (x + s * s * want_s) / a,
+            "lin": (lin.score(x, t), lin.log_prob(x, t)),
+            "lin_joint": lin.log_prob_and_score(x, t),
+            "nested": (nested.score(x, t), nested.log_prob(x, t)),
+            "nested_want": (nest_s, nest_l),
+            "inner_manual": (inner.score(x, t), sb + w[0] * (si[0] - sb) + w[1] * (si[1] - sb)),
+        }
 
     o, _, _ = _on_grid(fn, xs, TIMES)
-    close = lambda a, b, tol=1e-12: np.testing.assert_allclose(a, b, rtol=tol, atol=tol)  # noqa
+    close = lambda a, b, tol=1e-12: np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
     ws, wl, wd = o["want"]
     for got, want in zip(o["comp"], o["want"]):
         close(got, want)

@@ -127,7 +127,7 @@ def test_composed_log_density_is_normalized_composition_quadrature_x64(key, d, f
         assert isinstance(q, cj.GaussianMixture) and q.num_components == 2 * 2 * 2
     mean, cov = (np.asarray(a) for a in q.moments())
     x = mean + 2.0 * np.asarray(jax.random.normal(jax.random.fold_in(key, 1), (16, d)))
-    logu = lambda y: _np_unnormalized(bg, cs, w, y)  # noqa: E731
+    logu = lambda y: _np_unnormalized(bg, cs, w, y)
     delta = np.asarray(_batch_log_prob(q, jnp.asarray(x))) - logu(x)
     # log q - log u is the constant -log Z ...
     np.testing.assert_allclose(delta, delta[0], rtol=0, atol=1e-10)
@@ -272,6 +272,10 @@ def _check_fc_gaussian(key, schedule, tol):
     # of the blocks (claim 24: zero cross-block covariance)
     np.testing.assert_allclose(q.mean, target.mean, rtol=tol, atol=tol)
     np.testing.assert_allclose(q.cov, target.cov, rtol=tol, atol=tol)
+    for i, p in enumerate((*conds, bg)):  # projective: Pi_i# C[p] = Pi_i# p_i (and p_b on M_b)
+        qi, pi = q.marginal(BLOCKS[i]), p.marginal(BLOCKS[i])
+        np.testing.assert_allclose(qi.mean, pi.mean, rtol=tol, atol=tol)
+        np.testing.assert_allclose(qi.cov, pi.cov, rtol=tol, atol=tol)
     d = 5
     shear = jnp.eye(d).at[0, 2].set(0.9)  # mixes M_1 and M_2: not block-diagonal
     rot = _random_orthogonal(jax.random.fold_in(key, 7), d)
@@ -439,7 +443,7 @@ def test_pushforward_equivariance_general_matrix_x64(key):
 # ------------------------------------------------------------------------------ paper toys
 @pytest.mark.x64
 def test_paper_gaussian_toys_x64():
-    g = lambda m, v: cj.Gaussian(jnp.array(m, float), jnp.diag(jnp.array(v, float)))  # noqa
+    g = lambda m, v: cj.Gaussian(jnp.array(m, float), jnp.diag(jnp.array(v, float)))
     # claim 13: overlapping masks give a hybrid; the split variant is projective
     pb = g([0.0, 0.0], [4.0, 4.0])
     p1 = g([-2.0, 0.0], [1.0, 4.0])
@@ -468,7 +472,8 @@ def test_paper_gaussian_toys_x64():
         np.testing.assert_allclose([q.mean[0], q.cov[0, 0]], [m, v], rtol=1e-12)
         model = cj.guidance(cj.diffuse(p1d, sch), cj.diffuse(b1, sch), w)
         law = cj.diffuse(q, sch)
-        gap = _on_grid(lambda x, t: model.score(x, t) - law.score(x, t), xs, (0.3, 0.5, 0.7))
+        gap = _on_grid(lambda x, t, m=model, q=law: m.score(x, t) - q.score(x, t), xs,
+                       (0.3, 0.5, 0.7))
         if w == 1.0:
             assert float(jnp.max(jnp.abs(gap))) < 1e-10
         else:
