@@ -20,7 +20,8 @@ composed in the base space and pushed forward (Lemma 6.2: ``C[A# p] = A# C[p]``)
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp

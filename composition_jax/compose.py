@@ -35,7 +35,8 @@ The exact ``t = 0`` law of a composition, where one exists in closed form, is
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -46,15 +47,15 @@ from ._pytree import pytree_dataclass, static_field
 from .distributions import Distribution
 
 __all__ = [
-    "Model",
-    "FunctionModel",
     "Composition",
+    "FunctionModel",
     "LinearCombination",
+    "Model",
     "as_model",
     "compose",
-    "linear_combination",
-    "guidance",
     "composed_distribution",
+    "guidance",
+    "linear_combination",
 ]
 
 
