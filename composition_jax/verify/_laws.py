@@ -74,7 +74,7 @@ def moments(dist: Any):
         return None
     w, m, c = mix
     mu = w @ m
-    dm = m - mu
+    dm = m - mu[None, :]
     cov = jnp.einsum("k,kij->ij", w, c) + jnp.einsum("k,ki,kj->ij", w, dm, dm)
     return mu, cov
 

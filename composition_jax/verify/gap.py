@@ -109,7 +109,7 @@ def _gaussian_kl_path(ms, Ss, w, alphas, sigmas):
     coef = jnp.concatenate([jnp.reshape(1.0 - jnp.sum(w), (1,)), w])  # background first
 
     def algebra(a, s):
-        St = a * a * Ss + s * s * eye
+        St = a * a * Ss + s * s * eye[None]
         Pt = jnp.linalg.inv(St)
         Pt = 0.5 * (Pt + jnp.swapaxes(Pt, -1, -2))
         Lam = jnp.einsum("k,kij->ij", coef, Pt)
