@@ -10,11 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from test_nn import ExactGaussNet  # tests/ is on sys.path (pytest rootdir)
 
 import composition_jax as cj
 from composition_jax import nn, training
-
-from test_nn import ExactGaussNet  # noqa: E402 (tests dir is on sys.path)
 
 
 def _ring(k=8, radius=2.0, var=0.05, dtype=jnp.float32):
@@ -230,3 +229,48 @@ def test_trainer_restore_mismatch_and_errors(key, tmp_path):
     unc = training.DSMTrainer(nn.MLPScoreNet(dim=2, hidden=16, depth=1), sched)
     with pytest.raises(ValueError, match=r"labelled data \(x, labels\) needs a conditional"):
         unc.train(unc.init(key), (jnp.ones((5, 2)), jnp.zeros(5, jnp.int32)), 1, progress=False)
+
+
+@pytest.mark.slow
+def test_ring_mixture_fisher_bound_and_samples(key):
+    """MLP (hidden 128, depth 2) trained 4000 steps (batch 256, Adam 2e-3 cosine-decayed) on the
+    2-D 8-component ring (radius 2, component variance 0.05) under the VP schedule.
+
+    Stated bound: the relative Fisher divergence F(t) / E|grad log p_t|^2 (EMA parameters),
+    averaged over t in {0.1, 0.2, 0.4, 0.7}, is below 0.03 (measured ~0.005 with 6000 steps,
+    hidden 128, depth 3, batch 512). Then 4000 reverse-SDE samples of the trained model match the
+    exact mixture's mean and covariance within 5 standard errors, and the component occupancy
+    passes a chi-square test (7 dof, p > 1e-4).
+    """
+    scipy_stats = pytest.importorskip("scipy.stats")
+    mix, sched = _ring(), cj.VPSchedule()
+    net = nn.MLPScoreNet(dim=2, hidden=128, depth=2)
+    steps = 4000
+    opt = optax.adam(optax.cosine_decay_schedule(2e-3, steps, 0.05))
+    tr = training.DSMTrainer(net, sched, optimizer=opt, batch_size=256, steps_per_call=200,
+                             ema_decay=0.995)
+    k_init, k_f, k_s = jax.random.split(key, 3)
+    state, _ = tr.train(tr.init(k_init), mix, steps, progress=False)
+    model = tr.model(state)
+    rep = training.fisher_divergence(model, cj.diffuse(mix, sched), jnp.array([0.1, 0.2, 0.4, 0.7]),
+                                     key=k_f, n=4096)
+    rel = float(np.mean(rep.relative))
+    rel_se = float(np.sqrt(np.sum(np.asarray(rep.relative_se) ** 2)) / 4)
+    assert rel + 5 * rel_se < 0.03, rep.to_dict()
+
+    n = 4000
+    x = np.asarray(cj.sample(k_s, model, sched, (n, 2), steps=500), np.float64)
+    means = np.asarray(mix.means, np.float64)
+    w = np.full(8, 1 / 8)
+    mu = w @ means
+    cov = 0.05 * np.eye(2) + np.einsum("k,ki,kj->ij", w, means, means) - np.outer(mu, mu)
+    se_mu = np.sqrt(np.diag(cov) / n)
+    assert np.all(np.abs(x.mean(0) - mu) < 5 * se_mu)
+    xc = x - x.mean(0)
+    prods = np.einsum("ni,nj->nij", xc, xc)
+    se_cov = prods.std(0, ddof=1) / np.sqrt(n)
+    assert np.all(np.abs(np.cov(x.T) - cov) < 5 * se_cov + 1e-12)
+    comp = np.argmin(((x[:, None, :] - means[None]) ** 2).sum(-1), 1)
+    counts = np.bincount(comp, minlength=8)
+    chi2 = float(np.sum((counts - n / 8) ** 2 / (n / 8)))
+    assert scipy_stats.chi2.sf(chi2, 7) > 1e-4, counts

@@ -17,11 +17,11 @@ from .model import (
 from .networks import MLPScoreNet, UNetScoreNet
 
 __all__ = [
-    "MLPScoreNet",
-    "UNetScoreNet",
-    "SinusoidalEmbedding",
-    "ScoreNetModel",
     "PARAMETERIZATIONS",
+    "MLPScoreNet",
+    "ScoreNetModel",
+    "SinusoidalEmbedding",
+    "UNetScoreNet",
     "init_params",
     "input_scale",
     "output_to_eps",

@@ -33,7 +33,7 @@ from .._checks import check_point, check_t, is_concrete
 from .._pytree import pytree_dataclass, replace, static_field
 from ..schedules import Schedule
 
-__all__ = ["ScoreNetModel", "PARAMETERIZATIONS", "output_to_eps", "input_scale"]
+__all__ = ["PARAMETERIZATIONS", "ScoreNetModel", "input_scale", "output_to_eps"]
 
 PARAMETERIZATIONS = ("eps", "score", "x0")
 
@@ -144,12 +144,12 @@ class ScoreNetModel:
     def null_condition(self) -> int:
         return self.network.null_condition
 
-    def condition(self, c: Any) -> "ScoreNetModel":
+    def condition(self, c: Any) -> ScoreNetModel:
         """The model for condition ``c`` (an int in ``[0, C]``; ``C`` = NULL). ``c`` is a leaf:
         a jitted function of the model compiles once for all conditions."""
         return replace(self, cond=_check_condition(c, self.network, "c"))
 
-    def unconditional(self) -> "ScoreNetModel":
+    def unconditional(self) -> ScoreNetModel:
         """The same network with the NULL condition (the unconditional model)."""
         return self.condition(self.network.null_condition)
 
@@ -219,7 +219,7 @@ def _compiled_init(network: Any, dtype_name: str):
     lowered = jax.jit(network.init).lower(*args)
     try:
         return lowered.compile(compiler_options=_FAST_COMPILE)
-    except Exception:  # pragma: no cover - unknown option on another backend
+    except Exception:  # noqa: BLE001 # pragma: no cover - unknown option on another backend
         return lowered.compile()
 
 

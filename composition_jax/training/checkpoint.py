@@ -32,11 +32,11 @@ import numpy as np
 from flax import serialization
 
 __all__ = [
-    "CheckpointError",
     "FORMAT_VERSION",
-    "save_checkpoint",
+    "CheckpointError",
     "load_checkpoint",
     "read_checkpoint_header",
+    "save_checkpoint",
     "tree_fingerprint",
 ]
 

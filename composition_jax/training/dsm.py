@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from ..nn.model import input_scale, output_to_eps
 
-__all__ = ["WEIGHTINGS", "TIME_SAMPLINGS", "sample_times", "dsm_loss_per_example"]
+__all__ = ["TIME_SAMPLINGS", "WEIGHTINGS", "dsm_loss_per_example", "sample_times"]
 
 WEIGHTINGS = ("eps", "score", "x0")
 TIME_SAMPLINGS = ("uniform", "stratified", "log_snr")

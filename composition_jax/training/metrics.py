@@ -13,7 +13,8 @@ the same samples). The samples, the exact score and the model are evaluated in o
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -34,7 +34,7 @@ from ..schedules import Schedule
 from .checkpoint import load_checkpoint, save_checkpoint
 from .dsm import TIME_SAMPLINGS, WEIGHTINGS, dsm_loss_per_example, sample_times
 
-__all__ = ["TrainState", "DSMTrainer"]
+__all__ = ["DSMTrainer", "TrainState"]
 
 
 @pytree_dataclass
