@@ -66,14 +66,18 @@ def test_sample_moments_and_prefix_consistency(key, i, family):
     case = make_case(family, seed=100 + i)
     sched = list(SCHEDULES)[i % 3]
     p = cj.diffuse(case.dist, SCHEDULES[sched]())
-    x0, xt, x0m, xtm = _draw(p, key, N, 0.3, m=5)
+    # prefix check once per sampling code path (pushforwards all sample through their base)
+    prefix = family in ("gaussian", "mixture", "empirical", "product", "pf_orth_product")
+    out = _draw(p, key, N, 0.3, m=5 if prefix else 0)
+    x0, xt = out[:2]
     for x in (x0, xt):
         assert x.shape == (N, case.dim) and x.dtype == jnp.float32
     _check_moments(x0, case.comps, 1.0, 0.0)
     _check_moments(xt, case.comps, *oracle_alpha_sigma(sched, 0.3))
-    # allclose at ulp level: XLA may block a batched matvec differently for different n
-    np.testing.assert_allclose(x0[:5], x0m, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(xt[:5], xtm, rtol=1e-6, atol=1e-6)
+    if prefix:
+        # allclose at ulp level: XLA may block a batched matvec differently for different n
+        np.testing.assert_allclose(x0[:5], out[2], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(xt[:5], out[3], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.slow

@@ -87,18 +87,24 @@ def test_alpha_sigma_accurate_at_all_t_including_tiny(name):
 def test_log_snr_and_inverse(name):
     sched = SCHEDS[name]
     ts = jnp.asarray([1e-4, 1e-3, 0.01, 0.1, 0.3, 0.5, 0.8, 0.95, sched.t_max], FT)
-    lam = jax.vmap(sched.log_snr)(ts)
-    a, s = jax.vmap(sched.alpha)(ts), jax.vmap(sched.sigma)(ts)
+
+    @jax.jit
+    def ev(sched, ts):
+        lam = jax.vmap(sched.log_snr)(ts)
+        back = jax.vmap(sched.t_from_log_snr)(lam)
+        dt_dlam = jax.vmap(jax.grad(sched.t_from_log_snr))(lam)
+        return lam, jax.vmap(sched.alpha)(ts), jax.vmap(sched.sigma)(ts), back, dt_dlam
+
+    lam, a, s, back, dt_dlam = ev(sched, ts)
     rtol = 1e-10 if X64 else 2e-5
     np.testing.assert_allclose(lam, 2 * jnp.log(a) - 2 * jnp.log(s), rtol=rtol, atol=rtol)
     assert np.all(np.diff(np.asarray(lam)) < 0)  # decreasing
-    back = jax.vmap(sched.t_from_log_snr)(lam)
     assert back.dtype == FT
     # accuracy in t, including t = 1e-4: a few ulps times the conditioning of t(lam) (lam itself
     # is only known to ~eps |lam|; for VE at t = 1e-4 that alone is ~5e-4 relative in float32,
     # for VP/cosine it is ~eps)
     eps = float(jnp.finfo(FT).eps)
-    cond = np.abs(np.asarray(jax.vmap(jax.grad(sched.t_from_log_snr))(lam)) * np.asarray(lam))
+    cond = np.abs(np.asarray(dt_dlam) * np.asarray(lam))
     err = np.abs(np.asarray(back, np.float64) - np.asarray(ts, np.float64))
     assert np.all(err <= 16 * eps * (cond + np.asarray(ts))), (err, cond)
     if name != "ve":
