@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from ._checks import as_float_array, check_t, float_dtype_of, is_concrete
 from ._pytree import pytree_dataclass, static_field
 
-__all__ = ["Schedule", "VPSchedule", "CosineVPSchedule", "VESchedule"]
+__all__ = ["CosineVPSchedule", "Schedule", "VESchedule", "VPSchedule"]
 
 
 def _time(t: Any) -> jax.Array:
@@ -209,7 +209,7 @@ class CosineVPSchedule(Schedule):
         return jnp.sin(h * t) * jnp.sin(a + b) / jnp.cos(a) ** 2
 
     def beta(self, t):
-        t, s, h = self._angles(t)
+        t, _, h = self._angles(t)
         return 2.0 * h / jnp.tan(h * (1.0 - t))
 
     def g2(self, t):
@@ -298,7 +298,7 @@ class VESchedule(Schedule):
         return jnp.zeros_like(t)
 
     def g2(self, t):
-        t, lo, r = self._p(t)
+        t, _, r = self._p(t)
         return 2.0 * r * self.sigma2(t)
 
     def log_snr(self, t):

@@ -11,7 +11,7 @@ import pytest
 import composition_jax as cj
 
 I2 = np.eye(2, dtype=np.float32)
-G2 = lambda: cj.Gaussian(jnp.zeros(2), jnp.eye(2))  # noqa: E731
+G2 = lambda: cj.Gaussian(jnp.zeros(2), jnp.eye(2))
 
 
 # --- Gaussian ---------------------------------------------------------------------------------

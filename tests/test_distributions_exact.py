@@ -55,7 +55,7 @@ def _evaluate(p, xs, ts):
     return jax.jit(jax.vmap(one))(xs, ts)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def results(family: str, sched: str, x64: bool):
     dtype = jnp.float64 if x64 else jnp.float32
     case = make_case(family, seed=zlib.crc32(f"{family}/{sched}".encode()), dtype=dtype)

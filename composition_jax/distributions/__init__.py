@@ -8,13 +8,13 @@ from .product import Product, normalize_blocks
 from .pushforward import LinearPushforward
 
 __all__ = [
-    "Distribution",
     "Diffused",
-    "diffuse",
+    "Distribution",
     "Empirical",
     "Gaussian",
     "GaussianMixture",
-    "Product",
     "LinearPushforward",
+    "Product",
+    "diffuse",
     "normalize_blocks",
 ]

@@ -8,7 +8,8 @@ scalar ``a = alpha`` and ``s = sigma`` already in ``x``'s dtype.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +17,7 @@ import numpy as np
 
 from .._checks import as_float_array, check_point
 
-__all__ = ["Distribution", "cast_tree", "per_sample_keys", "check_indices"]
+__all__ = ["Distribution", "cast_tree", "check_indices", "per_sample_keys"]
 
 
 def cast_tree(tree: Any, dtype: Any) -> Any:
@@ -75,7 +76,7 @@ class Distribution:
     def _noised_log_prob_and_score(self, x, a, s):
         return self._noised_log_prob(x, a, s), self._noised_score(x, a, s)
 
-    def marginal(self, indices: Sequence[int]) -> "Distribution":  # pragma: no cover
+    def marginal(self, indices: Sequence[int]) -> Distribution:  # pragma: no cover
         raise NotImplementedError(f"{type(self).__name__} has no closed-form marginal")
 
     def _check_noisable(self) -> None:

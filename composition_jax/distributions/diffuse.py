@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from .._checks import check_point, check_t
 from .._pytree import pytree_dataclass
@@ -79,7 +78,7 @@ class Diffused:
         )
         return self.schedule.alpha(t) * x0 + self.schedule.sigma(t) * eps
 
-    def marginal(self, indices) -> "Diffused":
+    def marginal(self, indices) -> Diffused:
         """Noised law of ``x[indices]`` (noising commutes with coordinate projection)."""
         return Diffused(self.dist.marginal(indices), self.schedule)
 

@@ -109,6 +109,6 @@ class Empirical(Distribution):
         j = jax.random.categorical(key, self.log_weights)
         return self.points[j]
 
-    def marginal(self, indices) -> "Empirical":
+    def marginal(self, indices) -> Empirical:
         idx = np.asarray(check_indices(indices, self.dim))
         return Empirical(self.points[:, idx], self.weights)

@@ -142,7 +142,7 @@ class Gaussian(Distribution):
         z = jax.random.normal(key, (self.dim,), self.mean.dtype)
         return self.mean + self.eigvecs @ (jnp.sqrt(self.eigvals) * z)
 
-    def marginal(self, indices) -> "Gaussian":
+    def marginal(self, indices) -> Gaussian:
         idx = np.asarray(check_indices(indices, self.dim))
         return Gaussian(self.mean[idx], self.cov[np.ix_(idx, idx)])
 
@@ -255,7 +255,7 @@ class GaussianMixture(Distribution):
             return jnp.zeros((0, self.dim), self.means.dtype)
         return jax.lax.map(self._sample_one, keys, batch_size=min(n, _sample_chunk(self.dim)))
 
-    def marginal(self, indices) -> "GaussianMixture":
+    def marginal(self, indices) -> GaussianMixture:
         idx = np.asarray(check_indices(indices, self.dim))
         return GaussianMixture(self.weights, self.means[:, idx], self.covs[:, idx][:, :, idx])
 

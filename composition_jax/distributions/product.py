@@ -7,7 +7,8 @@ sum of the factors' costs (never a mixture with a product number of components).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
