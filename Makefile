@@ -26,8 +26,12 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m "slow and not x64"
 	JAX_ENABLE_X64=1 $(PY) -m pytest -q -m "slow and x64"
 
+# The main job: the paper's synthetic findings decided by statistics, into $(DEMO_OUT)
+# (report.md, figures, report.json). DEMO_SIZE=quick|full (full: < 30 minutes on 2 cores).
+DEMO_OUT ?= reproduce_out
+DEMO_SIZE ?= full
 demo: $(STAMP)
-	$(VENV)/bin/composition-jax demo
+	$(VENV)/bin/composition-jax reproduce --out $(DEMO_OUT) --size $(DEMO_SIZE) --force
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check composition_jax tests benchmarks

@@ -49,11 +49,45 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    from .report import OutputExists, reproduce
+
+    mode = args.size or ("quick" if args.quick else "full")
+    only = [s for s in args.only.split(",") if s] if args.only else None
+    try:
+        code, out = reproduce(args.out, mode=mode, force=args.force, only=only,
+                              progress=not args.no_progress)
+    except OutputExists as e:
+        print(f"composition-jax reproduce: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"composition-jax reproduce: {e}", file=sys.stderr)
+        return 2
+    import json
+
+    rep = json.loads((out / "report.json").read_text())
+    for s in rep["scenarios"]:
+        flag = "ok" if s["expected"] == s["observed"] else "MISMATCH"
+        print(f"{s['name']:<32s} expected {s['expected']:<8s} observed {s['observed']:<8s} {flag}")
+    print(f"wrote {out / 'report.md'}, {out / 'report.json'} and figures"
+          f" ({'all verdicts as expected' if code == 0 else 'some verdicts differ'})")
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="composition-jax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_demo = sub.add_parser("demo", help="small end-to-end demonstration")
     p_demo.set_defaults(func=_demo)
+    p_rep = sub.add_parser("reproduce", help="the paper's synthetic findings, decided by statistics")
+    p_rep.add_argument("--out", default="reproduce_out")
+    p_rep.add_argument("--quick", action="store_true", help="small sizes (< 3 minutes on 2 cores)")
+    p_rep.add_argument("--size", choices=("minimal", "quick", "full"), default=None,
+                       help="run size (overrides --quick; 'minimal' is for tests)")
+    p_rep.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    p_rep.add_argument("--only", default=None, help="comma-separated scenario names")
+    p_rep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p_rep.set_defaults(func=_reproduce)
     p_bench = sub.add_parser("bench", help="speed side by side with NumPy, diffrax, PyTorch")
     p_bench.add_argument("--out", default="bench_out")
     p_bench.add_argument("--quick", action="store_true", help="small sizes (< 3 minutes)")
