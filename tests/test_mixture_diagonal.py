@@ -1,0 +1,95 @@
+"""The diagonal-covariance fast path of GaussianMixture (matmul form) against the general
+eigen-form path and scipy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+import composition_jax as cj
+from composition_jax._pytree import replace
+
+TIMES = (1e-4, 1e-2, 0.3, 1.0)
+
+
+def _mixture(rng, d, K, vmin, dtype):
+    means = rng.normal(size=(K, d)) * 2.0
+    var = rng.uniform(vmin, 3 * vmin, size=(K, d))
+    covs = np.stack([np.diag(v) for v in var])
+    w = rng.dirichlet(np.ones(K))
+    return cj.GaussianMixture(w.astype(dtype), means.astype(dtype), covs.astype(dtype))
+
+
+def test_diagonal_flag_detection():
+    rng = np.random.default_rng(0)
+    m = _mixture(rng, 3, 4, 0.5, np.float32)
+    assert m.diagonal
+    full = np.stack([np.eye(3) + 0.1 * (np.ones((3, 3)) - np.eye(3))] * 4)
+    m2 = cj.GaussianMixture(np.full(4, 0.25), np.zeros((4, 3)), full)
+    assert not m2.diagonal
+    assert m.marginal([0, 2]).diagonal
+
+
+def test_diagonal_rejects_nonpositive_variance():
+    covs = np.stack([np.diag([1.0, 0.0])] * 2)
+    with pytest.raises(ValueError, match="positive definite"):
+        cj.GaussianMixture(np.array([0.5, 0.5]), np.zeros((2, 2)), covs)
+
+
+@pytest.mark.parametrize("d,K,vmin", [(2, 8, 0.2), (16, 6, 0.01)])
+def test_fast_path_matches_general_path_float32(key, d, K, vmin):
+    rng = np.random.default_rng(d)
+    fast = _mixture(rng, d, K, vmin, np.float32)
+    slow = replace(fast, diagonal=False)
+    sched = cj.VPSchedule()
+    for t in TIMES:
+        x = cj.diffuse(fast, sched).sample(jax.random.fold_in(key, int(t * 1e4)), 32, t)
+        for what in ("score", "log_prob", "denoise"):
+            a, s = sched.alpha(t), sched.sigma(t)
+            f = jax.vmap(lambda z, m=fast: m.noised(z, a, s, what))(x)
+            g = jax.vmap(lambda z, m=slow: m.noised(z, a, s, what))(x)
+            scale = float(jnp.max(jnp.abs(g))) + 1.0
+            # float32 expansion error ~ eps * |x|^2 / v_min (documented in gaussian.py)
+            tol = 64 * float(jnp.finfo(jnp.float32).eps) * (1.0 + float(jnp.max(x * x)) / vmin)
+            assert float(jnp.max(jnp.abs(f - g))) <= tol * scale, (what, t)
+
+
+@pytest.mark.x64
+def test_fast_path_matches_scipy_and_grad_float64(key):
+    rng = np.random.default_rng(1)
+    m = _mixture(rng, 3, 5, 0.3, np.float64)
+    assert m.diagonal
+    sched = cj.VESchedule()
+    p = cj.diffuse(m, sched)
+    for t in TIMES:
+        a, s = float(sched.alpha(t)), float(sched.sigma(t))
+        x = p.sample(jax.random.fold_in(key, int(t * 1e4)), 8, t)
+        ref = np.array([
+            np.log(sum(
+                float(m.weights[k]) * stats.multivariate_normal(
+                    a * np.asarray(m.means[k]), a * a * np.asarray(m.covs[k]) + s * s * np.eye(3)
+                ).pdf(np.asarray(xi))
+                for k in range(5)
+            ))
+            for xi in x
+        ])
+        lp = jax.vmap(lambda z: p.log_prob(z, t))(x)
+        np.testing.assert_allclose(np.asarray(lp), ref, rtol=1e-9, atol=1e-9)
+        sc = jax.vmap(lambda z: p.score(z, t))(x)
+        gr = jax.vmap(jax.grad(lambda z: p.log_prob(z, t)))(x)
+        np.testing.assert_allclose(np.asarray(sc), np.asarray(gr), rtol=1e-9, atol=1e-9)
+        dn = jax.vmap(lambda z: p.denoise(z, t))(x)
+        tw = (x + s * s * sc) / a
+        np.testing.assert_allclose(np.asarray(dn), np.asarray(tw), rtol=1e-8, atol=1e-8)
+
+
+def test_diagonal_sample_moments(key):
+    rng = np.random.default_rng(2)
+    m = _mixture(rng, 4, 3, 0.5, np.float32)
+    n = 20000
+    x = m.sample(key, n)
+    mean, cov = m.moments()
+    se = jnp.sqrt(jnp.diagonal(cov) / n)
+    assert float(jnp.max(jnp.abs(x.mean(0) - mean) / se)) < 5.0
+    assert bool(jnp.all(m.sample(key, 7) == x[:7]))
