@@ -97,3 +97,27 @@ def test_full_zoo_quick_mode():
     res = sc.run_all(sc.Config.for_mode("quick"))
     bad = [(r.name, r.expected, r.observed, r.reasons) for r in res if not r.agrees]
     assert not bad, bad
+
+
+def test_factor_mixture_model_is_exact(key):
+    """The vectorized eq-18 models equal diffuse(Product of 1-D mixtures) (p_b, p_i) and
+    diffuse(the merged 255-component GaussianMixture) (p_u): score, log_prob, denoise."""
+    sch = cj.VPSchedule()
+    conds, pb, pu = sc._eq18(0.5, 0.3)
+    lw, means = sc._eq18_factor_params(0.5)
+    var = jnp.asarray(0.09)
+    mk = lambda lw_, m_, w: sc.FactorMixtureModel(sc._log_w(w), jnp.asarray(lw_, jnp.float32),
+                                                  jnp.asarray(m_, jnp.float32), var, sch)
+    pairs = [(mk(lw[8:], means[8:], [1.0]), cj.diffuse(pb, sch)),
+             (mk(lw[3:4], means[3:4], [1.0]), cj.diffuse(conds[3], sch)),
+             (mk(lw, means, [1.0] * 8 + [0.0]), cj.diffuse(pu, sch))]
+    xs = 0.5 + 0.6 * jax.random.normal(key, (3, 8))
+    for m, ref in pairs:
+        for t in (0.05, 0.4):
+            tt = jnp.asarray(t)
+            for x in xs:
+                np.testing.assert_allclose(m.score(x, tt), ref.score(x, tt), rtol=1e-3, atol=1e-3)
+                np.testing.assert_allclose(m.log_prob(x, tt), ref.log_prob(x, tt), rtol=1e-4,
+                                           atol=1e-3)
+                np.testing.assert_allclose(m.denoise(x, tt), ref.denoise(x, tt), rtol=1e-3,
+                                           atol=1e-4)
