@@ -21,9 +21,10 @@ def _composed(sch):
     return cj.compose(bg, [c1, c2])
 
 
+@jax.jit
 def _exact_affine_law(model, t):
     """The composed p_t of Gaussians is Gaussian: score A x + b  =>  N(-A^{-1} b, -A^{-1})."""
-    x0 = jnp.zeros(2)
+    x0 = jnp.zeros(2, jnp.asarray(t).dtype)
     A = jax.jacfwd(model.score)(x0, t)
     b = model.score(x0, t)
     cov = -jnp.linalg.inv(A)
@@ -40,12 +41,14 @@ def _worst_z(mean, cov, ref_mean, ref_cov, n):
     return max(zm, zc)
 
 
-@pytest.mark.parametrize("method", ["annealed_mala", "annealed_hmc"])
+@pytest.mark.parametrize(
+    "method", ["annealed_mala", pytest.param("annealed_hmc", marks=pytest.mark.slow)]
+)
 def test_mcmc_corrects_coarse_reverse_sde_on_composition(key, method):
     sch = cj.VPSchedule()
     model = _composed(sch)
     n, steps = 4000, 8
-    exact_m, exact_c = _exact_affine_law(model, T_MIN)
+    exact_m, exact_c = _exact_affine_law(model, jnp.asarray(T_MIN))
     em = sampler_law(model, sch, method="euler_maruyama", steps=steps, t_min=T_MIN, dim=2,
                      denoise_final=False)
     z_em = _worst_z(em.mean, em.cov, exact_m, exact_c, n)
@@ -58,6 +61,8 @@ def test_mcmc_corrects_coarse_reverse_sde_on_composition(key, method):
     zm, zc = gaussian_moment_check(r.samples, exact_m, exact_c)  # ... the corrected one is not
     assert max(zm, zc) < z_em - 3.0
     assert acc.shape == (steps,) and np.all((acc > 0.2) & (acc <= 1.0))
+    # one step size per level, shared by every particle: e_l = c_l (sigma_s^2 + alpha_s^2)
+    assert np.asarray(r.info.step_size).shape == (steps,)
 
 
 RING_K = 8
@@ -74,10 +79,19 @@ ALL_METHODS = [
     ("ode_heun", {}),
     ("ddpm", {}),
     ("ddim", {}),
-    # the per-particle SNR step over-disperses in 2-D (|s(x)| ~ 0 near modes); fixed step here
+    ("predictor_corrector", {}),
     ("predictor_corrector", {"corrector_step": "fixed"}),
     ("annealed_mala", {}),
     ("annealed_hmc", {}),
+]
+# default suite: the methods with tuned step sizes (pilot ensemble); the rest are slow (their
+# exact laws are tested on Gaussians in test_samplers.py)
+# (annealed MALA is in the default suite through the coarse composed run and the sharded
+# prefix test)
+_TUNED = ("predictor_corrector", "annealed_hmc")
+RING_CASES = [
+    (m, o) if m in _TUNED and not o else pytest.param(m, o, marks=pytest.mark.slow)
+    for m, o in ALL_METHODS
 ]
 
 
@@ -92,32 +106,38 @@ def _occupancy_check(x, means, weights, k=5.0):
     assert np.max(z) < k, f"component counts {counts} vs {n * w}"
 
 
-RING_CASES = ALL_METHODS[:-1] + [
-    pytest.param(
-        "annealed_hmc", {},
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="known: per-particle adaptive HMC over-disperses within components "
-            "(mean nearest-mean distance 0.400 vs exact 0.376, 5.5 SE at n=2000)",
-        ),
-    )
-]
-
-
 @pytest.mark.parametrize("method,opts", RING_CASES)
 def test_every_method_reaches_ring_mixture(key, method, opts):
+    """Moments, component occupancy and within-component spread of the 8-ring mixture.
+
+    The spread check caught the over-dispersion of per-particle step-size rules (adaptive HMC:
+    mean nearest-mean distance 0.400 vs exact 0.376 at n = 2000, 5.5 SE; the per-particle
+    SNR corrector likewise): the step sizes are now per level, from the pilot ensemble."""
     sch = cj.VPSchedule()
     p = cj.diffuse(RING, sch)
     n = 2000
-    x = cj.sample(key, p, sch, (n, 2), method=method, steps=200, grid="log_snr", **opts)
+    r = cj.sample(key, p, sch, (n, 2), method=method, steps=200, grid="log_snr",
+                  return_info=True, **opts)
+    x = np.asarray(r.samples)
     m, c = RING.moments()
     moment_check_any(x, m, c)
     _occupancy_check(x, RING.means, RING.weights)
-    # within-component spread (the ring's components have std 0.3): the distance to the
-    # nearest mean has exact mean 0.3 sqrt(pi/2) (Rayleigh); 5 SE with the Rayleigh variance
-    dist = np.min(np.linalg.norm(np.asarray(x)[:, None] - np.asarray(RING.means)[None], axis=-1), 1)
+    # within-component spread: the components have std 0.3, so the distance to the OWN mean is
+    # Rayleigh, mean 0.3 sqrt(pi/2), variance 0.09 (2 - pi/2); neighbouring means are 2.3
+    # apart (7.7 std), and taking the nearest mean instead lowers the mean by ~3e-4 (0.06 SE
+    # at this n), negligible against the 5 SE bound
+    dist = np.min(np.linalg.norm(x[:, None] - np.asarray(RING.means)[None], axis=-1), 1)
     ray_mean, ray_sd = 0.3 * np.sqrt(np.pi / 2), 0.3 * np.sqrt(2 - np.pi / 2)
-    assert abs(dist.mean() - ray_mean) < 5 * ray_sd / np.sqrt(n), dist.mean()
+    z = (dist.mean() - ray_mean) / (ray_sd / np.sqrt(n))
+    print(f"{method} {opts}: mean nearest-mean distance {dist.mean():.4f} vs {ray_mean:.4f} "
+          f"({z:+.2f} SE)")
+    assert abs(z) < 5.0
+    if r.info.acceptance is not None:  # tuned toward target_accept on the pilot ensemble
+        acc = np.asarray(r.info.acceptance)
+        target = 0.574 if method == "annealed_mala" else 0.65
+        print(f"acceptance per level: mean {acc.mean():.3f}, range [{acc.min():.3f}, "
+              f"{acc.max():.3f}]")
+        assert abs(np.median(acc) - target) < 0.1 and acc.min() > 0.2
 
 
 @pytest.mark.slow

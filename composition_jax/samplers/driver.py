@@ -33,7 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from .._pytree import pytree_dataclass, static_field
 from ..schedules import Schedule
 from .grids import GRIDS, time_grid
-from .kernels import KERNELS, Kernel, has_log_prob, model_denoise
+from .kernels import KERNELS, Kernel, draw_normals, draw_uniforms, has_log_prob, model_denoise
 
 __all__ = ["SampleInfo", "SampleResult", "ScoreFunctionModel", "as_model", "sample", "trace_count"]
 
@@ -218,20 +218,8 @@ def check_model_shape(model: Any, d: int, dtype: Any) -> None:
 
 
 # --------------------------------------------------------------------------------- driver
-def _normals(key, i, n, m, d, dtype):
-    k = jax.random.fold_in(key, i)
-    if jax.config.jax_threefry_partitionable:
-        return jax.random.normal(k, (n, m, d), dtype)
-    keys = jax.vmap(lambda j: jax.random.fold_in(k, j))(jnp.arange(n, dtype=jnp.uint32))
-    return jax.vmap(lambda kk: jax.random.normal(kk, (m, d), dtype))(keys)
-
-
-def _uniforms(key, i, n, m, dtype):
-    k = jax.random.fold_in(key, i)
-    if jax.config.jax_threefry_partitionable:
-        return jax.random.uniform(k, (n, m), dtype)
-    keys = jax.vmap(lambda j: jax.random.fold_in(k, j))(jnp.arange(n, dtype=jnp.uint32))
-    return jax.vmap(lambda kk: jax.random.uniform(kk, (m,), dtype))(keys)
+_normals = draw_normals
+_uniforms = draw_uniforms
 
 
 def _run(key, model, schedule, x_init, cfg: _Config):
@@ -252,6 +240,10 @@ def _run(key, model, schedule, x_init, cfg: _Config):
             return tree
 
     times = time_grid(schedule, cfg.steps, cfg.t_min, cfg.grid, rho=cfg.rho, dtype=dtype)
+    # per-level parameters from a fixed-size pilot ensemble (its keys are derived from `key`
+    # by fold_in, independent of the main particles and of n): computed before the main run
+    params = None if kernel.tune is None else kernel.tune(model, schedule, key, times, opts, d,
+                                                          dtype)
     k_init, k_norm, k_unif = jax.random.split(key, 3)
     if cfg.has_x_init:
         x = x_init.astype(dtype)
@@ -259,7 +251,7 @@ def _run(key, model, schedule, x_init, cfg: _Config):
         x = jnp.asarray(schedule.prior_std, dtype) * _normals(k_init, 0, n, 1, d, dtype)[:, 0]
     x = constrain(x)
     state = constrain(jax.vmap(kernel.init, (0, None, None))(x, times[0], opts))
-    step_v = jax.vmap(kernel.step, (None, None, 0, None, None, 0, 0, None))
+    step_v = jax.vmap(kernel.step, (None, None, 0, None, None, 0, 0, None, None))
 
     def one_step(state, i):
         t, s = times[i], times[i + 1]
@@ -273,7 +265,8 @@ def _run(key, model, schedule, x_init, cfg: _Config):
             if m_unif
             else jnp.zeros((n, 0), dtype)
         )
-        state, info = step_v(model, schedule, state, t, s, normals, uniforms, opts)
+        p_i = None if params is None else jax.tree.map(lambda a: a[i], params)
+        state, info = step_v(model, schedule, state, t, s, normals, uniforms, opts, p_i)
         state = constrain(state)
         finite = jnp.all(jnp.isfinite(state.position), axis=-1)
         if cfg.check:

@@ -28,10 +28,20 @@ step goes from ``t`` to ``s = t_next < t``; ``alpha_{t|s} = alpha_t / alpha_s`` 
   ``v = eta^2 sigma_{t|s}^2 sigma_s^2 / sigma_t^2`` (Song, Meng & Ermon 2021); ``eta = 1`` is
   ``ddpm``, ``eta = 0`` is deterministic.
 * ``predictor_corrector``: Euler-Maruyama predictor then ``n_corrector`` Langevin steps at
-  ``s``: ``x + e s(x, s) + sqrt(2 e) z``. ``corrector_step="snr"`` (default) uses Song et al.'s
-  ``e = 2 (snr |z| / |s(x)|)^2`` computed per particle (capped at
-  ``snr (sigma_s^2 + alpha_s^2)``: in low dimension ``|s(x)|`` can vanish near a mode); ``"fixed"`` uses ``e = 2 snr^2 sigma_s^2``
-  (deterministic, so the exact law is available).
+  ``s``: ``x + e s(x, s) + sqrt(2 e) z``. ``corrector_step="snr"`` (default) is Song et al.
+  (2021, Alg. 5): ``e = 2 alpha_i (r |z| / |s(x)|)^2`` with ``r = snr`` and
+  ``alpha_i = alpha_{t|s}^2`` (their ``1 - beta_i``). The paper's code takes the norms as
+  batch means, which makes ``e`` depend on the batch; computed per particle (as this library
+  once did) ``e`` is noisy in low dimension AND a function of the particle's state, which
+  over-disperses (``|s(x)| ~ 0`` near a mode gives huge steps). Here the ratio is the ratio of
+  population second moments, ``e = 2 alpha_i snr^2 d / E_{p_s}|s(x)|^2`` (``E|z|^2 = d``;
+  ``E|s|^2`` is the Fisher information of the particles' law), with ``E|s|^2`` estimated once
+  per level and corrector sweep on a PILOT ensemble of fixed size ``n_pilot`` drawn from a key
+  derived from the main key (see :func:`pilot_keys`). The step is then one number per level,
+  the same for every particle and independent of ``n``: each corrector is an ordinary
+  (state-independent) Langevin step and particle ``i`` still depends only on ``(key, i)``.
+  ``"fixed"`` uses ``e = 2 snr^2 sigma_s^2`` (the noise-dominated limit ``E|s|^2 -> d /
+  sigma_s^2``; deterministic, so the exact law is available).
 
 All of these are approximate samplers of ``p_{t_min}`` whose discretization error vanishes as
 ``steps -> inf``; the Metropolis-corrected ones live in :mod:`.mcmc`.
@@ -53,10 +63,14 @@ __all__ = [
     "EmptyInfo",
     "Kernel",
     "SamplerState",
+    "draw_normals",
+    "draw_uniforms",
     "has_log_prob",
     "model_denoise",
     "model_log_prob_and_score",
     "model_score",
+    "pc_tune",
+    "pilot_keys",
     "register_kernel",
 ]
 
@@ -91,6 +105,45 @@ def model_denoise(model: Any, schedule: Any, x: jax.Array, t: jax.Array) -> jax.
     if callable(f):
         return f(x, t)
     return (x + schedule.sigma2(t) * model.score(x, t)) / schedule.alpha(t)
+
+
+# ----------------------------------------------------------------------------- randomness
+def draw_normals(key, i, n, m, d, dtype):
+    """Standard normals ``(n, m, d)`` of step ``i``: ONE batched draw from ``fold_in(key, i)``.
+
+    With ``jax_threefry_partitionable`` (the default) row ``j`` does not depend on ``n``, so
+    particle ``j``'s randomness depends only on ``(key, j)``; without it, per-particle
+    ``fold_in(key_i, j)`` keys give the same property (slower).
+    """
+    k = jax.random.fold_in(key, i)
+    if jax.config.jax_threefry_partitionable:
+        return jax.random.normal(k, (n, m, d), dtype)
+    keys = jax.vmap(lambda j: jax.random.fold_in(k, j))(jnp.arange(n, dtype=jnp.uint32))
+    return jax.vmap(lambda kk: jax.random.normal(kk, (m, d), dtype))(keys)
+
+
+def draw_uniforms(key, i, n, m, dtype):
+    """Uniforms ``(n, m)`` of step ``i`` (same construction as :func:`draw_normals`)."""
+    k = jax.random.fold_in(key, i)
+    if jax.config.jax_threefry_partitionable:
+        return jax.random.uniform(k, (n, m), dtype)
+    keys = jax.vmap(lambda j: jax.random.fold_in(k, j))(jnp.arange(n, dtype=jnp.uint32))
+    return jax.vmap(lambda kk: jax.random.uniform(kk, (m,), dtype))(keys)
+
+
+_PILOT_TAG = 0x70696C6F  # "pilo"
+
+
+def pilot_keys(key):
+    """``(k_init, k_normal, k_uniform)`` of the pilot ensemble: derived from the main key by
+    ``fold_in`` with a fixed tag, so they are independent of the main particles' streams (the
+    driver splits the main key itself) and of the batch size."""
+    return jax.random.split(jax.random.fold_in(key, _PILOT_TAG), 3)
+
+
+def pilot_init(schedule, key, n_pilot, d, dtype):
+    """Pilot particles ``(n_pilot, d)`` from the prior ``N(0, prior_std^2 I)`` at ``t_max``."""
+    return jnp.asarray(schedule.prior_std, dtype) * draw_normals(key, 0, n_pilot, 1, d, dtype)[:, 0]
 
 
 # ----------------------------------------------------------------------------- coefficients
@@ -155,25 +208,67 @@ def ddim_transition(model, schedule, x, normals, t, s, opts):
     return out + jnp.sqrt(var) * normals[0]
 
 
-def pc_transition(model, schedule, x, normals, t, s, opts):
-    """Euler-Maruyama predictor, then ``n_corrector`` Langevin corrector steps at ``s``."""
+def _corrector(model, x, z, s, e):
+    """One Langevin corrector step ``x + e s(x, s) + sqrt(2 e) z`` at level ``s``."""
+    return x + e * model_score(model, x, s) + jnp.sqrt(2.0 * e) * z
+
+
+def pc_transition(model, schedule, x, normals, t, s, opts, eps=None):
+    """Euler-Maruyama predictor, then ``n_corrector`` Langevin corrector steps at ``s``.
+
+    ``eps (n_corrector,)``: the corrector step sizes of this level (``corrector_step="snr"``,
+    from :func:`pc_tune`); ignored for ``"fixed"`` (``e = 2 snr^2 sigma_s^2``)."""
     x = em_transition(model, schedule, x, normals[:1], t, s, opts)
-    snr = opts["snr"]
     for j in range(opts["n_corrector"]):
-        z = normals[1 + j]
-        sc = model_score(model, x, s)
-        if opts["corrector_step"] == "snr":
-            # Song et al. (2021), Alg. 4/5, per particle; tiny floor keeps 0/0 out.
-            tiny = jnp.finfo(x.dtype).tiny
-            e = 2.0 * (snr * jnp.linalg.norm(z) / jnp.maximum(jnp.linalg.norm(sc), tiny)) ** 2
-            # safeguard: in low dimension |s(x)| can be ~0 near a mode; cap the step at
-            # snr * (sigma_s^2 + alpha_s^2), the variance scale of p_s for unit-scale data.
-            rho = schedule.sigma2(s) + jnp.exp(2.0 * schedule.log_alpha(s))
-            e = jnp.minimum(e, snr * rho)
+        if opts["corrector_step"] == "fixed":
+            e = 2.0 * opts["snr"] ** 2 * schedule.sigma2(s)
         else:
-            e = 2.0 * snr * snr * schedule.sigma2(s)
-        x = x + e * sc + jnp.sqrt(2.0 * e) * z
+            e = eps[j]
+        x = _corrector(model, x, normals[1 + j], s, e)
     return x
+
+
+def _snr_step(schedule, scores, t, s, snr):
+    """``e = 2 alpha_i snr^2 d / mean_pilot |s|^2`` for pilot scores ``(n_pilot, d)``."""
+    d = scores.shape[-1]
+    a_ts, _ = _sigma2_between(schedule, t, s)
+    fisher = jnp.mean(jnp.sum(scores * scores, axis=-1))
+    fisher = jnp.maximum(fisher, jnp.finfo(scores.dtype).tiny)
+    return 2.0 * a_ts * a_ts * snr * snr * d / fisher
+
+
+def pc_tune(model, schedule, key, times, opts, d, dtype):
+    """Corrector step sizes ``(steps, n_corrector)`` from a pilot run (``corrector_step="snr"``).
+
+    The pilot is the same predictor-corrector sampler on ``n_pilot`` particles from
+    :func:`pilot_keys`; before corrector sweep ``j`` of level ``i`` it sets
+    ``e_ij = 2 alpha_i snr^2 d / mean_pilot |s(x, s_i)|^2`` and moves with it. Returns ``None``
+    when no tuning applies (``"fixed"`` steps or no corrector).
+    """
+    nc = opts["n_corrector"]
+    if opts["corrector_step"] == "fixed" or nc == 0:
+        return None
+    n_p = opts["n_pilot"]
+    k_init, k_norm, _ = pilot_keys(key)
+    xp = pilot_init(schedule, k_init, n_p, d, dtype)
+    score_v = jax.vmap(model_score, (None, 0, None))
+
+    def level(xp, i):
+        t, s = times[i], times[i + 1]
+        z = draw_normals(k_norm, i, n_p, 1 + nc, d, dtype)
+        xp = jax.vmap(em_transition, (None, None, 0, 0, None, None, None))(
+            model, schedule, xp, z[:, :1], t, s, opts
+        )
+        eps = []
+        for j in range(nc):
+            sc = score_v(model, xp, s)
+            e = _snr_step(schedule, sc, t, s, opts["snr"])
+            xp = xp + e * sc + jnp.sqrt(2.0 * e) * z[:, 1 + j]
+            eps.append(e)
+        return xp, jnp.stack(eps)
+
+    _, eps = jax.lax.scan(level, xp, jnp.arange(times.shape[0] - 1))
+    return eps
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -195,7 +290,9 @@ class Kernel:
       name: method name.
       defaults: accepted options and their defaults (static, hashable values).
       init: ``init(x, t, opts) -> state``.
-      step: ``step(model, schedule, state, t, t_next, normals, uniforms, opts) -> (state, info)``.
+      step: ``step(model, schedule, state, t, t_next, normals, uniforms, opts, params) ->
+        (state, info)``; ``params`` is this level's slice of what ``tune`` returned (``None``
+        for kernels without tuning).
       num_normals: ``opts -> int``, standard normal vectors ``(d,)`` per particle and step.
       num_uniforms: ``opts -> int``, uniforms per particle and step.
       transition: deterministic ``(model, schedule, x, normals, t, t_next, opts) -> x_next``,
@@ -203,6 +300,10 @@ class Kernel:
       affine: ``opts -> bool``, whether :func:`sampler_law` applies.
       needs_log_prob: Metropolis kernels need ``model.log_prob``.
       validate: ``opts -> None``, raises on bad option values.
+      tune: optional ``tune(model, schedule, key, times, opts, d, dtype) -> params`` (a pytree
+        with leading axis ``steps``, or ``None``): per-level parameters computed BEFORE the
+        main run from a pilot ensemble of fixed size drawn from ``key`` (never from the main
+        particles), so every level's kernel is fixed and batch independent.
     """
 
     name: str
@@ -215,6 +316,7 @@ class Kernel:
     affine: Callable = lambda opts: True
     needs_log_prob: bool = False
     validate: Callable = lambda opts: None
+    tune: Callable | None = None
 
 
 KERNELS: dict[str, Kernel] = {}
@@ -233,7 +335,7 @@ def _position_init(x, t, opts):
 
 
 def _from_transition(transition):
-    def step(model, schedule, state, t, s, normals, uniforms, opts):
+    def step(model, schedule, state, t, s, normals, uniforms, opts, params=None):
         return SamplerState(transition(model, schedule, state.position, normals, t, s, opts)), (
             EmptyInfo()
         )
@@ -241,17 +343,19 @@ def _from_transition(transition):
     return step
 
 
-def _simple(name, transition, num_normals, defaults=(), affine=lambda o: True, validate=None):
+def _simple(name, transition, num_normals, defaults=(), affine=lambda o: True, validate=None,
+            step=None, tune=None):
     return register_kernel(
         Kernel(
             name=name,
             defaults=tuple(defaults),
             init=_position_init,
-            step=_from_transition(transition),
+            step=step or _from_transition(transition),
             num_normals=num_normals,
             transition=transition,
             affine=affine,
             validate=validate or (lambda opts: None),
+            tune=tune,
         )
     )
 
@@ -272,6 +376,19 @@ def _check_pc(opts):
         raise ValueError(f"n_corrector must be an int >= 0, got {n!r}")
     if not isinstance(opts["snr"], (int, float)) or not opts["snr"] > 0:
         raise ValueError(f"snr must be a positive float, got {opts['snr']!r}")
+    check_n_pilot(opts)
+
+
+def check_n_pilot(opts):
+    """``n_pilot`` must be an int >= 2 (an ensemble average needs particles)."""
+    n = opts["n_pilot"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n_pilot must be an int >= 2, got {n!r}")
+
+
+def _pc_step(model, schedule, state, t, s, normals, uniforms, opts, params=None):
+    return SamplerState(pc_transition(model, schedule, state.position, normals, t, s, opts,
+                                      params)), EmptyInfo()
 
 
 _simple("euler_maruyama", em_transition, lambda o: 1)
@@ -286,7 +403,9 @@ _simple(
     "predictor_corrector",
     pc_transition,
     lambda o: 1 + o["n_corrector"],
-    (("snr", 0.16), ("n_corrector", 1), ("corrector_step", "snr")),
+    (("snr", 0.16), ("n_corrector", 1), ("corrector_step", "snr"), ("n_pilot", 256)),
     affine=lambda o: o["corrector_step"] == "fixed" or o["n_corrector"] == 0,
     validate=_check_pc,
+    step=_pc_step,
+    tune=pc_tune,
 )

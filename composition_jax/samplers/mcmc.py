@@ -9,40 +9,70 @@ Each step goes from noise level ``t`` to ``s = t_next``: an Euler-Maruyama rever
 * ``annealed_hmc``: ``n_leapfrog`` leapfrog steps of size ``e`` with a fresh ``N(0, I)`` momentum,
   accepted with ``min(1, exp(-Delta H))``.
 
-Step sizes are per particle (so results do not depend on the batch): ``e = c * rho(s)`` with
-``rho(s) = sigma_s^2 + alpha_s^2`` (the variance scale of ``p_s`` for unit-scale data) and
-``log c`` adapted by Robbins-Monro toward ``target_accept`` after every move:
-``log c += adapt_rate / sqrt(1 + k) * (a - target_accept)`` with ``a`` the acceptance
-probability and ``k`` the number of moves so far (diminishing adaptation). A per-particle,
-history-dependent step size makes the moves only approximately invariant while it still adapts
-(it is state dependent); set ``adapt_rate=0`` for exactly invariant moves with fixed
-``c = step_size``. The info reports per-particle mean acceptance
-probability and step size of each level (the driver averages them over particles).
+Step sizes: ``e_l = c_l * rho(s_l)`` at level ``l``, with ``rho(s) = sigma_s^2 + alpha_s^2`` (the
+variance scale of ``p_s`` for unit-scale data) and ONE number ``c_l`` per level, shared by all
+particles and fixed before the main run:
+
+* ``adapt=True`` (default): ``c_l`` is tuned on a PILOT ensemble of ``n_pilot`` particles drawn
+  from a key derived from the main key (:func:`~composition_jax.samplers.kernels.pilot_keys`),
+  never from the main particles. The pilot runs this very sampler; at each level it restarts dual
+  averaging (Hoffman & Gelman 2014, Alg. 5: ``gamma = 0.05``, ``t0 = 10``, ``kappa = 0.75``) from
+  ``mu = log c_{l-1}`` (``c_{-1} = step_size``) and runs it over the level's ``mcmc_steps``
+  moves, with the statistic the pilot's ensemble-mean acceptance probability; ``c_l`` is the
+  averaged iterate. ``target_accept`` defaults to 0.574 (MALA, Roberts & Rosenthal 1998) and
+  0.65 (HMC, Beskos et al. 2013).
+* ``adapt=False``: ``c_l = step_size`` for every level.
+
+Why this is exact and batch independent: ``c_l`` is a function of ``(key, n_pilot)`` only, so for
+the main particles each level's move is a Metropolis-Hastings kernel with a FIXED proposal, which
+leaves ``p_{s_l}`` exactly invariant, and particle ``i`` still depends only on ``(key, i)``
+whatever ``n``, jit or devices. (Adapting each particle's step from its own acceptance history,
+as an earlier version did, makes the step a function of the particle's past states; the moves
+are then not ``p_s``-invariant, and HMC measurably over-dispersed on a 2-D mixture. Averaging
+acceptance over the main batch would instead tie particle ``i`` to the others.) The annealed
+sampler as a whole is still approximate: the predictor steps move particles off ``p_s`` and a
+few moves only partly correct that; the error vanishes as ``steps`` grows.
+
+The info reports, per level, the main particles' mean acceptance probability and the step size
+``e_l``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from .kernels import Kernel, em_transition, model_log_prob_and_score, register_kernel
+from .kernels import (
+    Kernel,
+    check_n_pilot,
+    draw_normals,
+    draw_uniforms,
+    em_transition,
+    model_log_prob_and_score,
+    pilot_init,
+    pilot_keys,
+    register_kernel,
+)
 
-__all__ = ["MCMCInfo", "MCMCState"]
+__all__ = ["BISECT_ITERS", "BISECT_WIDTH", "MCMCInfo", "MCMCState", "mcmc_tune"]
+
+#: Step-size search per level: bisection in ``log c`` on ``log c_{l-1} +- BISECT_WIDTH`` with
+#: ``BISECT_ITERS`` halvings (final resolution ``2 * 3 / 2^8 ~ 0.023`` in ``log c``).
+BISECT_WIDTH, BISECT_ITERS = 3.0, 8
 
 
 class MCMCState(NamedTuple):
-    """``position (d,)`` and the per-particle ``log_scale`` (log of ``c``; scalar)."""
+    """``position (d,)`` of one particle."""
 
     position: jax.Array
-    log_scale: jax.Array
-    moves: jax.Array
 
 
 class MCMCInfo(NamedTuple):
-    """Per particle and level: mean acceptance probability and the last step size ``e``."""
+    """Per particle and level: mean acceptance probability of its moves and the step size."""
 
     acceptance: jax.Array
     step_size: jax.Array
@@ -53,7 +83,8 @@ def _defaults(target):
         ("mcmc_steps", 2),
         ("step_size", 0.1),
         ("target_accept", target),
-        ("adapt_rate", 1.0),
+        ("adapt", True),
+        ("n_pilot", 256),
         ("n_leapfrog", 3),
     )
 
@@ -69,14 +100,17 @@ def _validate(opts):
         raise ValueError(f"step_size must be a positive float, got {opts['step_size']!r}")
     if not 0 < opts["target_accept"] < 1:
         raise ValueError(f"target_accept must lie in (0, 1), got {opts['target_accept']!r}")
-    if not opts["adapt_rate"] >= 0:
-        raise ValueError(f"adapt_rate must be >= 0, got {opts['adapt_rate']!r}")
+    if not isinstance(opts["adapt"], bool):
+        raise TypeError(f"adapt must be a bool, got {opts['adapt']!r}")
+    check_n_pilot(opts)
 
 
 def _init(x, t, opts):
-    return MCMCState(
-        x, jnp.asarray(math.log(opts["step_size"]), x.dtype), jnp.zeros((), x.dtype)
-    )
+    return MCMCState(x)
+
+
+def _rho(schedule, s):
+    return schedule.sigma2(s) + jnp.exp(2.0 * schedule.log_alpha(s))
 
 
 def _accept_prob(log_r):
@@ -106,35 +140,106 @@ def _hmc_move(model, s, x, lp, g, e, p, n_leapfrog):
     return q, lq, gq, log_r
 
 
+def _mh(kind, model, s, x, lp, g, e, z, u, opts):
+    """One Metropolis-Hastings move of ONE particle with step size ``e``; returns the new
+    ``(x, log p, score)`` and the acceptance probability."""
+    if kind == "mala":
+        y, lpy, gy, log_r = _mala_move(model, s, x, lp, g, e, z)
+    else:
+        y, lpy, gy, log_r = _hmc_move(model, s, x, lp, g, e, z, opts["n_leapfrog"])
+    acc = jnp.log(u) < log_r
+    x = jnp.where(acc, y, x)
+    lp = jnp.where(acc, lpy, lp)
+    g = jnp.where(acc, gy, g)
+    return x, lp, g, _accept_prob(log_r)
+
+
 def _make_step(kind):
-    def step(model, schedule, state, t, s, normals, uniforms, opts):
+    def step(model, schedule, state, t, s, normals, uniforms, opts, params):
         x = em_transition(model, schedule, state.position, normals[:1], t, s, opts)
-        rho = schedule.sigma2(s) + jnp.exp(2.0 * schedule.log_alpha(s))
+        e = jnp.exp(params) * _rho(schedule, s)
         lp, g = model_log_prob_and_score(model, x, s)
 
         def move(carry, zu):
-            x, lp, g, log_c, k = carry
-            z, u = zu
-            e = jnp.exp(log_c) * rho
-            if kind == "mala":
-                y, lpy, gy, log_r = _mala_move(model, s, x, lp, g, e, z)
-            else:
-                y, lpy, gy, log_r = _hmc_move(model, s, x, lp, g, e, z, opts["n_leapfrog"])
-            a = _accept_prob(log_r)
-            acc = jnp.log(u) < log_r
-            x = jnp.where(acc, y, x)
-            lp = jnp.where(acc, lpy, lp)
-            g = jnp.where(acc, gy, g)
-            gain = opts["adapt_rate"] / jnp.sqrt(1.0 + k)
-            log_c = log_c + gain * (a - opts["target_accept"])
-            return (x, lp, g, log_c, k + 1.0), (a, e)
+            x, lp, g = carry
+            x, lp, g, a = _mh(kind, model, s, x, lp, g, e, zu[0], zu[1], opts)
+            return (x, lp, g), a
 
-        (x, lp, g, log_c, k), (a, e) = jax.lax.scan(
-            move, (x, lp, g, state.log_scale, state.moves), (normals[1:], uniforms)
-        )
-        return MCMCState(x, log_c, k), MCMCInfo(jnp.mean(a), e[-1])
+        (x, _, _), a = jax.lax.scan(move, (x, lp, g), (normals[1:], uniforms))
+        return MCMCState(x), MCMCInfo(jnp.mean(a), e)
 
     return step
+
+
+def mcmc_tune(kind, model, schedule, key, times, opts, d, dtype):
+    """Per-level log step scales ``log c_l`` ``(steps,)`` (see the module docstring).
+
+    With ``adapt=False`` this is ``log(step_size)`` at every level (no pilot is run). Otherwise
+    the pilot (``n_pilot`` particles, keys from :func:`pilot_keys`) runs the annealed sampler;
+    at each level, after its predictor step, ``log c_l`` solves ``A(log c) = target_accept`` by
+    ``BISECT_ITERS`` bisections on ``[log c_{l-1} - BISECT_WIDTH, log c_{l-1} + BISECT_WIDTH]``,
+    where ``A`` is the pilot's ensemble-mean acceptance probability of one probe move with a
+    fixed (common) probe noise, then the pilot makes its ``mcmc_steps`` moves with ``c_l``.
+    """
+    steps = times.shape[0] - 1
+    log_c0 = jnp.asarray(math.log(opts["step_size"]), dtype)
+    if not opts["adapt"]:
+        return jnp.full((steps,), log_c0)
+    n_p, k_moves, delta = opts["n_pilot"], opts["mcmc_steps"], opts["target_accept"]
+    k_init, k_norm, k_unif = pilot_keys(key)
+    xp = pilot_init(schedule, k_init, n_p, d, dtype)
+    em_v = jax.vmap(em_transition, (None, None, 0, 0, None, None, None))
+    lps_v = jax.vmap(model_log_prob_and_score, (None, 0, None))
+    mh = functools.partial(_mh, kind, model)
+    mh_v = jax.vmap(mh, (None, 0, 0, 0, None, 0, 0, None))
+    ones = jnp.ones((n_p,), dtype)
+
+    def level(carry, i):
+        xp, log_prev = carry
+        t, s = times[i], times[i + 1]
+        z = draw_normals(k_norm, i, n_p, 2 + k_moves, d, dtype)  # predictor, probe, moves
+        u = draw_uniforms(k_unif, i, n_p, k_moves, dtype)
+        xp = em_v(model, schedule, xp, z[:, :1], t, s, opts)
+        lp, g = lps_v(model, xp, s)
+        rho = _rho(schedule, s)
+
+        # one scan, ONE copy of the move in the compiled program (compile time): iterations
+        # j < BISECT_ITERS are probes from the fixed state (xp, lp, g) with the probe noise
+        # z[:, 1] and u = 1, narrowing [lo, hi]; the next mcmc_steps are the pilot's moves with
+        # c_l = exp((lo + hi) / 2)
+        def body(c, j):
+            x, lpx, gx, lo, hi = c
+            probe = j < BISECT_ITERS
+            mid = 0.5 * (lo + hi)
+            m = jnp.maximum(j - BISECT_ITERS, 0)
+            xin = jnp.where(probe, xp, x)
+            lpin = jnp.where(probe, lp, lpx)
+            gin = jnp.where(probe, g, gx)
+            zj = jnp.where(probe, z[:, 1], z[:, 2 + m])
+            uj = jnp.where(probe, ones, u[:, m])
+            y, lpy, gy, a = mh_v(s, xin, lpin, gin, jnp.exp(mid) * rho, zj, uj, opts)
+            ok = jnp.mean(a) >= delta
+            lo = jnp.where(probe & ok, mid, lo)
+            hi = jnp.where(probe & ~ok, mid, hi)
+            return (jnp.where(probe, x, y), jnp.where(probe, lpx, lpy),
+                    jnp.where(probe, gx, gy), lo, hi), None
+
+        (xp, _, _, lo, hi), _ = jax.lax.scan(
+            body, (xp, lp, g, log_prev - BISECT_WIDTH, log_prev + BISECT_WIDTH),
+            jnp.arange(BISECT_ITERS + k_moves),
+        )
+        log_c = 0.5 * (lo + hi)
+        return (xp, log_c), log_c
+
+    _, log_c = jax.lax.scan(level, (xp, log_c0), jnp.arange(steps))
+    return log_c
+
+
+def _make_tune(kind):
+    def tune(model, schedule, key, times, opts, d, dtype):
+        return mcmc_tune(kind, model, schedule, key, times, opts, d, dtype)
+
+    return tune
 
 
 for _name, _kind, _target in (("annealed_mala", "mala", 0.574), ("annealed_hmc", "hmc", 0.65)):
@@ -150,5 +255,6 @@ for _name, _kind, _target in (("annealed_mala", "mala", 0.574), ("annealed_hmc",
             affine=lambda o: False,
             needs_log_prob=True,
             validate=_validate,
+            tune=_make_tune(_kind),
         )
     )

@@ -133,17 +133,19 @@ def sampler_law(
         C0 = jnp.asarray(schedule.prior_std, dtype) ** 2 * jnp.eye(d, dtype=dtype)
     model = as_model(model)
     check_model_shape(model, d, dtype)
-    run = jax.jit(
-        _propagate,
-        static_argnames=("kernel", "opts", "steps", "t_min", "grid", "rho", "denoise_final"),
-    )
-    mean, cov = run(
+    mean, cov = _propagate_jit(
         model, schedule, m0, C0, kernel=kernel, opts=_Frozen(opts), steps=steps, t_min=t_min_f,
         grid=grid, rho=float(rho), denoise_final=bool(denoise_final),
     )
     if as_moments:
         return mean, cov
     return Gaussian(mean, cov)
+
+
+_propagate_jit = jax.jit(
+    _propagate,
+    static_argnames=("kernel", "opts", "steps", "t_min", "grid", "rho", "denoise_final"),
+)
 
 
 class _Frozen(dict):
