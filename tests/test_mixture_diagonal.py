@@ -13,9 +13,9 @@ from composition_jax._pytree import replace
 TIMES = (1e-4, 1e-2, 0.3, 1.0)
 
 
-def _mixture(rng, d, K, vmin, dtype):
+def _mixture(rng, d, K, vmin, dtype, isotropic=False):
     means = rng.normal(size=(K, d)) * 2.0
-    var = rng.uniform(vmin, 3 * vmin, size=(K, d))
+    var = rng.uniform(vmin, 3 * vmin, size=(K, 1 if isotropic else d)) * np.ones((K, d))
     covs = np.stack([np.diag(v) for v in var])
     w = rng.dirichlet(np.ones(K))
     return cj.GaussianMixture(w.astype(dtype), means.astype(dtype), covs.astype(dtype))
@@ -37,11 +37,13 @@ def test_diagonal_rejects_nonpositive_variance():
         cj.GaussianMixture(np.array([0.5, 0.5]), np.zeros((2, 2)), covs)
 
 
-@pytest.mark.parametrize("d,K,vmin", [(2, 8, 0.2), (16, 6, 0.01)])
-def test_fast_path_matches_general_path_float32(key, d, K, vmin):
+@pytest.mark.parametrize("d,K,vmin,iso", [(2, 8, 0.2, False), (16, 6, 0.01, False),
+                                          (16, 6, 0.01, True)])
+def test_fast_path_matches_general_path_float32(key, d, K, vmin, iso):
     rng = np.random.default_rng(d)
-    fast = _mixture(rng, d, K, vmin, np.float32)
-    slow = replace(fast, diagonal=False)
+    fast = _mixture(rng, d, K, vmin, np.float32, isotropic=iso)
+    assert fast.isotropic == iso
+    slow = replace(fast, diagonal=False, isotropic=False)
     sched = cj.VPSchedule()
     for t in TIMES:
         x = cj.diffuse(fast, sched).sample(jax.random.fold_in(key, int(t * 1e4)), 32, t)
@@ -56,10 +58,11 @@ def test_fast_path_matches_general_path_float32(key, d, K, vmin):
 
 
 @pytest.mark.x64
-def test_fast_path_matches_scipy_and_grad_float64(key):
+@pytest.mark.parametrize("iso", [False, True])
+def test_fast_path_matches_scipy_and_grad_float64(key, iso):
     rng = np.random.default_rng(1)
-    m = _mixture(rng, 3, 5, 0.3, np.float64)
-    assert m.diagonal
+    m = _mixture(rng, 3, 5, 0.3, np.float64, isotropic=iso)
+    assert m.diagonal and m.isotropic == iso
     sched = cj.VESchedule()
     p = cj.diffuse(m, sched)
     for t in TIMES:
