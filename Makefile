@@ -27,9 +27,9 @@ test-slow: $(STAMP)
 	JAX_ENABLE_X64=1 $(PY) -m pytest -q -m "slow and x64"
 
 # The main job: the paper's synthetic findings decided by statistics, into $(DEMO_OUT)
-# (report.md, figures, report.json). DEMO_SIZE=quick|full (full: < 30 minutes on 2 cores).
+# (report.md, figures, report.json). DEMO_SIZE=quick (default) | full (larger n, 1000 steps).
 DEMO_OUT ?= reproduce_out
-DEMO_SIZE ?= full
+DEMO_SIZE ?= quick
 demo: $(STAMP)
 	$(VENV)/bin/composition-jax reproduce --out $(DEMO_OUT) --size $(DEMO_SIZE) --force
 

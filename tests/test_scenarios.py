@@ -111,7 +111,7 @@ def test_factor_mixture_model_is_exact(key):
     pairs = [(mk(lw[8:], means[8:], [1.0]), cj.diffuse(pb, sch)),
              (mk(lw[3:4], means[3:4], [1.0]), cj.diffuse(conds[3], sch)),
              (mk(lw, means, [1.0] * 8 + [0.0]), cj.diffuse(pu, sch))]
-    xs = 0.5 + 0.6 * jax.random.normal(key, (3, 8))
+    xs = 0.5 + 0.6 * jax.random.normal(key, (2, 8))
     for m, ref in pairs:
         for t in (0.05, 0.4):
             tt = jnp.asarray(t)
