@@ -11,6 +11,7 @@ from .factorized import FCResult, factorized_conditionals
 from .gap import GapResult, composition_gap
 from .heuristics import mean_difference_cosines
 from .projective import BlockReport, ProjectiveReport, TestOutcome, projective
+from . import scenarios
 
 __all__ = [
     "stats",
@@ -24,6 +25,7 @@ __all__ = [
     "GapResult",
     "mean_difference_cosines",
     "sampler_law",
+    "scenarios",
 ]
 
 
