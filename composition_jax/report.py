@@ -17,12 +17,13 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["reproduce", "environment", "check_out_dir"]
+__all__ = ["check_out_dir", "environment", "reproduce"]
 
 
 class OutputExists(Exception):

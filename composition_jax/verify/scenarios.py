@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -51,15 +52,15 @@ from .heuristics import mean_difference_cosines
 from .projective import projective
 
 __all__ = [
-    "Config",
-    "ScenarioResult",
-    "SCENARIOS",
-    "EFFECT_FLOORS",
     "ALPHA",
+    "EFFECT_FLOORS",
+    "SCENARIOS",
+    "Config",
     "MixtureModel",
+    "ScenarioResult",
     "material_rejections",
-    "run_scenario",
     "run_all",
+    "run_scenario",
 ]
 
 ALPHA = 0.01
@@ -90,7 +91,7 @@ class Config:
     mode: str = "quick"
 
     @staticmethod
-    def for_mode(mode: str) -> "Config":
+    def for_mode(mode: str) -> Config:
         if mode == "minimal":
             return Config(n=1000, steps=100, two_sample_n=300, num_permutations=999,
                           gap_n=512, mode="minimal")
