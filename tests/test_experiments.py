@@ -1,0 +1,167 @@
+"""Learned-model experiments: blob generator + detector (exact oracles), binomial intervals, and
+the pipelines' shapes/records at minimal size (the real experiments are ``slow``)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from composition_jax.experiments import blobs
+from composition_jax.experiments._common import binomial, verdict_from_interval
+from composition_jax.experiments.length_generalization import (
+    LengthGenConfig,
+    evaluate_counts,
+    run_length_generalization,
+)
+
+CLEAN = blobs.BlobConfig(amp_lo=1.0, amp_hi=1.0, jitter=0.0, noise_std=0.0)
+
+
+def _np_templates(cfg):
+    yy, xx = np.meshgrid(np.arange(cfg.height), np.arange(cfg.width), indexing="ij")
+    c = np.asarray(cfg.locations)
+    r2 = (yy.reshape(-1)[None] - c[:, :1]) ** 2 + (xx.reshape(-1)[None] - c[:, 1:]) ** 2
+    return np.exp(-r2 / (2 * cfg.radius**2))
+
+
+def test_templates_and_clean_render_exact(key):
+    g = np.asarray(blobs.templates(CLEAN))
+    np.testing.assert_allclose(g, _np_templates(CLEAN), rtol=1e-5, atol=1e-7)  # float32
+    present = jnp.array([[True, False, True, False, False, True], [False] * 6])
+    x = np.asarray(blobs.render(key, CLEAN, present))
+    np.testing.assert_allclose(x[0], g[0] + g[2] + g[5], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(x[1], 0.0)
+
+
+def test_detector_responses_exact():
+    g = _np_templates(CLEAN)
+    r = np.asarray(blobs.detector_responses(jnp.asarray(g, jnp.float32), CLEAN))
+    oracle = (g @ g.T) / np.sum(g * g, 1)[None, :]  # response at l to a unit blob at m
+    np.testing.assert_allclose(r, oracle, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.diag(r), 1.0, rtol=1e-6)
+    # far below the threshold: the locations do not see each other
+    assert np.max(r - np.diag(np.diag(r))) < 0.1 * CLEAN.threshold
+    # continuum cross-talk formula is a close match on the pixel grid for r = 0.7
+    ct = blobs.cross_talk(CLEAN)
+    np.testing.assert_allclose(np.diag(ct), 1.0)
+    assert CLEAN.threshold == 0.5
+    np.testing.assert_array_equal(np.asarray(blobs.detect(jnp.asarray(g, jnp.float32), CLEAN)),
+                                  np.eye(6, dtype=bool))
+
+
+def test_presence_laws(key):
+    cfg = blobs.BlobConfig()
+    n, L, q = 4000, cfg.num_locations, cfg.clutter_prob
+    k = jax.random.split(key, 5)
+    p = np.asarray(blobs.presence(k[0], cfg, 50, "single_at", 3))
+    np.testing.assert_array_equal(p, np.broadcast_to(np.arange(L) == 3, (50, L)))
+    assert not np.asarray(blobs.presence(k[1], cfg, 50, "empty")).any()
+    p = np.asarray(blobs.presence(k[2], cfg, n, "single_random"))
+    np.testing.assert_array_equal(p.sum(1), 1)
+    freq = p.mean(0)  # multinomial(1/L): 5 standard errors
+    assert np.all(np.abs(freq - 1 / L) < 5 * math.sqrt((1 / L) * (1 - 1 / L) / n))
+    p = np.asarray(blobs.presence(k[3], cfg, n, "cluttered_at", 2))
+    assert p[:, 2].all()
+    others = np.delete(p, 2, axis=1)
+    assert np.all(np.abs(others.mean(0) - q) < 5 * math.sqrt(q * (1 - q) / n))
+    p = np.asarray(blobs.presence(k[4], cfg, n, "clutter"))
+    assert np.all(np.abs(p.mean(0) - q) < 5 * math.sqrt(q * (1 - q) / n))
+
+
+def test_detector_recovers_generated_scenes(key):
+    # worst case blob: amplitude 0.8 displaced by jitter 0.25 on both axes keeps the response
+    # far above 0.5; noise adds s0 / |g| ~ 0.04 sd: a misdetection is a > 5 sd event per location
+    cfg = blobs.BlobConfig()
+    x, p = blobs.scenes(key, cfg, 500, "clutter")
+    np.testing.assert_array_equal(np.asarray(blobs.detect(x, cfg)), np.asarray(p))
+
+
+def test_blob_errors(key):
+    with pytest.raises(ValueError, match="locations must have shape"):
+        blobs.BlobConfig(locations=((1.0, 2.0, 3.0),))
+    with pytest.raises(ValueError, match="height must be a positive int"):
+        blobs.BlobConfig(height=0)
+    with pytest.raises(ValueError, match="clutter_prob"):
+        blobs.BlobConfig(clutter_prob=1.5)
+    with pytest.raises(ValueError, match="radius > 0"):
+        blobs.BlobConfig(radius=0.0)
+    cfg = blobs.BlobConfig()
+    with pytest.raises(ValueError, match="kind must be one of"):
+        blobs.presence(key, cfg, 3, "two")
+    with pytest.raises(ValueError, match="needs location"):
+        blobs.presence(key, cfg, 3, "single_at")
+    with pytest.raises(ValueError, match="takes no location"):
+        blobs.presence(key, cfg, 3, "empty", 1)
+    with pytest.raises(ValueError, match=r"present must have shape \(n, 6\)"):
+        blobs.render(key, cfg, jnp.zeros((3, 5), bool))
+    with pytest.raises(ValueError, match=r"x must have shape \(n, 64\)"):
+        blobs.detector_responses(jnp.zeros((3, 63)), cfg)
+
+
+def test_binomial_wilson_and_verdicts():
+    b = binomial(30, 100, z=3.0)
+    p, n, z = 0.3, 100, 3.0
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert b["fraction"] == p and b["se"] == pytest.approx(math.sqrt(0.21 / 100))
+    assert b["lower"] == pytest.approx(centre - half) and b["upper"] == pytest.approx(centre + half)
+    assert verdict_from_interval(b) == "failure"
+    assert verdict_from_interval(binomial(100, 100)) == "success"
+    assert binomial(100, 100)["lower"] == pytest.approx(100 / 109)  # Wilson at p = 1: n/(n+z^2)
+    assert verdict_from_interval(binomial(5, 10)) == "inconclusive"
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        binomial(0, 0)
+
+
+def test_evaluate_counts():
+    det = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0, 0, 0]], bool)
+    r = evaluate_counts(det, np.array([1, 1, 0], bool))
+    assert r["exact"]["successes"] == 1 and r["all_requested"]["successes"] == 2
+    assert r["mean_found_on_S"] == pytest.approx(1.25) and r["mean_extra_off_S"] == 0.25
+
+
+def test_length_generalization_pipeline_minimal(tmp_path):
+    cfg = LengthGenConfig.for_mode("minimal")
+    out = run_length_generalization(cfg, cache=tmp_path)
+    names = [r["name"] for r in out["records"]]
+    assert names == ["learned_length_empty", "learned_length_bayes", "learned_length_cluttered"]
+    for r in out["records"]:
+        assert set(r) == {"name", "title", "expected", "observed", "metrics", "reasons"}
+        assert r["observed"] in ("success", "failure", "inconclusive")
+        assert set(r["metrics"]["per_k"]) == {"1", "2"}
+        for v in r["metrics"]["per_k"].values():
+            assert v["exact"]["n"] == cfg.n_samples
+    assert set(out["counts"]) == {"single", "cluttered"}
+    assert not out["training"]["single"]["cached"]
+    again = run_length_generalization(cfg, cache=tmp_path)  # parameters come from the cache
+    assert again["training"]["single"]["cached"] and again["training"]["cluttered"]["cached"]
+    assert _same_counts(again["counts"], out["counts"])  # same key + params: same samples
+
+
+def _same_counts(a, b):
+    return all(a[v][bg][k]["exact"]["successes"] == b[v][bg][k]["exact"]["successes"]
+               for v in a for bg in a[v] for k in a[v][bg])
+
+
+def test_length_config_errors():
+    with pytest.raises(ValueError, match="mode must be"):
+        LengthGenConfig.for_mode("huge")
+    with pytest.raises(ValueError, match="ks must be a non-empty subset"):
+        LengthGenConfig(ks=(0, 7)).kset()
+    with pytest.raises(ValueError, match="network must be 'mlp' or 'unet'"):
+        LengthGenConfig(network="cnn").make_network()
+
+
+@pytest.mark.slow
+def test_length_generalization_quick_contrast(tmp_path):
+    """Quick mode: the empty background length-generalizes, the unconditional one fails."""
+    out = run_length_generalization(LengthGenConfig.for_mode("quick"), cache=tmp_path)
+    rec = {r["name"]: r for r in out["records"]}
+    assert rec["learned_length_empty"]["observed"] == "success"
+    assert rec["learned_length_bayes"]["observed"] == "failure"
+    c = rec["learned_length_empty"]["metrics"]["contrast_empty_minus_unconditional"]["2"]
+    assert c["difference"] > 3 * c["se"]
