@@ -388,12 +388,24 @@ def sample(
         mesh's first axis) for the whole run.
       x_init: optional initial particles ``(n, d)`` at ``t_max``.
       dtype: floating dtype (default ``x_init``'s, else JAX's default float).
-      **options: method options, e.g. ``eta`` (ddim); ``snr``, ``n_corrector``,
-        ``corrector_step`` (predictor_corrector); ``mcmc_steps``, ``step_size``,
-        ``target_accept``, ``adapt_rate``, ``n_leapfrog`` (annealed MCMC).
+      **options: method options: ``eta`` (ddim); ``snr``, ``n_corrector``,
+        ``corrector_step`` (``"snr"`` or ``"fixed"``), ``n_pilot`` (predictor_corrector);
+        ``mcmc_steps``, ``step_size``, ``target_accept``, ``adapt``, ``n_pilot``,
+        ``n_leapfrog`` (annealed MCMC). Step sizes that depend on the target (SNR corrector,
+        MCMC) are fixed per level BEFORE the main run from a pilot ensemble of ``n_pilot``
+        particles with keys derived from ``key``, so they do not depend on ``n`` and each MCMC
+        level is an exact Metropolis-Hastings kernel (see ``docs/sampling.md``).
 
     Returns:
       ``samples (n, d)``, or a :class:`SampleResult` when ``return_info`` or ``record_every``.
+
+    Multi-host (TPU pods, multi-node GPU): call ``jax.distributed.initialize()`` in every
+    process, build ``mesh = jax.make_mesh((jax.device_count(),), ("batch",))`` over ALL
+    processes' devices and call ``cj.sample`` with the same arguments (same key; ``n`` the global
+    count, divisible by ``jax.device_count()``) in every process. The result is a global array;
+    each process holds its devices' particles (``x.addressable_shards``), identical to those of
+    a single-host run with the same key; the pilot ensemble is replicated. ``x_init`` must then
+    be a global array. Details in ``docs/sampling.md``.
 
     Raises:
       ValueError: bad ``shape``/``steps``/``t_min``/``grid``/``method``/option values, or a model
