@@ -1,6 +1,19 @@
 """``composition-jax reproduce``: run the scenario zoo and write ``report.md``, figures and
 ``report.json`` atomically.
 
+Learned-model experiments (:func:`composition_jax.experiments.run_learned_experiments`: length
+generalization on blob scenes, learned 4-D ring composition vs the exact one) are appended after
+the zoo when ``learned`` is on: by default in ``full`` mode, off in ``quick`` (the zoo alone
+fills the quick budget) and always off in ``minimal``. Their trained parameters live in the
+experiments' cache (``$COMPOSITION_JAX_CACHE`` or a temporary folder), never in ``out``, so they
+survive ``--force``.
+
+Verdict status: a result *agrees* when observed == expected, is *inconclusive* when the
+statistics could not decide (observed ``"inconclusive"``: an interval straddling its bound), and
+is a *mismatch* when a definite observed verdict differs from the expected one. Only mismatches
+make the run fail (exit code 1); inconclusive results are flagged in the summary, in the CLI
+output and in ``report.json`` (``inconclusive``), never silently counted as agreement.
+
 Atomicity: everything is written into a fresh temporary folder next to the target
 (``.<name>.tmp-XXXX``), ``report.json`` last; only when the run finished is the folder renamed
 onto the target (an existing target, allowed by ``force``, is first renamed aside and deleted
@@ -23,7 +36,36 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_out_dir", "environment", "reproduce"]
+__all__ = ["check_out_dir", "environment", "learned_results", "reproduce", "status"]
+
+INCONCLUSIVE = "inconclusive"
+
+
+def status(r) -> str:
+    """``"agrees"``, ``"inconclusive"`` (observed ``"inconclusive"``) or ``"mismatch"``."""
+    if r.expected == r.observed:
+        return "agrees"
+    if r.observed == INCONCLUSIVE:
+        return "inconclusive"
+    return "mismatch"
+
+
+def learned_results(quick: bool) -> list:
+    """Run :func:`composition_jax.experiments.run_learned_experiments` and wrap each record in a
+    :class:`~composition_jax.verify.scenarios.ScenarioResult` (``seconds`` = the wall time of the
+    whole learned stage, split evenly; the records carry their own training/sampling times).
+
+    ``out_dir=None``: parameters are cached in the experiments' cache folder, not in the report
+    folder, so ``--force`` does not throw them away."""
+    from .experiments import run_learned_experiments
+    from .verify.scenarios import ScenarioResult
+
+    t0 = time.perf_counter()
+    recs = run_learned_experiments(quick=quick, out_dir=None)
+    each = (time.perf_counter() - t0) / max(1, len(recs))
+    return [ScenarioResult(name=r["name"], title=r["title"], expected=r["expected"],
+                           observed=r["observed"], metrics=r["metrics"],
+                           reasons=list(r["reasons"]), seconds=each) for r in recs]
 
 
 class OutputExists(Exception):
@@ -171,14 +213,45 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _markdown(results, cfg, env, figs: dict, gap_fig: str | None, seconds: float) -> str:
+def _headline(results) -> str:
+    st = [status(r) for r in results]
+    mism = [r.name for r, s in zip(results, st) if s == "mismatch"]
+    inc = [r.name for r, s in zip(results, st) if s == "inconclusive"]
+    if mism:
+        h = "SOME OBSERVED VERDICTS DIFFER FROM THE EXPECTED ONES: " + ", ".join(mism) + "."
+    elif inc:
+        h = "No observed verdict contradicts the expected one."
+    else:
+        h = "All observed verdicts equal the expected ones."
+    if inc:
+        h += (" INCONCLUSIVE (the statistics could not decide at this size; not counted as "
+              "agreement): " + ", ".join(inc) + ".")
+    return h
+
+
+def _learned_note(learned: str) -> list[str]:
+    return ["", "## Learned-model experiments", "", {
+        "on": "Included (length generalization on blob scenes, configurations A/B/C; learned "
+              "4-D ring composition vs the exact composition); trained parameters come from the "
+              "experiments' cache (`$COMPOSITION_JAX_CACHE` or a temporary folder) when "
+              "present. Their verdicts are computed from the samples (Wilson intervals / the "
+              "zoo's projective decision rule); a verdict the statistics cannot settle is "
+              "reported as `inconclusive` and flagged, not counted as agreement.",
+        "off": "Not run (default in quick mode: the scenario zoo alone fills the quick budget; "
+               "pass `--learned` to add them, about 1.5 extra minutes on 2 cores with an empty "
+               "cache, or use full mode, where they run by default).",
+        "skipped": "Not run: the minimal size is for tests only.",
+    }[learned]]
+
+
+def _markdown(results, cfg, env, figs: dict, gap_fig: str | None, seconds: float,
+              learned: str = "off") -> str:
     from .verify.scenarios import ALPHA, EFFECT_FLOORS
 
-    ok = all(r.agrees for r in results)
     L = ["# composition_jax: reproduction of Bradley et al. (2025), synthetic findings", ""]
     L.append(f"Mode **{cfg.mode}** (n = {cfg.n} samples per sampler, {cfg.steps} steps, "
              f"grid `{cfg.grid}`, VP schedule, t_min = {cfg.t_min}); {len(results)} scenarios "
-             f"in {seconds:.0f} s. **{'All observed verdicts equal the expected ones.' if ok else 'SOME OBSERVED VERDICTS DIFFER FROM THE EXPECTED ONES.'}**")
+             f"in {seconds:.0f} s. **{_headline(results)}**")
     L += ["", "## Decision rule", "",
           f"A sampler's output is *projective* when no test of `cj.verify.projective` at "
           f"family-wise level alpha = {ALPHA} (Bonferroni over all tests) rejects with an effect "
@@ -196,8 +269,10 @@ def _markdown(results, cfg, env, figs: dict, gap_fig: str | None, seconds: float
         fch = "" if fc is None else str(fc["holds"])
         h = r.metrics.get("heuristic", r.metrics.get("heuristic_x"))
         hc = "" if h is None else f"{h['max_abs_offdiag']:.3f}"
+        ag = {"agrees": "yes", "inconclusive": "*inconclusive*", "mismatch": "**NO**"}[status(r)]
         L.append(f"| {r.name} | {r.expected} | {r.observed} | "
-                 f"{'yes' if r.agrees else '**NO**'} | {fch} | {hc} | {r.seconds:.1f} |")
+                 f"{ag} | {fch} | {hc} | {r.seconds:.1f} |")
+    L += _learned_note(learned)
     if gap_fig:
         L += ["", "## Composition gap", "", f"![composition gap]({gap_fig})"]
     for r in results:
@@ -221,6 +296,15 @@ def _markdown(results, cfg, env, figs: dict, gap_fig: str | None, seconds: float
                 L.append(f"| {size} | " + " | ".join(
                     f"exact {x['frac_exact_count']:.3f}, mean on S {x['mean_on_S']:.3f}"
                     for x in v.values()) + " |")
+        if isinstance(r.metrics.get("per_k"), dict):
+            L += ["", "| k | exact count | all requested | mean extra off S | verdict |",
+                  "|---|---|---|---|---|"]
+            pv = r.metrics.get("per_k_verdict", {})
+            for k, v in r.metrics["per_k"].items():
+                L.append(f"| {k} | {v['exact']['fraction']:.3f} ± {v['exact']['se']:.3f} | "
+                         f"{v['all_requested']['fraction']:.3f} ± "
+                         f"{v['all_requested']['se']:.3f} | {v['mean_extra_off_S']:.2f} | "
+                         f"{pv.get(k, '(not checked)')} |")
         for fn in figs.get(r.name, []):
             L += ["", f"![{fn}]({fn})"]
     L += ["", "## Environment", "", "```", json.dumps(env, indent=1), "```", ""]
@@ -229,11 +313,23 @@ def _markdown(results, cfg, env, figs: dict, gap_fig: str | None, seconds: float
 
 # ------------------------------------------------------------------------------ driver
 def reproduce(out: str | os.PathLike, *, mode: str = "quick", force: bool = False,
-              only: Sequence[str] | None = None, progress: bool = True) -> tuple[int, Path]:
-    """Run the zoo and write the report into ``out`` atomically.
+              only: Sequence[str] | None = None, progress: bool = True,
+              learned: bool | None = None) -> tuple[int, Path]:
+    """Run the zoo (and the learned-model experiments) and write the report into ``out``
+    atomically.
 
-    Returns ``(exit_code, out_path)``: 0 when every observed verdict equals the expected one,
-    1 otherwise. Raises :class:`OutputExists` for a non-empty ``out`` without ``force``.
+    Args:
+      out: the report folder.
+      mode: ``"minimal"`` (tests), ``"quick"`` or ``"full"``.
+      force: replace a non-empty ``out``.
+      only: scenario names of the zoo (default all); does not select learned experiments.
+      progress: progress bar / lines on stderr.
+      learned: append the learned-model experiments; ``None`` = on in ``full`` mode, off in
+        ``quick``. Never run in ``minimal`` mode (recorded as skipped).
+
+    Returns ``(exit_code, out_path)``: 1 when some definite observed verdict differs from the
+    expected one (a *mismatch*), else 0; ``inconclusive`` results do not fail the run but are
+    listed in the report. Raises :class:`OutputExists` for a non-empty ``out`` without ``force``.
     """
     from .verify import scenarios as sc
 
@@ -244,6 +340,10 @@ def reproduce(out: str | os.PathLike, *, mode: str = "quick", force: bool = Fals
         if n not in sc.SCENARIOS:
             raise ValueError(f"unknown scenario {n!r}; valid: {', '.join(sc.SCENARIOS)}")
     cfg = sc.Config.for_mode(mode)
+    if learned is None:
+        learned = mode == "full"
+    learned_state = "skipped" if (learned and mode == "minimal") else (
+        "on" if learned else "off")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -269,13 +369,25 @@ def reproduce(out: str | os.PathLike, *, mode: str = "quick", force: bool = Fals
                 bar.update(1)
         if bar is not None:
             bar.close()
+        if learned_state == "on":
+            if progress:
+                print("learned-model experiments (training or cache, then sampling) ...",
+                      file=sys.stderr, flush=True)
+            for r in learned_results(quick=mode != "full"):
+                results.append(r)
+                figs[r.name] = _figures(r, tmp)
         seconds = time.perf_counter() - t0
         env = environment()
         gap_fig = _gap_figure(results, tmp)
-        (tmp / "report.md").write_text(_markdown(results, cfg, env, figs, gap_fig, seconds))
+        (tmp / "report.md").write_text(_markdown(results, cfg, env, figs, gap_fig, seconds,
+                                                    learned_state))
+        st = {r.name: status(r) for r in results}
         payload = {
-            "scenarios": [r.to_dict() for r in results],
+            "scenarios": [dict(r.to_dict(), status=st[r.name]) for r in results],
             "all_agree": all(r.agrees for r in results),
+            "mismatches": [n for n, v in st.items() if v == "mismatch"],
+            "inconclusive": [n for n, v in st.items() if v == "inconclusive"],
+            "learned": learned_state,
             "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
             "seconds": round(seconds, 2),
             "environment": env,
@@ -295,4 +407,4 @@ def reproduce(out: str | os.PathLike, *, mode: str = "quick", force: bool = Fals
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return (0 if payload["all_agree"] else 1), out
+    return (1 if payload["mismatches"] else 0), out

@@ -124,6 +124,7 @@ def test_evaluate_counts():
     assert r["mean_found_on_S"] == pytest.approx(1.25) and r["mean_extra_off_S"] == 0.25
 
 
+@pytest.mark.slow
 def test_length_generalization_pipeline_minimal(tmp_path):
     cfg = LengthGenConfig.for_mode("minimal")
     out = run_length_generalization(cfg, cache=tmp_path)
@@ -165,3 +166,102 @@ def test_length_generalization_quick_contrast(tmp_path):
     assert rec["learned_length_bayes"]["observed"] == "failure"
     c = rec["learned_length_empty"]["metrics"]["contrast_empty_minus_unconditional"]["2"]
     assert c["difference"] > 3 * c["se"]
+
+
+# ------------------------------------------------------------------ reproduce wiring (no training)
+def _fake_records(observed_vector="success"):
+    per_k = {"2": {"exact": binomial(60, 100), "all_requested": binomial(70, 100),
+                   "mean_extra_off_S": 0.1}}
+    return [
+        {"name": "learned_length_empty", "title": "t1", "expected": "success",
+         "observed": "success", "reasons": ["r1"],
+         "metrics": {"per_k": per_k, "per_k_verdict": {"2": "inconclusive"}}},
+        {"name": "learned_vector_empty", "title": "t2", "expected": "success",
+         "observed": observed_vector, "reasons": ["r2"], "metrics": {"ks": 0.01}},
+    ]
+
+
+def _fake_zoo(monkeypatch):
+    from composition_jax.verify import scenarios as sc
+
+    def cheap(cfg, key):
+        return sc.ScenarioResult("cheap", "a cheap scenario", "success", "success", {}, ["ok"])
+
+    monkeypatch.setitem(sc.SCENARIOS, "cheap", cheap)
+
+
+def _patch_learned(monkeypatch, observed_vector="success"):
+    import composition_jax.experiments as ex
+
+    calls = []
+
+    def fake(quick=True, out_dir=None):
+        calls.append((quick, out_dir))
+        return _fake_records(observed_vector)
+
+    monkeypatch.setattr(ex, "run_learned_experiments", fake)
+    return calls
+
+
+def _reproduce_cli(out, *extra):
+    from composition_jax import cli
+
+    return cli.main(["reproduce", "--out", str(out), "--only", "cheap", "--no-progress", *extra])
+
+
+def test_reproduce_learned_wiring(tmp_path, monkeypatch, capsys):
+    """--learned appends the learned records (as ScenarioResults) to report.json/report.md; the
+    parameter cache is not put in --out; an inconclusive record is flagged, exit code stays 0."""
+    import json
+
+    _fake_zoo(monkeypatch)
+    calls = _patch_learned(monkeypatch, observed_vector="inconclusive")
+    out = tmp_path / "rep"
+    assert _reproduce_cli(out, "--size", "quick", "--learned") == 0
+    assert calls == [(True, None)]
+    rep = json.loads((out / "report.json").read_text())
+    assert [s["name"] for s in rep["scenarios"]] == [
+        "cheap", "learned_length_empty", "learned_vector_empty"]
+    assert [s["status"] for s in rep["scenarios"]] == ["agrees", "agrees", "inconclusive"]
+    assert rep["learned"] == "on" and rep["mismatches"] == []
+    assert rep["inconclusive"] == ["learned_vector_empty"] and rep["all_agree"] is False
+    s = rep["scenarios"][1]
+    assert s["reasons"] == ["r1"] and s["metrics"]["per_k"]["2"]["exact"]["successes"] == 60
+    md = (out / "report.md").read_text()
+    assert "INCONCLUSIVE" in md and "*inconclusive*" in md and "| 2 | 0.600 ± 0.049 |" in md
+    assert "INCONCLUSIVE" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md"]  # no cache
+
+    # a definite wrong verdict is a mismatch: exit 1
+    _patch_learned(monkeypatch, observed_vector="failure")
+    assert _reproduce_cli(out, "--size", "quick", "--learned", "--force") == 1
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["mismatches"] == ["learned_vector_empty"] and rep["inconclusive"] == []
+
+
+@pytest.mark.parametrize("extra, state, ran", [
+    (("--size", "quick"), "off", False),  # off by default in quick mode
+    (("--size", "quick", "--no-learned"), "off", False),
+    (("--size", "minimal", "--learned"), "skipped", False),  # never in the minimal size
+    (("--size", "full", "--no-learned"), "off", False),
+])
+def test_reproduce_learned_defaults(tmp_path, monkeypatch, extra, state, ran):
+    import json
+
+    _fake_zoo(monkeypatch)
+    calls = _patch_learned(monkeypatch)
+    assert _reproduce_cli(tmp_path / "o", *extra) == 0
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert rep["learned"] == state and bool(calls) == ran
+    assert [s["name"] for s in rep["scenarios"]] == ["cheap"]
+    assert "## Learned-model experiments" in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_reproduce_learned_default_on_in_full_mode(tmp_path, monkeypatch):
+    import json
+
+    _fake_zoo(monkeypatch)
+    calls = _patch_learned(monkeypatch)
+    assert _reproduce_cli(tmp_path / "o", "--size", "full") == 0
+    assert calls == [(False, None)]
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["learned"] == "on"
