@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -29,7 +33,7 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prepare_out(path: str, force: bool) -> "Path":
+def _prepare_out(path: str, force: bool) -> Path:
     from pathlib import Path
 
     out = Path(path)

@@ -265,3 +265,38 @@ def test_reproduce_learned_default_on_in_full_mode(tmp_path, monkeypatch):
     assert _reproduce_cli(tmp_path / "o", "--size", "full") == 0
     assert calls == [(False, None)]
     assert json.loads((tmp_path / "o" / "report.json").read_text())["learned"] == "on"
+
+
+def _report(*tests):
+    from composition_jax.verify.projective import BlockReport, ProjectiveReport, TestOutcome
+
+    outs = tuple(TestOutcome(name, 0.0, p, eff, en, 0.001, p < 0.001)
+                 for name, p, eff, en in tests)
+    return ProjectiveReport(blocks=(BlockReport("conditional 0", (0, 1), outs),), alpha=0.01,
+                            num_tests=len(outs), n=100)
+
+
+def test_learned_vector_decision_rule():
+    """success without material rejection; failure only beyond CONTROL_FACTOR x the model-error
+    control; a material rejection the control explains is inconclusive."""
+    from composition_jax.experiments.learned_vector import CONTROL_FACTOR, _effects, decide
+
+    assert CONTROL_FACTOR == 2.0
+    ctrl = _effects(_report(("ks", 1e-5, 0.08, "max_ks_D"), ("cov", 0.5, 0.1,
+                                                               "relative_cov_error")))
+    assert ctrl == {"max_ks_D": 0.08, "relative_cov_error": 0.1}
+    # rejected but below the zoo floor (KS 0.05): not material -> success
+    assert decide([_report(("ks", 1e-9, 0.049, "max_ks_D"))], ctrl)[0] == "success"
+    # not rejected, large effect: success
+    assert decide([_report(("ks", 0.5, 0.3, "max_ks_D"))], ctrl)[0] == "success"
+    # material, within 2 x control (0.16): inconclusive
+    obs, mat, dec = decide([_report(("ks", 1e-9, 0.159, "max_ks_D"))], ctrl)
+    assert obs == "inconclusive" and len(mat) == 1 and dec == []
+    # material and beyond 2 x control: failure
+    obs, mat, dec = decide([_report(("ks", 1e-9, 0.161, "max_ks_D"))], ctrl)
+    assert obs == "failure" and len(dec) == 1 and "2 x control 0.08" in dec[0]
+    # an effect kind absent from the control (control 0): any material rejection is decisive
+    assert decide([_report(("mmd", 1e-9, 0.02, "mmd2_unbiased"))], ctrl)[0] == "failure"
+    # decisive in one of several reports is enough
+    assert decide([_report(("ks", 1e-9, 0.1, "max_ks_D")),
+                   _report(("cov", 1e-9, 0.25, "relative_cov_error"))], ctrl)[0] == "failure"

@@ -22,6 +22,16 @@ samples; its Fisher divergence against each exact noised law is reported
 under the zoo's decision rule (:func:`composition_jax.verify.scenarios.material_rejections`: a
 rejection at family-wise level ``ALPHA`` counts only when its effect size exceeds its floor).
 Expected: empty background ``success``, Bayes background ``failure``.
+
+Model-error control: a composition of *learned* models can only be as good as the models. Each
+learned conditional ``m_i`` is also sampled alone (same sampler) and tested against its exact law
+``p_i`` on all 4 coordinates; ``control[e]`` is the largest effect size of kind ``e`` (KS D,
+covariance error, ...) among these controls. Verdict: ``success`` when the composition has no
+material rejection; ``failure`` when some material rejection has an effect size above
+``CONTROL_FACTOR * control[e]`` (the composition deviates far more than its ingredients do: the
+error of two composed scores is at most about the sum of theirs, hence the factor 2); otherwise
+``inconclusive`` (the deviation is within what the training error alone explains: the models
+are too inaccurate at this size to decide, e.g. the quick mode's short training).
 """
 
 from __future__ import annotations
@@ -44,7 +54,9 @@ from ..training import DSMTrainer, fisher_divergence
 from ..verify.projective import projective
 from ._common import cache_dir, train_cached
 
-__all__ = ["VectorConfig", "ring_tuple", "run_learned_vector"]
+__all__ = ["CONTROL_FACTOR", "VectorConfig", "decide", "ring_tuple", "run_learned_vector"]
+
+CONTROL_FACTOR = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +92,7 @@ class VectorConfig:
                                 n_samples=64, sample_steps=4, fisher_n=16, fisher_ts=(0.5,),
                                 two_sample_n=32, num_permutations=99, mode="minimal")
         if mode == "quick":
-            return VectorConfig(train_steps=1500, n_samples=1000, sample_steps=100, mode="quick")
+            return VectorConfig(train_steps=3000, n_samples=1000, sample_steps=100, mode="quick")
         if mode == "full":
             return VectorConfig(hidden=256, depth=3, n_train=50000, train_steps=6000, lr=1e-3,
                                 ema_decay=0.999, n_samples=4000, sample_steps=300,
@@ -113,6 +125,46 @@ def _material(report) -> list[str]:
     from ..verify.scenarios import material_rejections
 
     return material_rejections(report)
+
+
+def _effects(report) -> dict:
+    """Largest effect size per effect kind over a report's tests (rejected or not)."""
+    out: dict = {}
+    for b in report.blocks:
+        for t in b.tests:
+            out[t.effect_name] = max(out.get(t.effect_name, -np.inf), float(t.effect_size))
+    return out
+
+
+def decide(reports, control: dict, factor: float = CONTROL_FACTOR) -> tuple[str, list, list]:
+    """Verdict of a learned composition (see the module docstring).
+
+    Args:
+      reports: the composition's :class:`~composition_jax.verify.projective.ProjectiveReport` s.
+      control: largest effect size per effect kind of the learned models alone vs their exact
+        laws.
+      factor: a material rejection is decisive when its effect exceeds ``factor * control``.
+
+    Returns:
+      ``(observed, material, decisive)``: ``observed`` in ``{"success", "failure",
+      "inconclusive"}``, the material rejections (strings) and the decisive ones.
+    """
+    from ..verify.scenarios import EFFECT_FLOORS
+
+    material, decisive = [], []
+    for rep in reports:
+        for b in rep.blocks:
+            for t in b.tests:
+                if t.rejected and t.effect_size > EFFECT_FLOORS.get(t.effect_name, 0.0):
+                    msg = (f"{b.name} {list(b.indices)}: {t.name} p={t.p_value:.2g}, "
+                           f"{t.effect_name}={t.effect_size:.3g}")
+                    material.append(msg)
+                    c = control.get(t.effect_name, 0.0)
+                    if t.effect_size > factor * c:
+                        decisive.append(f"{msg} > {factor:g} x control {c:.3g}")
+    if not material:
+        return "success", material, decisive
+    return ("failure" if decisive else "inconclusive"), material, decisive
 
 
 def run_learned_vector(cfg: VectorConfig | None = None, *, key: jax.Array | None = None,
@@ -153,6 +205,19 @@ def run_learned_vector(cfg: VectorConfig | None = None, *, key: jax.Array | None
         fisher[name] = d
     exact = composed_distribution(laws["background"], [laws["p1"], laws["p2"]])
     blocks = laws["blocks"]
+    # model-error control: each learned conditional alone vs its exact law (all 4 coordinates)
+    kc = jax.random.fold_in(ks, 100)
+    control: dict = {}
+    control_reports = {}
+    for c_i, name in enumerate(("p1", "p2")):
+        kcs, kcv = jax.random.split(jax.random.fold_in(kc, c_i))
+        xc = sample(kcs, models[name], sch, (cfg.n_samples, 4), method=cfg.method,
+                    steps=cfg.sample_steps, grid=cfg.grid, t_min=cfg.t_min)
+        rep_c = projective(xc, [laws[name]], [np.arange(4)], key=kcv, alpha=ALPHA,
+                           two_sample_n=cfg.two_sample_n, num_permutations=cfg.num_permutations)
+        control_reports[name] = rep_c.to_dict()
+        for e, v in _effects(rep_c).items():
+            control[e] = max(control.get(e, -np.inf), v)
     records, samples = [], {}
     for b_i, (bname, expected) in enumerate((("background", "success"),
                                              ("unconditional", "failure"))):
@@ -169,8 +234,7 @@ def run_learned_vector(cfg: VectorConfig | None = None, *, key: jax.Array | None
                            num_permutations=cfg.num_permutations)
         rep_j = projective(x, [exact], [np.arange(4)], key=kj, alpha=ALPHA,
                            two_sample_n=cfg.two_sample_n, num_permutations=cfg.num_permutations)
-        mat_b, mat_j = _material(rep_b), _material(rep_j)
-        observed = "success" if not mat_b and not mat_j else "failure"
+        observed, material, decisive = decide([rep_b, rep_j], control)
         label = "empty" if bname == "background" else "Bayes (p_u)"
         records.append({
             "name": f"learned_vector_{'empty' if bname == 'background' else 'bayes'}",
@@ -178,7 +242,9 @@ def run_learned_vector(cfg: VectorConfig | None = None, *, key: jax.Array | None
                      "composition",
             "expected": expected, "observed": observed,
             "metrics": {"projective": rep_b.to_dict(), "joint_vs_exact": rep_j.to_dict(),
-                        "material_rejections": mat_b + mat_j, "fisher": fisher,
+                        "material_rejections": material, "decisive_rejections": decisive,
+                        "control_effects": control, "control": control_reports,
+                        "control_factor": CONTROL_FACTOR, "fisher": fisher,
                         "training": info, "sample_seconds": round(secs, 2),
                         "block_mean_norms": records_block_means(x, blocks)},
             "reasons": [
@@ -186,8 +252,14 @@ def run_learned_vector(cfg: VectorConfig | None = None, *, key: jax.Array | None
                 "product of the two rings (Theorem 5.3); over p_u (Bayes) FC fails",
                 "decision rule: success iff neither the block-wise projective test nor the joint "
                 "test against cj.composed_distribution has a material rejection (alpha = "
-                f"{ALPHA}, Bonferroni, effect floors of the zoo)",
-                "material rejections: " + ("; ".join(mat_b + mat_j) or "none"),
+                f"{ALPHA}, Bonferroni, effect floors of the zoo); failure iff some material "
+                f"rejection's effect exceeds {CONTROL_FACTOR:g} x the largest effect of the same "
+                "kind of a learned conditional sampled alone vs its exact law (model-error "
+                "control); else inconclusive (the training error alone could explain it)",
+                "material rejections: " + ("; ".join(material) or "none"),
+                "decisive (beyond the model-error control): " + ("; ".join(decisive) or "none"),
+                "model-error control (largest effect, learned p_1/p_2 alone vs exact): " + ", ".join(
+                    f"{k}={v:.3g}" for k, v in control.items()),
                 "learned-model Fisher divergence (mean over t, ± se): " + ", ".join(
                     f"{k}: {v['mean']:.3g}±{v['mean_se']:.2g}" for k, v in fisher.items()),
                 "mean ring radius per block (exact composition: about "
