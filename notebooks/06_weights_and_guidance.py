@@ -81,8 +81,8 @@ for w in (0.5, 2.0, 4.0):
     g = cj.guidance(d_1, d_b, w)
     c = cj.compose(d_b, [d_1], weights=jnp.array([w]))
     for t in (0.05, 0.5):
-        sg = jax.vmap(lambda x: g.score(x[None], t))(xs)
-        sc = jax.vmap(lambda x: c.score(x[None], t))(xs)
+        sg = jax.vmap(lambda x, g=g, t=t: g.score(x[None], t))(xs)
+        sc = jax.vmap(lambda x, c=c, t=t: c.score(x[None], t))(xs)
         np.testing.assert_allclose(sg, sc, rtol=1e-5, atol=1e-5)
 print("guidance == compose with one weighted conditional: checked")
 

@@ -39,12 +39,8 @@ import matplotlib
 
 if "ipykernel" not in sys.modules:  # plain script: render off-screen
     matplotlib.use("Agg")
-import jax
-import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
-
-import composition_jax as cj
 
 QUICK = os.environ.get("COMPOSITION_JAX_QUICK", "0") not in ("", "0")
 FIGURES = Path(os.environ.get("COMPOSITION_JAX_FIGURES")

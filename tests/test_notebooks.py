@@ -10,7 +10,8 @@
   not compiled again by the next.
 * The committed ``.ipynb`` must be the jupytext rendering of the ``.py`` with no outputs
   (compared with jupytext when it is installed, else code cell by code cell).
-* ``slow``: the ``.ipynb`` executes in a Jupyter kernel (nbclient; skipped without it).
+* ``slow``: the ``.ipynb`` executes in a Jupyter kernel (nbclient; skipped without it), and
+  notebook 3's learned-model section runs at its minimal size.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ def test_notebooks_found():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_notebook_runs_in_quick_mode(path, tmp_path, jax_cache):
-    proc = subprocess.run([sys.executable, str(path)], cwd=ROOT, env=_env(tmp_path, jax_cache),
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, str(path)], check=False, cwd=ROOT,
+                          env=_env(tmp_path, jax_cache), capture_output=True, text=True,
+                          timeout=900)
     out = proc.stdout[-4000:] + "\n--- stderr ---\n" + proc.stderr[-6000:]
     assert proc.returncode == 0, out
     assert "all checks passed" in proc.stdout, out
@@ -98,6 +100,18 @@ def test_ipynb_is_paired_and_stripped(path):
     want = [(c.cell_type, c.source) for c in ref.cells]
     got = [(c["cell_type"], "".join(c["source"])) for c in nb["cells"]]
     assert got == want, f"{ipynb.name} is out of sync: jupytext --to ipynb {path.relative_to(ROOT)}"
+
+
+@pytest.mark.slow
+def test_length_generalization_learned_section_runs(tmp_path, jax_cache):
+    """Notebook 3's learned-model section (skipped in quick mode) at its minimal size."""
+    env = dict(_env(tmp_path, jax_cache), COMPOSITION_JAX_NB_LEARNED="minimal")
+    path = ROOT / "notebooks" / "03_length_generalization.py"
+    proc = subprocess.run([sys.executable, str(path)], check=False, cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
+    assert "learned_length_empty" in proc.stdout
+    assert (tmp_path / "03_length_learned.png").exists()
 
 
 @pytest.mark.slow
