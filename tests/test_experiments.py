@@ -1,5 +1,7 @@
-"""Learned-model experiments: blob generator + detector (exact oracles), binomial intervals, and
-the pipelines' shapes/records at minimal size (the real experiments are ``slow``)."""
+"""Learned-model experiments: blob generator + detector (exact oracles), binomial intervals, the
+learned-vector decision rule, and the ``reproduce --learned`` wiring (with a stand-in runner: no
+training). The pipelines at minimal size (one sampler compile per composition: ~40 s CPU) and
+the quick-mode contrast are ``slow``."""
 
 from __future__ import annotations
 
