@@ -175,7 +175,7 @@ bg, cs = tuples[shear]
 shear_model = cj.compose(cj.diffuse(bg, sched), [cj.diffuse(c, sched) for c in cs])
 A = transforms[shear]
 mcmc = {}
-for method in ("annealed_mala", "annealed_hmc"):
+for method in ("annealed_mala",) if QUICK else ("annealed_mala", "annealed_hmc"):  # quick: one compile
     x = cj.sample(next(keys), shear_model, sched, (N, 2), method=method, steps=STEPS,
                   grid="log_snr", mcmc_steps=MCMC_STEPS)
     z = np.asarray(x @ A.T)
@@ -188,7 +188,8 @@ for method in ("annealed_mala", "annealed_hmc"):
     assert bias < shear_bias - 3 * se  # the correction reduces the bias beyond noise
 
 # %%
-fig, axs = plt.subplots(1, 5, figsize=(18, 3.6), sharex=True, sharey=True)
+fig, axs = plt.subplots(1, 3 + len(mcmc), figsize=(3.6 * (3 + len(mcmc)), 3.6), sharex=True,
+                        sharey=True)
 panels = [(n, x_samples[n], "reverse SDE") for n in names] + [
     (shear, mcmc[m][0], m) for m in mcmc]
 circle = np.linspace(0, 2 * np.pi, 100)
