@@ -235,11 +235,14 @@ def _learned_note(learned: str) -> list[str]:
               "4-D ring composition vs the exact composition); trained parameters come from the "
               "experiments' cache (`$COMPOSITION_JAX_CACHE` or a temporary folder) when "
               "present. Their verdicts are computed from the samples (Wilson intervals / the "
-              "zoo's projective decision rule); a verdict the statistics cannot settle is "
-              "reported as `inconclusive` and flagged, not counted as agreement.",
+              "zoo's projective decision rule, with a model-error control for the learned "
+              "ring models); a verdict the statistics cannot settle at this size is reported "
+              "as `inconclusive` and flagged, not counted as agreement (in quick mode this is "
+              "expected for the ring composition over the empty background, whose training "
+              "error is of the size of the effect floors, and for configuration C).",
         "off": "Not run (default in quick mode: the scenario zoo alone fills the quick budget; "
-               "pass `--learned` to add them, about 1.5 extra minutes on 2 cores with an empty "
-               "cache, or use full mode, where they run by default).",
+               "pass `--learned` to add them, about 3.5 extra minutes on 2 cores with an empty "
+               "parameter cache, or use full mode, where they run by default).",
         "skipped": "Not run: the minimal size is for tests only.",
     }[learned]]
 
