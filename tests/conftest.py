@@ -21,9 +21,15 @@ X64 = bool(jax.config.read("jax_enable_x64"))
 
 def pytest_collection_modifyitems(config, items):
     skip_x64 = pytest.mark.skip(reason="float64 test: run with JAX_ENABLE_X64=1 (make test does)")
+    # `slow` tests run only when selected explicitly with -m (make test-slow); a bare `pytest`
+    # therefore runs the default suite.
+    skip_slow = pytest.mark.skip(reason="slow test: select with -m slow (make test-slow)")
+    run_slow = "slow" in (config.getoption("-m") or "")
     for item in items:
         if "x64" in item.keywords and not X64:
             item.add_marker(skip_x64)
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(skip_slow)
 
 
 @pytest.fixture(autouse=True)

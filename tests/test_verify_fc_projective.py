@@ -150,7 +150,8 @@ def test_projective_two_sample_block(key):
     p1 = cj.Gaussian(jnp.array([1.0, 1.0]), jnp.eye(2))
     k1, k2 = jax.random.split(key)
     x = p1.sample(k1, 300) + jnp.array([[0.5, 0.0]])
-    rep = cj.verify.projective(x, [p1], [[0, 1]], key=k2, alpha=0.05, background=pb)
+    rep = cj.verify.projective(x, [p1], [[0, 1]], key=k2, alpha=0.05, background=pb,
+                               sliced_wasserstein=True)
     names = {t.name: t for t in rep.blocks[0].tests}
     assert {"mmd", "sliced_wasserstein"} <= set(names)
     assert names["mmd"].rejected and not rep.passed
