@@ -48,7 +48,9 @@ def _bench(args: argparse.Namespace) -> int:
 
     out = _prepare_out(args.out, args.force)
     impls = args.impls.split(",") if args.impls else None
-    run_bench(out, quick=args.quick, impls=impls)
+    ks = tuple(int(k) for k in args.ks.split(",")) if args.ks else None
+    run_bench(out, quick=args.quick, impls=impls, ks=ks, repeats=args.repeats,
+              scaling=not args.no_scaling)
     print(f"wrote {out / 'results.json'}, {out / 'table.md'} and plots")
     return 0
 
@@ -120,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     p_bench.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
     p_bench.add_argument("--impls", default=None,
                          help="comma-separated subset of composition_jax,numpy,diffrax,torch,torch_compile")
+    p_bench.add_argument("--ks", default=None,
+                         help="comma-separated numbers of composed models (default 1,2,4)")
+    p_bench.add_argument("--repeats", type=int, default=None,
+                         help="timed repeats after the first call (default 3; quick 2)")
+    p_bench.add_argument("--no-scaling", action="store_true", help="skip the scaling sweeps")
     p_bench.set_defaults(func=_bench)
     args = parser.parse_args(argv)
     return int(args.func(args))
