@@ -236,18 +236,21 @@ class GaussianMixture(Distribution):
 
     # Diagonal covariances (flag set at construction when covs are concrete and diagonal) use a
     # matmul form: with W = 1/v (K, d) and A = m * W,
-    #   sum_j (x_j - a m_kj)^2 / v_kj = W_k . x^2 - 2 a A_k . x + a^2 (m_k . A_k),
-    # so the per-particle work is four (K x d) matrix-vector products, which vmap turns into
-    # matrix-matrix products (2-3x faster than broadcasting (K, d) differences on XLA:CPU).
-    # The expansion loses ~eps |x|^2 / v in the logits (not in the score's linear part); it is
-    # used for the diagonal case only, which is where large K d (benchmarks) makes it matter.
+    #   sum_j (x_j - a m_kj)^2 / v_kj = x^2 . W_k - 2 a x . A_k + a^2 (m_k . A_k),
+    # so the per-particle work is a few (K x d) matrix-vector products, which vmap turns into
+    # matrix-matrix products. Written as ``x @ M.T`` (not ``M @ x``) so the batched result has the
+    # particle axis first, and with the softmax normalizer and responsibility sums as products
+    # with a ones vector: on XLA:CPU this is 3-4x faster than the naive per-particle form
+    # (measured in benchmarks/; sums over a small axis are slow there). The expansion loses
+    # ~eps |x|^2 / v in the logits (not in the score's linear part); it is used for the diagonal
+    # case only, which is where large K d (benchmarks) makes it matter.
     def _iso_logits(self, x, a, s):
         # isotropic components: v_k scalar, two (K x d) matvecs per particle in all.
         v = a * a * self.eigvals[:, 0] + s * s
         w = 1.0 / v
         d = self.dim
         msq = jnp.sum(self.means * self.means, -1)
-        quad = (x @ x - 2.0 * a * (self.means @ x) + a * a * msq) * w
+        quad = (jnp.dot(x, x) - 2.0 * a * (x @ self.means.T) + a * a * msq) * w
         logits = self.log_weights - 0.5 * (quad + d * jnp.log(v) + d * _LOG_2PI)
         return logits, w
 
@@ -256,9 +259,15 @@ class GaussianMixture(Distribution):
         w = 1.0 / v
         mw = self.means * w
         d = self.dim
-        quad = w @ (x * x) - 2.0 * a * (mw @ x) + a * a * jnp.sum(self.means * mw, -1)
+        quad = (x * x) @ w.T - 2.0 * a * (x @ mw.T) + a * a * jnp.sum(self.means * mw, -1)
         logits = self.log_weights - 0.5 * (quad + jnp.sum(jnp.log(v), -1) + d * _LOG_2PI)
         return logits, w, mw
+
+    @staticmethod
+    def _unnormalized(logits):
+        """``e = exp(logits - max)`` and ``Z = sum(e)`` (as a product with ones; see above)."""
+        e = jnp.exp(logits - jnp.max(logits))
+        return e, e @ jnp.ones_like(e)
 
     def _terms(self, x, a, s):
         y, v = _component_terms(x, a, s, self.means, self.eigvals, self.eigvecs)
@@ -281,12 +290,14 @@ class GaussianMixture(Distribution):
     def _noised_log_prob_and_score(self, x, a, s):
         if self.isotropic:
             logits, w = self._iso_logits(x, a, s)
-            rw = jax.nn.softmax(logits) * w
-            return logsumexp(logits), a * (rw @ self.means) - x * jnp.sum(rw)
+            e, z = self._unnormalized(logits)
+            ew = e * w
+            score = (a * (ew @ self.means) - x * (ew @ jnp.ones_like(ew))) / z
+            return logsumexp(logits), score
         if self.diagonal:
             logits, w, mw = self._diag_logits(x, a, s)
-            r = jax.nn.softmax(logits)
-            return logsumexp(logits), a * (r @ mw) - x * (r @ w)
+            e, z = self._unnormalized(logits)
+            return logsumexp(logits), (a * (e @ mw) - x * (e @ w)) / z
         y, v, logits = self._terms(x, a, s)
         r = jax.nn.softmax(logits)
         return logsumexp(logits), r @ _component_scores(y, v, self.eigvecs)
