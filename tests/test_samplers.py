@@ -130,20 +130,6 @@ def test_time_grids(sch_name):
             np.testing.assert_allclose(np.diff(ts), (1e-3 - sch.t_max) / 16, rtol=1e-4)
 
 
-def test_batched_normal_prefix_property(key):
-    """The driver draws one batched normal per step; row i must not depend on n."""
-    assert jax.config.jax_threefry_partitionable
-
-    @jax.jit
-    def draws(k):
-        return (jax.random.normal(k, (1000, 2, 5)), jax.random.normal(k, (37, 2, 5)),
-                jax.random.uniform(k, (1000, 3)), jax.random.uniform(k, (37, 3)))
-
-    a, b, u, v = draws(key)
-    np.testing.assert_array_equal(a[:37], b)
-    np.testing.assert_array_equal(u[:37], v)
-
-
 def test_prefix_reproducibility_with_pilot_steps(key):
     """Particle i depends only on (key, i), also when the per-level step sizes come from the
     pilot ensemble (fixed size, keys derived from the main key): the SNR corrector here;

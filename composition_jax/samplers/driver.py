@@ -7,11 +7,11 @@ Design:
   and the schedule are pytree ARGUMENTS of that function, so new model or schedule numbers reuse
   the compiled sampler (no retrace).
 * Randomness: the key is split once into ``(k_init, k_normal, k_uniform)``; at step ``i`` the
-  driver draws ONE batched ``jax.random.normal(fold_in(k_normal, i), (n, m, d))``. With
-  ``jax_threefry_partitionable`` (on by default) row ``i`` of such a draw does not depend on
-  ``n`` (tested), so particle ``i``'s randomness depends only on ``(key, i)``: the first ``m``
-  particles of a run with ``n > m`` equal a run with ``m`` particles, under jit and sharded.
-  Without that flag the driver falls back to per-particle ``fold_in(key, i)`` keys.
+  driver draws ONE batched ``(n, m, d)`` block of counter-based normals from
+  ``fold_in(k_normal, i)`` (:mod:`.noise`: Threefry on the counter ``(particle, slot)``, both
+  output words used). Row ``j`` is a function of ``(key, i, j)`` only (tested), so particle
+  ``j``'s randomness depends only on ``(key, j)``: the first ``m`` particles of a run with
+  ``n > m`` equal a run with ``m`` particles, under jit and sharded over devices.
 * Memory ``O(n d)``: only the current particles are carried; ``record_every=k`` keeps every
   ``k``-th state through a nested scan.
 * ``mesh=``: particles are sharded along the mesh's batch axis for the whole run with

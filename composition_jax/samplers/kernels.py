@@ -57,6 +57,7 @@ import jax
 import jax.numpy as jnp
 
 from ..schedules import CosineVPSchedule, VPSchedule
+from . import noise
 
 __all__ = [
     "KERNELS",
@@ -109,26 +110,18 @@ def model_denoise(model: Any, schedule: Any, x: jax.Array, t: jax.Array) -> jax.
 
 # ----------------------------------------------------------------------------- randomness
 def draw_normals(key, i, n, m, d, dtype):
-    """Standard normals ``(n, m, d)`` of step ``i``: ONE batched draw from ``fold_in(key, i)``.
+    """Standard normals ``(n, m, d)`` of step ``i`` from ``fold_in(key, i)``.
 
-    With ``jax_threefry_partitionable`` (the default) row ``j`` does not depend on ``n``, so
-    particle ``j``'s randomness depends only on ``(key, j)``; without it, per-particle
-    ``fold_in(key_i, j)`` keys give the same property (slower).
+    Counter-based (:mod:`.noise`): particle ``j``'s numbers depend only on ``(key, i, j)``, for
+    any ``n``, under ``jit`` and sharded over devices.
     """
-    k = jax.random.fold_in(key, i)
-    if jax.config.jax_threefry_partitionable:
-        return jax.random.normal(k, (n, m, d), dtype)
-    keys = jax.vmap(lambda j: jax.random.fold_in(k, j))(jnp.arange(n, dtype=jnp.uint32))
-    return jax.vmap(lambda kk: jax.random.normal(kk, (m, d), dtype))(keys)
+    return noise.normals(jax.random.fold_in(key, i), n, (m, d), dtype)
 
 
 def draw_uniforms(key, i, n, m, dtype):
-    """Uniforms ``(n, m)`` of step ``i`` (same construction as :func:`draw_normals`)."""
-    k = jax.random.fold_in(key, i)
-    if jax.config.jax_threefry_partitionable:
-        return jax.random.uniform(k, (n, m), dtype)
-    keys = jax.vmap(lambda j: jax.random.fold_in(k, j))(jnp.arange(n, dtype=jnp.uint32))
-    return jax.vmap(lambda kk: jax.random.uniform(kk, (m,), dtype))(keys)
+    """Uniforms ``(n, m)`` in ``[0, 1)`` of step ``i`` (same construction as
+    :func:`draw_normals`)."""
+    return noise.uniforms(jax.random.fold_in(key, i), n, (m,), dtype)
 
 
 _PILOT_TAG = 0x70696C6F  # "pilo"
