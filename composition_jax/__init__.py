@@ -16,7 +16,7 @@ from .distributions import (
     diffuse,
 )
 from .schedules import CosineVPSchedule, Schedule, VESchedule, VPSchedule
-from .samplers import SampleInfo, SampleResult, sample, time_grid
+from .samplers import SampleInfo, SampleResult, particle_mesh, sample, time_grid
 from .compose import (
     Composition,
     FunctionModel,
@@ -43,6 +43,7 @@ def __getattr__(name):  # lazy: flax/optax add ~0.4 s to import; load nn/trainin
 
 __all__ = [
     "sample",
+    "particle_mesh",
     "SampleInfo",
     "SampleResult",
     "time_grid",

@@ -44,14 +44,19 @@ def _prepare_out(path: str, force: bool) -> Path:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench.harness import run_bench
+    from .bench.harness import failures, run_bench
 
     out = _prepare_out(args.out, args.force)
     impls = args.impls.split(",") if args.impls else None
     ks = tuple(int(k) for k in args.ks.split(",")) if args.ks else None
-    run_bench(out, quick=args.quick, impls=impls, ks=ks, repeats=args.repeats,
-              scaling=not args.no_scaling)
+    methods = tuple(args.methods.split(",")) if args.methods else ("euler_maruyama", "ode_heun")
+    result = run_bench(out, quick=args.quick, impls=impls, ks=ks, repeats=args.repeats,
+                       scaling=not args.no_scaling, methods=methods)
     print(f"wrote {out / 'results.json'}, {out / 'table.md'} and plots")
+    bad = failures(result)
+    if bad:
+        print("composition-jax bench: " + "; ".join(bad), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -127,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     p_bench.add_argument("--repeats", type=int, default=None,
                          help="timed repeats after the first call (default 3; quick 2)")
     p_bench.add_argument("--no-scaling", action="store_true", help="skip the scaling sweeps")
+    p_bench.add_argument("--methods", default=None,
+                         help="comma-separated: euler_maruyama,ode_heun (default both)")
     p_bench.set_defaults(func=_bench)
     args = parser.parse_args(argv)
     return int(args.func(args))

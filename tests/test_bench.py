@@ -51,7 +51,7 @@ def cj_key():
 
 
 def test_tiny_end_to_end(tmp_path):
-    names = [i for i in ("composition_jax", "composition_jax_fullcov", "numpy", "diffrax")
+    names = [i for i in ("composition_jax", "composition_jax_sharded", "numpy", "diffrax")
              if impls.available(i)]
     res = harness.run_bench(tmp_path, quick=True, impls=names, progress=lambda *_: None,
                             sizes=[dict(d=2, K=4, n=3000)], ks=(1,), steps=20, repeats=1,
@@ -60,9 +60,16 @@ def test_tiny_end_to_end(tmp_path):
     assert all("error" not in r for r in recs), [r.get("error") for r in recs]
     assert {r["impl"] for r in recs} == set(names)
     for r in recs:
-        if r["impl"] != "composition_jax":
+        if r["impl"] not in harness.CJ_IMPLS:
             assert r["agreement"]["agree"], r["agreement"]
-            assert r["ratio_cj_over_impl"] > 0
+            assert r["ratio_cj_over_impl"] > 0 and r["ratio_cj1_over_impl"] > 0
+    sharded = next(r for r in recs if r["impl"] == "composition_jax_sharded")
+    assert sharded["devices"] >= 2
+    # same key, same law: and in fact the same particles, sharded or not
+    single = next(r for r in recs if r["impl"] == "composition_jax")
+    np.testing.assert_allclose(sharded["summary"]["mean"], single["summary"]["mean"], rtol=1e-4,
+                               atol=1e-5)
+    assert harness.failures(res) == []
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["environment"]["jax"] and saved["ceilings"]["matmul_flops_per_s"] > 0
     assert "composition_jax" in (tmp_path / "table.md").read_text()
@@ -76,6 +83,8 @@ def test_agreement_detects_a_shift():
     off = {"n": 1000, "summary": {"mean": [0.5, 0.0], "var": [1.0, 1.0], "finite": True}}
     assert harness.agreement(ref, same)["agree"]
     assert not harness.agreement(ref, off)["agree"]
+    bad = dict(off, impl="numpy", problem="p", method="m", agreement=harness.agreement(ref, off))
+    assert len(harness.failures({"records": [bad, {"impl": "torch", "error": "boom"}]})) == 2
 
 
 def test_cli_refuses_non_empty_out(tmp_path):

@@ -264,3 +264,10 @@ def test_registry_lists_all_methods():
         "euler_maruyama", "ode_euler", "ode_heun", "ddpm", "ddim", "predictor_corrector",
         "annealed_mala", "annealed_hmc",
     }
+
+
+def test_particle_mesh_errors():
+    with pytest.raises(ValueError, match="devices must be a non-empty"):
+        cj.particle_mesh([])
+    m = cj.particle_mesh(axis_name="p")
+    assert m.axis_names == ("p",) and m.devices.size == jax.device_count()

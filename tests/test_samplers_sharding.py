@@ -28,6 +28,13 @@ SCRIPT = textwrap.dedent(
     assert len(a.sharding.device_set) == 8, a.sharding
     assert a.sharding.shard_shape(a.shape) == (8, 2), a.sharding
     assert "all-gather" not in run.as_text()
+    # the convenience mesh over all devices, with the default sampler
+    m2 = cj.particle_mesh()
+    assert m2.axis_names == ("batch",) and m2.devices.size == 8
+    c = cj.sample(key, p, sch, (40, 2), steps=5, mesh=m2)
+    np.testing.assert_allclose(np.asarray(c)[:7], np.asarray(cj.sample(key, p, sch, (7, 2), steps=5)),
+                               rtol=1e-5, atol=1e-6)
+    assert len(c.sharding.device_set) == 8, c.sharding
     print("SHARDED_OK")
     """
 )

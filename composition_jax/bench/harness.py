@@ -22,7 +22,7 @@ from pathlib import Path
 from .impls import available
 from .problem import QUICK_SIZES, SIZES
 
-__all__ = ["run_bench", "measure_ceilings", "agreement"]
+__all__ = ["run_bench", "measure_ceilings", "agreement", "failures", "ratio_table"]
 
 
 def _worker(spec: dict, env_extra: dict | None = None, timeout: float = 3600) -> dict:
@@ -39,10 +39,15 @@ def _worker(spec: dict, env_extra: dict | None = None, timeout: float = 3600) ->
 
 
 def measure_ceilings(quick: bool = False) -> dict:
-    """This machine's ceilings: float32 matmul FLOP/s, normal-sample rate, memory bandwidth."""
+    """This machine's ceilings, measured in the same run: float32 matmul FLOP/s (XLA's dot, all
+    threads), standard-normal generation rate (the best of ``jax.random.normal`` and the
+    samplers' own counter-based generator, one device), memory bandwidth (a streaming
+    ``x * a + b``, read + write)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
+
+    from ..samplers import noise
 
     def best(fn, *args, reps=5):
         jax.block_until_ready(fn(*args))
@@ -59,7 +64,10 @@ def measure_ceilings(quick: bool = False) -> dict:
     flops = 2 * n**3 / best(mm, a)
     m = 1 << (22 if quick else 24)
     rng = jax.jit(lambda k: jax.random.normal(k, (m,), jnp.float32))
-    normals = m / best(rng, jax.random.key(0))
+    normals_jax = m / best(rng, jax.random.key(0))
+    rows = m // 64
+    own = jax.jit(lambda k: noise.normals(k, rows, (64,), jnp.float32))
+    normals_cj = rows * 64 / best(own, jax.random.key(0))
     big = jnp.ones((m,), jnp.float32)
     add = jax.jit(lambda x: x * 1.0001 + 1.0)
     bw = 2 * 4 * m / best(add, big)  # read + write
@@ -71,7 +79,9 @@ def measure_ceilings(quick: bool = False) -> dict:
     np_bw = 5 * 2 * 4 * m / (time.perf_counter() - t0)
     return {
         "matmul_flops_per_s": flops,
-        "normals_per_s": normals,
+        "normals_per_s": max(normals_jax, normals_cj),
+        "normals_per_s_jax_random": normals_jax,
+        "normals_per_s_cj_noise": normals_cj,
         "bandwidth_bytes_per_s": bw,
         "numpy_bandwidth_bytes_per_s": np_bw,
     }
@@ -96,16 +106,26 @@ def agreement(ref: dict, other: dict) -> dict:
 
 
 def _roofline(rec: dict, ceil: dict) -> dict:
+    """Achieved fraction of the machine's limits for one record.
+
+    Per particle-step: ``t_flop = flops / matmul FLOP/s``, ``t_rng = normals / normal rate``,
+    ``t_mem = bytes / bandwidth`` (read x, write x, read noise, one temporary: ``16 d`` bytes).
+    ``binding`` is the largest of the three (the roofline: a perfect implementation that
+    overlaps everything is limited by it); ``fraction_of_ceiling = floor / achieved time``.
+    Since the matmuls and the noise run on the same cores, ``fraction_of_additive_bound`` uses
+    ``t_flop + t_rng + t_mem`` (a perfect implementation that does not overlap them)."""
     ps = rec["particle_steps_per_s"]
     d = rec["d"]
     t_flop = rec["flops_per_particle_step"] / ceil["matmul_flops_per_s"]
     t_rng = rec["normals_per_particle_step"] / ceil["normals_per_s"]
-    # bytes per particle-step: read x, write x, read noise (float32), plus score temporaries
     t_mem = (4 * 4 * d) / ceil["bandwidth_bytes_per_s"]
     floor = max(t_flop, t_rng, t_mem)
     binding = ["matmul_flops", "normal_samples", "memory_bandwidth"][[t_flop, t_rng, t_mem].index(floor)]
     return {"binding_ceiling": binding, "floor_particle_steps_per_s": 1 / floor,
-            "fraction_of_ceiling": ps * floor}
+            "fraction_of_ceiling": ps * floor,
+            "fraction_of_additive_bound": ps * (t_flop + t_rng + t_mem),
+            "fraction_matmul": ps * t_flop, "fraction_normals": ps * t_rng,
+            "fraction_bandwidth": ps * t_mem}
 
 
 def environment() -> dict:
@@ -129,93 +149,125 @@ def environment() -> dict:
     return env
 
 
+CJ_IMPLS = ("composition_jax", "composition_jax_sharded")
+DEFAULT_IMPLS = ["composition_jax", "composition_jax_sharded", "composition_jax_fullcov", "numpy",
+                 "diffrax", "torch", "torch_compile"]
+
+
+def _cj_devices() -> int:
+    """Devices for ``composition_jax_sharded``: one per CPU core (``--xla_force_host_platform_
+    device_count``), at least 2 so that the sharded path is exercised."""
+    return max(2, os.cpu_count() or 1)
+
+
 def run_bench(out_dir: str | Path, quick: bool = False, impls: list[str] | None = None,
               progress=print, *, sizes: list[dict] | None = None, ks: tuple | None = None,
               steps: int | None = None, repeats: int | None = None, scaling: bool = True,
-              methods: tuple = ("euler_maruyama", "ode_heun")) -> dict:
+              methods: tuple = ("euler_maruyama", "ode_heun"), budget_s: float | None = None,
+              ) -> dict:
     """Run the suite and write ``results.json``, ``table.md`` and plots into ``out_dir``.
 
-    ``sizes``/``ks``/``steps``/``repeats``/``scaling``/``methods`` override the standard
-    (or ``quick``) configuration, e.g. for a tiny end-to-end test.
+    ``results.json`` is rewritten after every measurement, so an interrupted run keeps what it
+    measured. ``sizes``/``ks``/``steps``/``repeats``/``scaling``/``methods``/``budget_s``
+    override the standard (or ``quick``) configuration, e.g. for a tiny end-to-end test.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    impls = impls or ["composition_jax", "composition_jax_fullcov", "numpy", "diffrax", "torch",
-                      "torch_compile"]
-    impls = [i for i in impls if available(i)]
+    impls = [i for i in (impls or DEFAULT_IMPLS) if available(i)]
     steps = steps or (100 if quick else 500)
     repeats = repeats or (2 if quick else 3)
+    budget_s = budget_s if budget_s is not None else (5.0 if quick else 20.0)
     sizes = sizes or (QUICK_SIZES if quick else SIZES)
-    ks = ks or ((1, 2) if quick else (1, 2, 4))
+    ks = ks or ((1,) if quick else (1, 2, 4))
+    if quick:  # under 3 minutes: the "before" path only in full runs
+        impls = [i for i in impls if i != "composition_jax_fullcov"]
+    ndev = _cj_devices()
     records: list[dict] = []
     ceil = measure_ceilings(quick)
     progress(f"ceilings: {ceil}")
 
-    def go(spec, env_extra=None):
-        rec = _worker(spec, env_extra)
+    def go(spec):
+        env_extra = None
+        if spec["impl"] == "composition_jax_sharded":
+            spec = dict(spec, devices=spec.get("devices", ndev))
+        if spec.get("devices", 1) > 1:
+            env_extra = {"XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") +
+                                       f" --xla_force_host_platform_device_count={spec['devices']}")}
+        rec = _worker(dict(spec, budget_s=budget_s), env_extra)
         rec["group"] = spec.get("group", "compare")
+        rec["axis"] = spec.get("axis")
         records.append(rec)
         if "error" in rec:
-            progress(f"  {spec['impl']:<16} {spec} ERROR {rec['error'][-300:]}")
+            progress(f"  {spec['impl']:<24} {spec} ERROR {rec['error'][-300:]}")
         else:
-            progress(f"  {rec['impl']:<16} {rec['problem']:<28} {rec['method']:<15} "
+            progress(f"  {rec['impl']:<24} {rec['problem']:<28} {rec['method']:<15} "
                      f"{rec['particle_steps_per_s']:.3e} ps/s  first call {rec['first_call_s']:.2f}s")
+        _write(records, ceil, quick, out_dir)
         return rec
 
-    # 1. side by side
-    for method in methods:
-        for size in sizes:
-            for k in ks if method == "euler_maruyama" else (1,):
-                base = dict(size, k=k, steps=steps, method=method, repeats=repeats, seed=0)
-                ref = go(dict(base, impl="composition_jax"))
-                for impl in impls:
-                    if impl == "composition_jax":
-                        continue
-                    if impl == "composition_jax_fullcov" and (size["d"] > 64 or k > 1):
-                        continue  # the "before" path: K d^2 per particle, too slow there
-                    rec = go(dict(base, impl=impl))
-                    if "error" not in rec and "error" not in ref:
-                        rec["agreement"] = agreement(ref, rec)
-                        rec["ratio_cj_over_impl"] = (
-                            ref["particle_steps_per_s"] / rec["particle_steps_per_s"])
-    if not scaling:
-        return _finish(records, ceil, quick, out_dir, progress)
-    # N = 1k, where per-step overhead dominates
-    base = dict(d=2, K=8, n=1000, k=1, steps=steps, method="euler_maruyama", repeats=repeats)
-    ref = go(dict(base, impl="composition_jax"))
-    for impl in impls:
-        if impl != "composition_jax":
+    def compare(base, names):
+        refs = [go(dict(base, impl=i)) for i in CJ_IMPLS if i in names]
+        refs = [r for r in refs if "error" not in r]
+        best = max(refs, key=lambda r: r["particle_steps_per_s"], default=None)
+        single = next((r for r in refs if r["impl"] == "composition_jax"), None)
+        for impl in names:
+            if impl in CJ_IMPLS:
+                continue
+            if impl == "composition_jax_fullcov" and (base["d"] > 64 or base["k"] > 1
+                                                       or base["method"] != "euler_maruyama"):
+                continue  # the "before" path: K d^2 per particle, too slow there
             rec = go(dict(base, impl=impl))
-            if "error" not in rec and "error" not in ref:
-                rec["agreement"] = agreement(ref, rec)
-                rec["ratio_cj_over_impl"] = ref["particle_steps_per_s"] / rec["particle_steps_per_s"]
+            if "error" in rec or best is None:
+                continue
+            rec["agreement"] = agreement(best, rec)
+            rec["ratio_cj_over_impl"] = best["particle_steps_per_s"] / rec["particle_steps_per_s"]
+            if single is not None:
+                rec["ratio_cj1_over_impl"] = (single["particle_steps_per_s"]
+                                              / rec["particle_steps_per_s"])
+            _write(records, ceil, quick, out_dir)
 
-    # 2. scaling (composition_jax)
-    sc = dict(impl="composition_jax", steps=steps, method="euler_maruyama", repeats=repeats,
-              group="scaling")
-    ns = (1000, 4000, 16000) if quick else (1000, 10_000, 100_000)
-    for n in ns:
-        go(dict(sc, d=2, K=8, k=1, n=n, axis="N"))
-        go(dict(sc, d=2, K=8, k=1, n=n, axis="N_traj", record_every=max(1, steps // 10)))
-    for d in ((2, 16, 64) if quick else (2, 16, 64, 256)):
-        go(dict(sc, d=d, K=16, k=1, n=2000 if quick else 4000, axis="d"))
-    for K in ((4, 16) if quick else (4, 16, 64)):
-        go(dict(sc, d=16, K=K, k=1, n=2000 if quick else 4000, axis="K"))
-    for k in ((1, 2) if quick else (1, 2, 4, 8)):
-        go(dict(sc, d=16, K=8, k=k, n=2000 if quick else 4000, axis="k"))
-    for ndev in ((1, 2) if quick else (1, 2, 4, 8)):
-        go(dict(sc, d=2, K=8, k=1, n=8000 if quick else 100_000, devices=ndev, axis="devices"),
-           env_extra={"XLA_FLAGS": f"--xla_force_host_platform_device_count={max(ndev, 1)}"})
-
+    # 1. side by side: every size x k for Euler-Maruyama, k = 1 for Heun
+    for method in methods:
+        for size in sizes if method == "euler_maruyama" or not quick else sizes[:1]:
+            for k in ks if method == "euler_maruyama" else (1,):
+                compare(dict(size, k=k, steps=steps, method=method, repeats=repeats, seed=0),
+                        impls)
+    if scaling and not quick:  # (quick: its second size has N = 1k already)
+        # N = 1k, where per-step overhead matters most
+        compare(dict(d=2, K=8, n=1000, k=1, steps=steps, method="euler_maruyama",
+                     repeats=repeats, seed=0), impls)
+    if scaling:  # 2. scaling of composition_jax
+        sc = dict(impl="composition_jax", steps=steps, method="euler_maruyama", repeats=repeats,
+                  group="scaling")
+        ns = (1000, 4000) if quick else (1000, 10_000, 100_000, 400_000)
+        for n in ns:
+            go(dict(sc, d=2, K=8, k=1, n=n, axis="N"))
+            go(dict(sc, d=2, K=8, k=1, n=n, axis="N_traj", record_every=max(1, steps // 10)))
+        for d in ((2, 16) if quick else (2, 16, 64, 256, 1024)):
+            go(dict(sc, d=d, K=16, k=1, n=2000 if quick else 4000, axis="d"))
+        for K in ((4, 16) if quick else (4, 16, 64, 256)):
+            go(dict(sc, d=16, K=K, k=1, n=2000 if quick else 4000, axis="K"))
+        for k in ((1, 2) if quick else (1, 2, 4, 8)):
+            go(dict(sc, d=16, K=8, k=k, n=2000 if quick else 4000, axis="k"))
+        for nd in ((1, 2) if quick else (1, 2, 4, 8)):
+            go(dict(sc, impl="composition_jax" if nd == 1 else "composition_jax_sharded",
+                    d=2, K=8, k=1, n=8000 if quick else 100_000, devices=nd, axis="devices"))
     return _finish(records, ceil, quick, out_dir, progress)
 
 
-def _finish(records, ceil, quick, out_dir, progress) -> dict:
+def _result(records, ceil, quick) -> dict:
     for rec in records:
-        if rec.get("impl") == "composition_jax" and "error" not in rec:
+        if rec.get("impl") in CJ_IMPLS and "error" not in rec:
             rec["roofline"] = _roofline(rec, ceil)
+    return {"environment": environment(), "ceilings": ceil, "quick": quick, "records": records}
 
-    result = {"environment": environment(), "ceilings": ceil, "quick": quick, "records": records}
+
+def _write(records, ceil, quick, out_dir) -> None:
+    _atomic_json(out_dir / "results.json", _result(records, ceil, quick))
+
+
+def _finish(records, ceil, quick, out_dir, progress) -> dict:
+    result = _result(records, ceil, quick)
     _atomic_json(out_dir / "results.json", result)
     table = ratio_table(result)
     (out_dir / "table.md").write_text(table)
@@ -227,6 +279,18 @@ def _finish(records, ceil, quick, out_dir, progress) -> dict:
     return result
 
 
+def failures(result: dict) -> list[str]:
+    """Records that errored or whose sample law disagrees with composition_jax's."""
+    bad = []
+    for r in result["records"]:
+        if "error" in r:
+            bad.append(f"{r.get('impl')} {r.get('d')},{r.get('K')},{r.get('k')},{r.get('n')}: error")
+        elif "agreement" in r and not r["agreement"]["agree"]:
+            bad.append(f"{r['impl']} {r['problem']} {r['method']}: law differs "
+                       f"(max z {r['agreement']['max_mean_z']:.1f})")
+    return bad
+
+
 def _atomic_json(path: Path, obj) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
@@ -235,10 +299,12 @@ def _atomic_json(path: Path, obj) -> None:
 
 
 def ratio_table(result: dict) -> str:
+    """Markdown: every compared implementation with its throughput and the speed-up of the best
+    composition_jax configuration (and of single-device composition_jax) over it."""
     recs = [r for r in result["records"] if r.get("group") == "compare" and "error" not in r]
     lines = [
         "| problem | method | implementation | particle-steps/s | first call (s) | peak RSS (MB) "
-        "| composition_jax speed-up | same law (max z / thr) |",
+        "| cj speed-up (best / 1 device) | same law (max z / thr) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in recs:
@@ -248,20 +314,26 @@ def ratio_table(result: dict) -> str:
         else:
             verdict = "yes" if ag["agree"] else "NO"
             same = f"{verdict} ({ag['max_mean_z']:.1f}/{ag['z_threshold']:.1f})"
+        name = r["impl"] + (f" ({r['devices']} dev)" if r.get("devices", 1) > 1 else "")
+        if "ratio_cj_over_impl" in r:
+            ratio = f"{r['ratio_cj_over_impl']:.2f}x / {r.get('ratio_cj1_over_impl', float('nan')):.2f}x"
+        else:
+            ratio = "-"
         lines.append(
-            f"| {r['problem']} | {r['method']} | {r['impl']} | {r['particle_steps_per_s']:.3g} "
-            f"| {r['first_call_s']:.2f} | {r['peak_rss_mb']:.0f} "
-            f"| {r.get('ratio_cj_over_impl', 1.0):.2f}x "
-            f"| {same} |"
+            f"| {r['problem']} | {r['method']} | {name} | {r['particle_steps_per_s']:.3g} "
+            f"| {r['first_call_s']:.2f} | {r['peak_rss_mb']:.0f} | {ratio} | {same} |"
         )
     roof = [r for r in result["records"] if "roofline" in r and r.get("group") == "compare"]
     if roof:
-        lines += ["", "| problem | method | binding ceiling | floor ps/s | achieved fraction |",
-                  "|---|---|---|---|---|"]
+        lines += ["", "| problem | method | implementation | binding ceiling | floor ps/s "
+                  "| fraction of binding ceiling | of additive bound (matmul + normals + memory) |",
+                  "|---|---|---|---|---|---|---|"]
         for r in roof:
             rf = r["roofline"]
-            lines.append(f"| {r['problem']} | {r['method']} | {rf['binding_ceiling']} "
-                         f"| {rf['floor_particle_steps_per_s']:.3g} | {rf['fraction_of_ceiling']:.2f} |")
+            name = r["impl"] + (f" ({r['devices']} dev)" if r.get("devices", 1) > 1 else "")
+            lines.append(f"| {r['problem']} | {r['method']} | {name} | {rf['binding_ceiling']} "
+                         f"| {rf['floor_particle_steps_per_s']:.3g} | {rf['fraction_of_ceiling']:.2f} "
+                         f"| {rf['fraction_of_additive_bound']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

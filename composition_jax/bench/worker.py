@@ -3,7 +3,15 @@
 A fresh process per (implementation, size) gives an honest first-call (compile) time, an
 isolated peak-memory reading (``ru_maxrss``) and its own thread settings. Prints one JSON line.
 
-Spec keys: impl, d, K, k, n, steps, method, repeats, seed, [devices], [record_every].
+Spec keys: impl, d, K, k, n, steps, method, repeats, seed, [budget_s], [devices],
+[record_every]. ``composition_jax_sharded`` is composition_jax with the particles sharded over
+``devices`` devices (``cj.particle_mesh``; on a CPU the harness exposes the cores as devices).
+
+Timing: the first call (compilation for the JIT implementations) is reported separately; then
+the full problem is timed ``repeats`` times, stopping early once ``budget_s`` seconds of timed
+runs are spent (at least one), and the median is the steady state. Implementations without
+compilation (NumPy, PyTorch eager) are warmed up on a 5-step copy of the problem instead, so
+their first full call is already a steady-state sample.
 """
 
 from __future__ import annotations
@@ -42,17 +50,23 @@ def run(spec: dict) -> dict:
 
         threads = int(spec.get("threads", os.cpu_count() or 1))
         torch.set_num_threads(threads)
-    if impl == "composition_jax" and (spec.get("devices", 1) > 1 or spec.get("record_every")):
+    from .impls import IMPLEMENTATIONS
+
+    no_compile = impl in ("numpy", "torch")
+    if impl == "composition_jax_sharded" or (impl == "composition_jax" and spec.get("record_every")):
         go = _cj_special(p, spec)
     else:
-        from .impls import IMPLEMENTATIONS
-
         go = IMPLEMENTATIONS[impl](p, spec.get("seed", 0), method)
+    if no_compile:  # warm caches/allocators on a 5-step copy: nothing to compile
+        warm = make_problem(spec["d"], spec["K"], spec["k"], spec["n"], 5,
+                            seed=spec.get("problem_seed", 0))
+        IMPLEMENTATIONS[impl](warm, spec.get("seed", 0), method)()
     t0 = time.perf_counter()
     x = go()
     first = time.perf_counter() - t0
-    times = []
-    for _ in range(spec.get("repeats", 3)):
+    times = [first] if no_compile else []
+    budget = spec.get("budget_s", float("inf"))
+    while len(times) < max(spec.get("repeats", 3), 1) and (not times or sum(times) < budget):
         t0 = time.perf_counter()
         x = go()
         times.append(time.perf_counter() - t0)
@@ -63,7 +77,7 @@ def run(spec: dict) -> dict:
         "method": method,
         "problem": p.name,
         "d": p.d, "K": p.K, "k": p.k, "n": p.n, "steps": p.steps,
-        "devices": spec.get("devices", 1),
+        "devices": spec.get("devices", 1) if impl == "composition_jax_sharded" else 1,
         "record_every": spec.get("record_every"),
         "first_call_s": first,
         "compile_s": max(first - steady, 0.0),
@@ -91,10 +105,11 @@ def _cj_special(p, spec):
     model, sched = build_cj_model(p)
     key = jax.random.key(spec.get("seed", 0))
     kwargs = {}
-    if spec.get("devices", 1) > 1:
-        mesh = jax.make_mesh((spec["devices"],), ("batch",),
-                             axis_types=(jax.sharding.AxisType.Auto,))
-        kwargs["mesh"] = mesh
+    if spec["impl"] == "composition_jax_sharded":
+        if jax.device_count() != spec.get("devices", 1):
+            raise RuntimeError(f"asked for {spec.get('devices')} devices, JAX sees "
+                               f"{jax.device_count()} (set XLA_FLAGS before the process starts)")
+        kwargs["mesh"] = cj.particle_mesh()
     if spec.get("record_every"):
         kwargs["record_every"] = spec["record_every"]
         kwargs["return_info"] = True

@@ -2,7 +2,7 @@
 time grids (``grids``) and the shared jitted driver ``sample`` (``driver``)."""
 
 from . import mcmc as _mcmc  # noqa: F401  (registers the Metropolis kernels)
-from .driver import SampleInfo, SampleResult, as_model, sample, trace_count
+from .driver import SampleInfo, SampleResult, as_model, particle_mesh, sample, trace_count
 from .grids import GRIDS, time_grid
 from .kernels import KERNELS, Kernel, SamplerState, register_kernel
 from .mcmc import MCMCInfo, MCMCState
@@ -17,6 +17,7 @@ __all__ = [
     "SampleResult",
     "SamplerState",
     "as_model",
+    "particle_mesh",
     "register_kernel",
     "sample",
     "time_grid",
