@@ -35,6 +35,14 @@ SCRIPT = textwrap.dedent(
     np.testing.assert_allclose(np.asarray(c)[:7], np.asarray(cj.sample(key, p, sch, (7, 2), steps=5)),
                                rtol=1e-5, atol=1e-6)
     assert len(c.sharding.device_set) == 8, c.sharding
+    # the particle-minor layout (shard_map over tiles): same particles as unsharded rows
+    mix = cj.GaussianMixture(jnp.array([0.4, 0.6]), jnp.array([[1.0, 0.0], [-1.0, 0.5]]),
+                             jnp.array([0.3, 0.5])[:, None, None] * jnp.eye(2)[None])
+    q = cj.compose(cj.diffuse(mix, sch), [cj.diffuse(mix, sch)])
+    e = cj.sample(key, q, sch, (44, 2), steps=5, mesh=m2, layout="columns")
+    f = cj.sample(key, q, sch, (44, 2), steps=5, layout="rows")
+    np.testing.assert_allclose(np.asarray(e), np.asarray(f), rtol=1e-4, atol=2e-5)
+    assert len(e.sharding.device_set) == 8, e.sharding
     print("SHARDED_OK")
     """
 )

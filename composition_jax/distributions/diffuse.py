@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from .._checks import check_point, check_t
 from .._pytree import pytree_dataclass
@@ -55,6 +56,24 @@ class Diffused:
         """Exact ``grad_x log p_t(x)``."""
         x, d, a, s = self._prep(x, t)
         return d._noised_score(x, a, s)
+
+    @property
+    def columns_native(self) -> bool:
+        """Whether :meth:`score_columns` has a batched particle-minor implementation (diagonal
+        or isotropic mixtures) rather than a vmap of :meth:`score`."""
+        return bool(getattr(self.dist, "_columns_native", False))
+
+    def score_columns(self, X: Any, t: Any) -> jax.Array:
+        """Scores of many particles at once in particle-minor layout: ``X (d, n)`` -> ``(d, n)``
+        (column ``j`` is ``score(X[:, j], t)``). Used by ``cj.sample``'s columns layout."""
+        if not self.columns_native:
+            return jax.vmap(self.score, (1, None), 1)(X, t)
+        X = jnp.asarray(X)
+        if X.ndim != 2 or X.shape[0] != self.dim:
+            raise ValueError(f"X must have shape ({self.dim}, n), got {tuple(X.shape)}")
+        t = check_t(t).astype(X.dtype)
+        d = cast_tree(self.dist, X.dtype)
+        return d._noised_score_columns(X, self.schedule.alpha(t), self.schedule.sigma(t))
 
     def log_prob_and_score(self, x: Any, t: Any) -> tuple[jax.Array, jax.Array]:
         """Both at once, sharing work (used by Metropolis-corrected samplers)."""

@@ -80,6 +80,21 @@ def _component_denoise(y, v, a, means, evals, evecs):
     return means + jnp.einsum("kij,kj->ki", evecs, a * evals * y / v)
 
 
+def _small_matmul(A, X):
+    """``A @ X`` for ``A (p, q)``, ``X (q, n)``; with a small inner dimension ``q`` as a sum of
+    ``q`` broadcast products (element-wise, fused by XLA) instead of a dot call."""
+    q = A.shape[1]
+    if q > _SMALL_INNER:
+        return A @ X
+    out = A[:, :1] * X[:1]
+    for i in range(1, q):
+        out = out + A[:, i:i + 1] * X[i:i + 1]
+    return out
+
+
+_SMALL_INNER = 8
+
+
 def _sample_chunk(n_dim: int) -> int:
     """Batch size for gathered ``d x d`` factors: keeps the gather below ~16M floats."""
     return max(1, min(4096, (1 << 24) // max(1, n_dim * n_dim)))
@@ -304,6 +319,38 @@ class GaussianMixture(Distribution):
 
     def _noised_score(self, x, a, s):
         return self._noised_log_prob_and_score(x, a, s)[1]
+
+    # Particle-minor ("columns") layout for the samplers: X is (d, n), one particle per column.
+    # The (K, n) logits then have the particle axis contiguous, so every element-wise op and the
+    # softmax over components (a reduction over the MAJOR axis) vectorize over particles; on
+    # XLA:CPU this is 2-3x faster than the particle-major form at small d (benchmarks/).
+    @property
+    def _columns_native(self) -> bool:
+        return self.diagonal
+
+    def _noised_score_columns(self, X, a, s):
+        """Score of the noised law for ``X (d, n)`` (diagonal / isotropic components)."""
+        d = self.dim
+        if self.isotropic:
+            v = a * a * self.eigvals[:, 0] + s * s  # (K,)
+            w = 1.0 / v
+            msq = jnp.sum(self.means * self.means, -1)
+            xsq = jnp.sum(X * X, 0, keepdims=True)  # (1, n)
+            quad = (xsq - 2.0 * a * _small_matmul(self.means, X) + (a * a * msq)[:, None]) * w[:, None]
+            logits = (self.log_weights - 0.5 * (d * jnp.log(v) + d * _LOG_2PI))[:, None] - 0.5 * quad
+            e = jnp.exp(logits - jnp.max(logits, 0, keepdims=True))
+            ew = e * w[:, None]
+            z = jnp.sum(e, 0, keepdims=True)
+            return (a * _small_matmul(self.means.T, ew) - X * jnp.sum(ew, 0, keepdims=True)) / z
+        v = a * a * self.eigvals + s * s  # (K, d)
+        w = 1.0 / v
+        mw = self.means * w
+        quad = w @ (X * X) - 2.0 * a * (mw @ X) + (a * a * jnp.sum(self.means * mw, -1))[:, None]
+        logits = (self.log_weights - 0.5 * (jnp.sum(jnp.log(v), -1) + d * _LOG_2PI))[:, None]
+        logits = logits - 0.5 * quad
+        e = jnp.exp(logits - jnp.max(logits, 0, keepdims=True))
+        z = jnp.sum(e, 0, keepdims=True)
+        return (a * (mw.T @ e) - X * (w.T @ e)) / z
 
     def _noised_denoise(self, x, a, s):
         if self.isotropic:

@@ -33,6 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from .._pytree import pytree_dataclass, static_field
 from ..schedules import Schedule
 from .grids import GRIDS, time_grid
+from . import noise
 from .kernels import KERNELS, Kernel, draw_normals, draw_uniforms, has_log_prob, model_denoise
 
 __all__ = [
@@ -146,6 +147,7 @@ class _Config:
     dtype: Any
     has_x_init: bool
     options: tuple
+    layout: str = "rows"
 
     @property
     def opts(self) -> dict:
@@ -178,7 +180,7 @@ def resolve_method(method: str, options: dict) -> tuple[Kernel, dict]:
 
 _DRIVER_OPTIONS = (
     "grid", "rho", "denoise_final", "record_every", "return_info", "check", "mesh", "batch_axis",
-    "x_init", "dtype",
+    "x_init", "dtype", "layout",
 )
 
 
@@ -321,9 +323,131 @@ def _run(key, model, schedule, x_init, cfg: _Config):
     return SampleResult(x, info, traj)
 
 
+# --------------------------------------------------------------------------------- columns
+# Methods whose step is an element-wise formula in (x, score, normals) with no per-particle
+# reductions: they run unchanged on a (d, B) tile of particles in particle-minor layout.
+COLUMN_METHODS = ("euler_maruyama", "ode_euler", "ode_heun", "ddpm", "ddim")
+# Particles per tile of the columns layout, and the largest d for which layout="auto" picks it
+# (measured on XLA:CPU, benchmarks/: at d = 2 the columns layout is 1.5-2.5x faster; by
+# d = 64 the (K x d) matmuls dominate and both layouts are equal).
+COLUMN_TILE = 16384
+COLUMN_MAX_D = 32
+
+
+@pytree_dataclass
+class _ColumnView:
+    """A model seen through its particle-minor score: ``score(X (d, B), t) -> (d, B)``."""
+
+    model: Any
+
+    def score(self, X, t):
+        from ..compose import score_columns
+
+        return score_columns(self.model, X, t)
+
+
+def _tiles(n: int, devices: int) -> tuple[int, int, int]:
+    """``(B, T, n_pad)``: tile size (a multiple of 8, at most about ``COLUMN_TILE``), tiles per
+    device, padded particle count (padding below ``8 T`` particles per device)."""
+    per_dev = -(-n // devices)
+    T = -(-per_dev // COLUMN_TILE)
+    B = -(-per_dev // T)
+    B = -(-B // 8) * 8
+    return B, T, devices * T * B
+
+
+def _run_columns(key, model, schedule, x_init, cfg: _Config):
+    """``cj.sample`` in particle-minor layout: each device runs its particles tile by tile
+    (``lax.map``), each tile through all steps (``lax.scan``) as a ``(d, B)`` array, so a tile's
+    working set stays in cache. The noise of particle ``j`` is the same counter-based stream
+    as in the rows layout (``noise.normals_columns``), so both layouts give the same samples."""
+    _TRACES[0] += 1
+    kernel = KERNELS[cfg.method]
+    opts = cfg.opts
+    n, d = cfg.shape
+    dtype = cfg.dtype
+    m_norm = kernel.num_normals(opts)
+    times = time_grid(schedule, cfg.steps, cfg.t_min, cfg.grid, rho=cfg.rho, dtype=dtype)
+    k_init, k_norm, _ = jax.random.split(key, 3)
+    kp_steps = jax.vmap(lambda i: jnp.stack(noise.key_pair(jax.random.fold_in(k_norm, i))))(
+        jnp.arange(cfg.steps))
+    kp_init = jnp.stack(noise.key_pair(jax.random.fold_in(k_init, 0)))
+    n_dev = 1 if cfg.mesh is None else cfg.mesh.shape[cfg.batch_axis]
+    B, T, n_pad = _tiles(n, n_dev)
+    view = _ColumnView(model)
+    prior_std = jnp.asarray(schedule.prior_std, dtype)
+
+    def tile(args, dev):
+        j, x0 = args
+        off = ((dev * T + j) * B).astype(jnp.uint32)
+        if cfg.has_x_init:
+            X = x0
+        else:
+            X = prior_std * noise.normals_columns(kp_init, off, B, (1, d), dtype)[0]
+        valid = (off + jnp.arange(B, dtype=jnp.uint32)) < n
+
+        def one_step(X, inp):
+            i, kp = inp
+            if m_norm:
+                z = noise.normals_columns(kp, off, B, (m_norm, d), dtype)
+            else:
+                z = jnp.zeros((0, d, B), dtype)
+            X = kernel.transition(view, schedule, X, z, times[i], times[i + 1], opts)
+            bad = jnp.sum(valid & ~jnp.all(jnp.isfinite(X), axis=0)).astype(jnp.int32)
+            return X, bad
+
+        return jax.lax.scan(one_step, X, (jnp.arange(cfg.steps), kp_steps))
+
+    if cfg.has_x_init:
+        x0 = jnp.pad(x_init.astype(dtype), ((0, n_pad - n), (0, 0)))
+        x0 = x0.reshape(n_dev * T, B, d).transpose(0, 2, 1)
+    else:
+        x0 = jnp.zeros((n_dev * T, 0), dtype)
+
+    def local(x0_local):
+        dev = 0 if cfg.mesh is None else jax.lax.axis_index(cfg.batch_axis)
+        X, bad = jax.lax.map(lambda a: tile(a, dev), (jnp.arange(T), x0_local))
+        return X, bad.sum(0)[None]
+
+    if cfg.mesh is None:
+        X, bad = local(x0)
+    else:
+        spec = PartitionSpec(cfg.batch_axis)
+        X, bad = jax.shard_map(local, mesh=cfg.mesh, in_specs=(spec,), out_specs=(spec, spec))(x0)
+    nonfinite = bad.sum(0)
+    x = X.transpose(0, 2, 1).reshape(n_pad, d)[:n]
+    if cfg.mesh is not None:
+        x = jax.lax.with_sharding_constraint(x, NamedSharding(cfg.mesh, PartitionSpec(cfg.batch_axis)))
+    if cfg.denoise_final:
+        x = jax.vmap(model_denoise, (None, None, 0, None))(model, schedule, x, times[-1])
+    if not cfg.return_info:
+        return x
+    finite = jnp.all(jnp.isfinite(x), axis=-1)
+    info = SampleInfo(times=times, nonfinite=nonfinite,
+                      nonfinite_final=jnp.sum(~finite).astype(jnp.int32))
+    return SampleResult(x, info, None)
+
+
+def choose_layout(layout: str, method: str, model: Any, d: int, record_every, check: bool) -> str:
+    """Resolve ``layout`` ("auto" | "rows" | "columns") for a run (see ``cj.sample``)."""
+    from ..compose import columns_native
+
+    if layout not in ("auto", "rows", "columns"):
+        raise ValueError(f"layout must be 'auto', 'rows' or 'columns', got {layout!r}")
+    ok = method in COLUMN_METHODS and record_every is None and not check
+    if layout == "columns" and not ok:
+        raise ValueError(
+            f"layout='columns' supports methods {COLUMN_METHODS} without record_every or "
+            f"check; got method={method!r}, record_every={record_every!r}, check={check!r}"
+        )
+    if layout == "auto":
+        return "columns" if ok and d <= COLUMN_MAX_D and columns_native(model) else "rows"
+    return layout
+
+
 @functools.lru_cache(maxsize=256)
 def _build(cfg: _Config):
-    fn = functools.partial(_run, cfg=cfg)
+    fn = functools.partial(_run_columns if cfg.layout == "columns" else _run, cfg=cfg)
     if cfg.check:
         return jax.jit(checkify.checkify(fn, errors=checkify.user_checks))
     return jax.jit(fn)
@@ -374,6 +498,7 @@ def sample(
     batch_axis: Any = None,
     x_init: Any = None,
     dtype: Any = None,
+    layout: str = "auto",
     **options: Any,
 ) -> Any:
     r"""Draw ``shape = (n, d)`` samples by integrating a reverse-time sampler.
@@ -407,6 +532,13 @@ def sample(
         mesh's first axis) for the whole run.
       x_init: optional initial particles ``(n, d)`` at ``t_max``.
       dtype: floating dtype (default ``x_init``'s, else JAX's default float).
+      layout: ``"rows"`` (particles ``(n, d)``, the per-particle kernels vmapped),
+        ``"columns"`` (particle-minor ``(d, B)`` tiles of ``COLUMN_TILE`` particles, each tile
+        through all steps, the model's batched ``score_columns``; methods in
+        ``COLUMN_METHODS``, no ``record_every``/``check``) or ``"auto"`` (columns when allowed,
+        ``d <= COLUMN_MAX_D`` and the model has a native ``score_columns``: mixtures with
+        diagonal covariances and their compositions). Same samples either way (the noise of
+        particle ``j`` is the same stream); only speed differs.
       **options: method options: ``eta`` (ddim); ``snr``, ``n_corrector``,
         ``corrector_step`` (``"snr"`` or ``"fixed"``), ``n_pilot`` (predictor_corrector);
         ``mcmc_steps``, ``step_size``, ``target_accept``, ``adapt``, ``n_pilot``,
@@ -476,7 +608,9 @@ def sample(
         batch_axis = mesh.axis_names[0] if batch_axis is None else batch_axis
         if batch_axis not in mesh.axis_names:
             raise ValueError(f"batch_axis {batch_axis!r} not in mesh axes {mesh.axis_names}")
+    layout = choose_layout(layout, method, model, d, record_every, bool(check))
     cfg = _Config(
+        layout=layout,
         method=method,
         shape=(n, d),
         steps=steps,

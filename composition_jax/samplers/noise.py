@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["key_pair", "normals", "random_words", "threefry2x32", "uniforms"]
+__all__ = ["key_pair", "normals", "normals_columns", "random_words", "threefry2x32", "uniforms"]
 
 
 def key_pair(key: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -95,16 +95,38 @@ def uniforms(key: jax.Array, n: int, shape: tuple = (), dtype=None) -> jax.Array
     return u.reshape((n, *shape))
 
 
+def _to_normals(b, dtype):
+    """Random words (uint32, or uint64 for float64) -> standard normals by the inverse CDF."""
+    if dtype == jnp.float64:
+        u = ((b >> np.uint64(12)).astype(jnp.float64) + 0.5) * (2.0**-51) - 1.0  # 52 bits
+        return np.sqrt(2.0) * jax.lax.erf_inv(u)
+    u = ((b >> np.uint32(9)).astype(jnp.float32) + np.float32(0.5)) * np.float32(2.0**-22)
+    u = u - np.float32(1.0)  # 23 bits, symmetric in (-1, 1)
+    return (np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(u)).astype(dtype)
+
+
 def normals(key: jax.Array, n: int, shape: tuple = (), dtype=None) -> jax.Array:
     """``(n, *shape)`` standard normals; row ``j`` depends only on ``(key, j)`` (module doc)."""
     dtype = _float_dtype(dtype if dtype is not None else jnp.result_type(float))
     length = math.prod(shape)
+    b = _bits(key, n, length, 64 if dtype == jnp.float64 else 32)
+    return _to_normals(b, dtype).reshape((n, *shape))
+
+
+def normals_columns(kp: jax.Array, offset: jax.Array, n: int, shape: tuple = (), dtype=None
+                    ) -> jax.Array:
+    """The same numbers as ``normals(key, total, shape)[offset:offset + n]`` laid out with the
+    particle axis LAST: ``(*shape, n)``, for ``kp = jnp.stack(key_pair(key))``.
+
+    Used by the samplers' particle-minor ("columns") layout, where a tile of ``n`` particles
+    starting at global index ``offset`` is generated without the others."""
+    dtype = _float_dtype(dtype if dtype is not None else jnp.result_type(float))
+    length = math.prod(shape)
+    rows = jnp.asarray(offset, jnp.uint32) + jax.lax.broadcasted_iota(jnp.uint32, (length, n), 1)
+    cols = jax.lax.broadcasted_iota(jnp.uint32, (length, n), 0)
+    o1, o2 = threefry2x32(kp[0], kp[1], rows, cols)
     if dtype == jnp.float64:
-        b = _bits(key, n, length, 64) >> np.uint64(12)  # 52 bits
-        u = (b.astype(jnp.float64) + 0.5) * (2.0**-51) - 1.0
-        z = np.sqrt(2.0) * jax.lax.erf_inv(u)
+        b = o1.astype(jnp.uint64) << np.uint64(32) | o2.astype(jnp.uint64)
     else:
-        b = _bits(key, n, length, 32) >> np.uint32(9)  # 23 bits
-        u = (b.astype(jnp.float32) + np.float32(0.5)) * np.float32(2.0**-22) - np.float32(1.0)
-        z = (np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(u)).astype(dtype)
-    return z.reshape((n, *shape))
+        b = o1 ^ o2
+    return _to_normals(b, dtype).reshape((*shape, n))

@@ -1,0 +1,142 @@
+"""The particle-minor ("columns") layout of cj.sample: same samples as the rows layout (same
+noise stream per particle), batch-size invariance across tiles and padding, x_init, info, the
+automatic choice, errors, and the score_columns protocol of the models."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import composition_jax as cj
+from composition_jax.compose import columns_native, score_columns
+from composition_jax.samplers import driver
+
+SCH = cj.VPSchedule()
+
+
+def _iso(seed, d=2, K=3):
+    rng = np.random.default_rng(seed)
+    w = rng.dirichlet(np.ones(K)).astype(np.float32)
+    m = rng.normal(size=(K, d)).astype(np.float32)
+    v = rng.uniform(0.2, 0.6, K).astype(np.float32)
+    return cj.GaussianMixture(jnp.asarray(w), jnp.asarray(m),
+                              jnp.asarray(v)[:, None, None] * jnp.eye(d)[None])
+
+
+def _diag(seed, d=3, K=2):
+    rng = np.random.default_rng(seed)
+    w = rng.dirichlet(np.ones(K)).astype(np.float32)
+    m = rng.normal(size=(K, d)).astype(np.float32)
+    v = rng.uniform(0.2, 2.0, (K, d)).astype(np.float32)
+    return cj.GaussianMixture(jnp.asarray(w), jnp.asarray(m),
+                              jax.vmap(jnp.diag)(jnp.asarray(v)))
+
+
+def _composition(d=2):
+    bg, c1, c2 = (cj.diffuse(_iso(s, d), SCH) for s in (0, 1, 2))
+    return cj.compose(bg, [c1, c2], weights=jnp.array([1.0, 0.7]))
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """Tiles of 24 particles: several tiles and padding in every run below."""
+    monkeypatch.setattr(driver, "COLUMN_TILE", 24)
+    driver._build.cache_clear()
+    yield
+    driver._build.cache_clear()
+
+
+def _close(a, b):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=2e-5)
+
+
+def test_score_columns_equals_vmapped_score(key):
+    for model in (_composition(), cj.diffuse(_diag(3), SCH),
+                  cj.linear_combination([cj.diffuse(_diag(4), SCH), cj.diffuse(_diag(5), SCH)],
+                                        jnp.array([0.5, 0.5]))):
+        assert columns_native(model)
+        X = 2.0 * jax.random.normal(key, (model.dim, 37))
+        for t in (1e-3, 0.3, 1.0):
+            _close(score_columns(model, X, t), jax.vmap(model.score, (1, None), 1)(X, t))
+    # models without a batched score fall back to vmap (full covariance, plain Gaussian)
+    g = cj.diffuse(cj.Gaussian(jnp.ones(2), jnp.array([[1.0, 0.3], [0.3, 0.5]])), SCH)
+    assert not columns_native(g)
+    X = jax.random.normal(key, (2, 5))
+    _close(score_columns(g, X, 0.2), jax.vmap(g.score, (1, None), 1)(X, 0.2))
+
+
+@pytest.mark.parametrize("method", driver.COLUMN_METHODS)
+def test_columns_equal_rows(key, small_tiles, method):
+    model = _composition()
+    kw = dict(method=method, steps=12)
+    a = cj.sample(key, model, SCH, (101, 2), layout="rows", **kw)
+    b = cj.sample(key, model, SCH, (101, 2), layout="columns", **kw)
+    _close(a, b)
+    assert np.all(np.isfinite(np.asarray(b)))
+
+
+def test_columns_batch_independent_and_x_init(key, small_tiles):
+    model = cj.diffuse(_diag(7), SCH)
+    big = cj.sample(key, model, SCH, (70, 3), steps=8, layout="columns")
+    small = cj.sample(key, model, SCH, (9, 3), steps=8, layout="columns")
+    _close(big[:9], small)
+    x0 = jax.random.normal(jax.random.fold_in(key, 1), (30, 3))
+    a = cj.sample(key, model, SCH, (30, 3), steps=8, x_init=x0, layout="rows")
+    b = cj.sample(key, model, SCH, (30, 3), steps=8, x_init=x0, layout="columns")
+    _close(a, b)
+
+
+def test_columns_fallback_model_and_info(key, small_tiles):
+    g = cj.diffuse(cj.Gaussian(jnp.ones(2), jnp.array([[1.0, 0.3], [0.3, 0.5]])), SCH)
+    a = cj.sample(key, g, SCH, (50, 2), steps=6, layout="rows", return_info=True)
+    b = cj.sample(key, g, SCH, (50, 2), steps=6, layout="columns", return_info=True)
+    _close(a.samples, b.samples)
+    assert b.info.nonfinite.shape == (6,) and int(b.info.nonfinite.sum()) == 0
+    assert int(b.info.nonfinite_final) == 0 and b.trajectory is None
+    np.testing.assert_allclose(a.info.times, b.info.times)
+
+
+def test_columns_count_nonfinite_particles(key, small_tiles):
+    """A score that overflows for x > 1 blows up some particles; both layouts count the same
+    ones (padding particles are not counted)."""
+    bad = cj.as_model(lambda x, t: jnp.where(x > 1.0, jnp.float32(3e38), -x))
+    a = cj.sample(key, bad, SCH, (50, 2), steps=4, layout="rows", return_info=True,
+                  denoise_final=False)
+    b = cj.sample(key, bad, SCH, (50, 2), steps=4, layout="columns", return_info=True,
+                  denoise_final=False)
+    assert int(a.info.nonfinite[-1]) > 0
+    np.testing.assert_array_equal(a.info.nonfinite, b.info.nonfinite)
+
+
+def test_auto_layout_choice():
+    comp = _composition()
+    g = cj.diffuse(cj.Gaussian(jnp.zeros(2), jnp.eye(2)), SCH)
+    choose = driver.choose_layout
+    assert choose("auto", "euler_maruyama", comp, 2, None, False) == "columns"
+    assert choose("auto", "euler_maruyama", g, 2, None, False) == "rows"  # not native
+    assert choose("auto", "euler_maruyama", comp, 2, 5, False) == "rows"  # trajectory
+    assert choose("auto", "euler_maruyama", comp, 2, None, True) == "rows"  # checkify
+    assert choose("auto", "annealed_mala", comp, 2, None, False) == "rows"
+    assert choose("auto", "euler_maruyama", comp, driver.COLUMN_MAX_D + 1, None, False) == "rows"
+    assert choose("rows", "euler_maruyama", comp, 2, None, False) == "rows"
+
+
+def test_layout_errors(key):
+    model = _composition()
+    with pytest.raises(ValueError, match="layout must be"):
+        cj.sample(key, model, SCH, (4, 2), steps=2, layout="diagonal")
+    with pytest.raises(ValueError, match="layout='columns' supports"):
+        cj.sample(key, model, SCH, (4, 2), steps=2, layout="columns", method="annealed_mala")
+    with pytest.raises(ValueError, match="layout='columns' supports"):
+        cj.sample(key, model, SCH, (4, 2), steps=2, layout="columns", record_every=1)
+
+
+def test_columns_no_retrace_on_new_weights(key):
+    model = _composition()
+    cj.sample(key, model, SCH, (16, 2), steps=3)
+    before = driver.trace_count()
+    other = cj.compose(model.background, list(model.conditionals), weights=jnp.array([0.2, 2.0]))
+    cj.sample(key, other, SCH, (16, 2), steps=3)
+    assert driver.trace_count() == before
