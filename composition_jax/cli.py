@@ -51,7 +51,7 @@ def _bench(args: argparse.Namespace) -> int:
     ks = tuple(int(k) for k in args.ks.split(",")) if args.ks else None
     methods = tuple(args.methods.split(",")) if args.methods else ("euler_maruyama", "ode_heun")
     result = run_bench(out, quick=args.quick, impls=impls, ks=ks, repeats=args.repeats,
-                       scaling=not args.no_scaling, methods=methods)
+                       scaling=not args.no_scaling, methods=methods, budget_s=args.budget)
     print(f"wrote {out / 'results.json'}, {out / 'table.md'} and plots")
     bad = failures(result)
     if bad:
@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     p_bench.add_argument("--repeats", type=int, default=None,
                          help="timed repeats after the first call (default 3; quick 2)")
     p_bench.add_argument("--no-scaling", action="store_true", help="skip the scaling sweeps")
+    p_bench.add_argument("--budget", type=float, default=None,
+                         help="seconds of timed repeats per measurement before stopping early "
+                              "(at least one timed run; default 20, quick 5)")
     p_bench.add_argument("--methods", default=None,
                          help="comma-separated: euler_maruyama,ode_heun (default both)")
     p_bench.set_defaults(func=_bench)

@@ -89,7 +89,12 @@ def test_scenarios_minimal_verdicts(names):
             law = d["metrics"]["sampler_law_em"]
             # the sampler's exact law is neither p_1 = N(2, .25) nor the tilt N(16/7, 1/7)
             assert law["mean"] > 16 / 7 + 0.1
-            assert not any(v["matches_tilted_target"] for v in d["metrics"]["samplers"].values())
+            # reverse diffusion (EM, Heun) does not reach the tilt; the predictor-corrector's
+            # Langevin steps target the composed density at each level and can land near it
+            # (they did at this size: N(2.296, 0.134) vs the tilt N(2.286, 0.143))
+            samplers = d["metrics"]["samplers"]
+            assert not samplers["euler_maruyama"]["matches_tilted_target"]
+            assert not samplers["ode_heun"]["matches_tilted_target"]
 
 
 @pytest.mark.slow
