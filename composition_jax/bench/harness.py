@@ -183,6 +183,7 @@ def run_bench(out_dir: str | Path, quick: bool = False, impls: list[str] | None 
         impls = [i for i in impls if i != "composition_jax_fullcov"]
     ndev = _cj_devices()
     records: list[dict] = []
+    env = environment()
     ceil = measure_ceilings(quick)
     progress(f"ceilings: {ceil}")
 
@@ -202,7 +203,7 @@ def run_bench(out_dir: str | Path, quick: bool = False, impls: list[str] | None 
         else:
             progress(f"  {rec['impl']:<24} {rec['problem']:<28} {rec['method']:<15} "
                      f"{rec['particle_steps_per_s']:.3e} ps/s  first call {rec['first_call_s']:.2f}s")
-        _write(records, ceil, quick, out_dir)
+        _write(records, env, ceil, quick, out_dir)
         return rec
 
     def compare(base, names):
@@ -224,7 +225,7 @@ def run_bench(out_dir: str | Path, quick: bool = False, impls: list[str] | None 
             if single is not None:
                 rec["ratio_cj1_over_impl"] = (single["particle_steps_per_s"]
                                               / rec["particle_steps_per_s"])
-            _write(records, ceil, quick, out_dir)
+            _write(records, env, ceil, quick, out_dir)
 
     # 1. side by side: every size x k for Euler-Maruyama, k = 1 for Heun
     for method in methods:
@@ -252,23 +253,21 @@ def run_bench(out_dir: str | Path, quick: bool = False, impls: list[str] | None 
         for nd in ((1, 2) if quick else (1, 2, 4, 8)):
             go(dict(sc, impl="composition_jax" if nd == 1 else "composition_jax_sharded",
                     d=2, K=8, k=1, n=8000 if quick else 100_000, devices=nd, axis="devices"))
-    return _finish(records, ceil, quick, out_dir, progress)
+    return _finish(records, env, ceil, quick, out_dir, progress)
 
 
-def _result(records, ceil, quick) -> dict:
+def _write(records, env, ceil, quick, out_dir) -> dict:
+    """Attach rooflines and (re)write ``results.json``; returns the result."""
     for rec in records:
         if rec.get("impl") in CJ_IMPLS and "error" not in rec:
             rec["roofline"] = _roofline(rec, ceil)
-    return {"environment": environment(), "ceilings": ceil, "quick": quick, "records": records}
-
-
-def _write(records, ceil, quick, out_dir) -> None:
-    _atomic_json(out_dir / "results.json", _result(records, ceil, quick))
-
-
-def _finish(records, ceil, quick, out_dir, progress) -> dict:
-    result = _result(records, ceil, quick)
+    result = {"environment": env, "ceilings": ceil, "quick": quick, "records": records}
     _atomic_json(out_dir / "results.json", result)
+    return result
+
+
+def _finish(records, env, ceil, quick, out_dir, progress) -> dict:
+    result = _write(records, env, ceil, quick, out_dir)
     table = ratio_table(result)
     (out_dir / "table.md").write_text(table)
     progress(table)
@@ -298,6 +297,10 @@ def _atomic_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def _label(r: dict) -> str:
+    return r["impl"] + (f" ({r['devices']} dev)" if r.get("devices", 1) > 1 else "")
+
+
 def ratio_table(result: dict) -> str:
     """Markdown: every compared implementation with its throughput and the speed-up of the best
     composition_jax configuration (and of single-device composition_jax) over it."""
@@ -314,7 +317,7 @@ def ratio_table(result: dict) -> str:
         else:
             verdict = "yes" if ag["agree"] else "NO"
             same = f"{verdict} ({ag['max_mean_z']:.1f}/{ag['z_threshold']:.1f})"
-        name = r["impl"] + (f" ({r['devices']} dev)" if r.get("devices", 1) > 1 else "")
+        name = _label(r)
         if "ratio_cj_over_impl" in r:
             ratio = f"{r['ratio_cj_over_impl']:.2f}x / {r.get('ratio_cj1_over_impl', float('nan')):.2f}x"
         else:
@@ -330,7 +333,7 @@ def ratio_table(result: dict) -> str:
                   "|---|---|---|---|---|---|---|"]
         for r in roof:
             rf = r["roofline"]
-            name = r["impl"] + (f" ({r['devices']} dev)" if r.get("devices", 1) > 1 else "")
+            name = _label(r)
             lines.append(f"| {r['problem']} | {r['method']} | {name} | {rf['binding_ceiling']} "
                          f"| {rf['floor_particle_steps_per_s']:.3g} | {rf['fraction_of_ceiling']:.2f} "
                          f"| {rf['fraction_of_additive_bound']:.2f} |")

@@ -80,6 +80,9 @@ def _component_denoise(y, v, a, means, evals, evecs):
     return means + jnp.einsum("kij,kj->ki", evecs, a * evals * y / v)
 
 
+_SMALL_INNER = 8  # largest inner dimension written as broadcast products
+
+
 def _small_matmul(A, X):
     """``A @ X`` for ``A (p, q)``, ``X (q, n)``; with a small inner dimension ``q`` as a sum of
     ``q`` broadcast products (element-wise, fused by XLA) instead of a dot call."""
@@ -90,9 +93,6 @@ def _small_matmul(A, X):
     for i in range(1, q):
         out = out + A[:, i:i + 1] * X[i:i + 1]
     return out
-
-
-_SMALL_INNER = 8
 
 
 def _sample_chunk(n_dim: int) -> int:
@@ -345,12 +345,13 @@ class GaussianMixture(Distribution):
         v = a * a * self.eigvals + s * s  # (K, d)
         w = 1.0 / v
         mw = self.means * w
-        quad = w @ (X * X) - 2.0 * a * (mw @ X) + (a * a * jnp.sum(self.means * mw, -1))[:, None]
+        quad = (_small_matmul(w, X * X) - 2.0 * a * _small_matmul(mw, X)
+                + (a * a * jnp.sum(self.means * mw, -1))[:, None])
         logits = (self.log_weights - 0.5 * (jnp.sum(jnp.log(v), -1) + d * _LOG_2PI))[:, None]
         logits = logits - 0.5 * quad
         e = jnp.exp(logits - jnp.max(logits, 0, keepdims=True))
         z = jnp.sum(e, 0, keepdims=True)
-        return (a * (mw.T @ e) - X * (w.T @ e)) / z
+        return (a * _small_matmul(mw.T, e) - X * _small_matmul(w.T, e)) / z
 
     def _noised_denoise(self, x, a, s):
         if self.isotropic:

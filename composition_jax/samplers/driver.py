@@ -8,8 +8,8 @@ Design:
   the compiled sampler (no retrace).
 * Randomness: the key is split once into ``(k_init, k_normal, k_uniform)``; at step ``i`` the
   driver draws ONE batched ``(n, m, d)`` block of counter-based normals from
-  ``fold_in(k_normal, i)`` (:mod:`.noise`: Threefry on the counter ``(particle, slot)``, both
-  output words used). Row ``j`` is a function of ``(key, i, j)`` only (tested), so particle
+  ``fold_in(k_normal, i)`` (:mod:`.noise`: Threefry on the counter ``(particle, slot)``, one
+  hash per normal). Row ``j`` is a function of ``(key, i, j)`` only (tested), so particle
   ``j``'s randomness depends only on ``(key, j)``: the first ``m`` particles of a run with
   ``n > m`` equal a run with ``m`` particles, under jit and sharded over devices.
 * Memory ``O(n d)``: only the current particles are carried; ``record_every=k`` keeps every

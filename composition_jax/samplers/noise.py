@@ -73,13 +73,17 @@ def _float_dtype(dtype) -> np.dtype:
     return dtype
 
 
-def _bits(key, n, length, width):
-    """``(n, length)`` random words of ``width`` 32 or 64 bits from ONE hash per element (the
-    two output words are xor-ed, or concatenated for 64 bits, as in ``jax.random.bits``)."""
-    o1, o2 = random_words(key, n, length)
+def _combine(o1, o2, width):
+    """One random word of ``width`` 32 or 64 bits per hash: the two output words xor-ed, or
+    concatenated for 64 bits, as in ``jax.random.bits``."""
     if width == 64:
         return o1.astype(jnp.uint64) << np.uint64(32) | o2.astype(jnp.uint64)
     return o1 ^ o2
+
+
+def _bits(key, n, length, width):
+    """``(n, length)`` random words of ``width`` bits, ONE hash per element."""
+    return _combine(*random_words(key, n, length), width)
 
 
 def uniforms(key: jax.Array, n: int, shape: tuple = (), dtype=None) -> jax.Array:
@@ -124,9 +128,5 @@ def normals_columns(kp: jax.Array, offset: jax.Array, n: int, shape: tuple = (),
     length = math.prod(shape)
     rows = jnp.asarray(offset, jnp.uint32) + jax.lax.broadcasted_iota(jnp.uint32, (length, n), 1)
     cols = jax.lax.broadcasted_iota(jnp.uint32, (length, n), 0)
-    o1, o2 = threefry2x32(kp[0], kp[1], rows, cols)
-    if dtype == jnp.float64:
-        b = o1.astype(jnp.uint64) << np.uint64(32) | o2.astype(jnp.uint64)
-    else:
-        b = o1 ^ o2
+    b = _combine(*threefry2x32(kp[0], kp[1], rows, cols), 64 if dtype == jnp.float64 else 32)
     return _to_normals(b, dtype).reshape((*shape, n))
