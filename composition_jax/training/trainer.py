@@ -18,7 +18,9 @@ probability ``p_uncond``, so the network also learns the unconditional score).
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import time
 from typing import Any
 
@@ -31,7 +33,7 @@ from .._pytree import pytree_dataclass, replace
 from ..distributions.base import Distribution
 from ..nn.model import PARAMETERIZATIONS, ScoreNetModel, _check_network, init_params
 from ..schedules import Schedule
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .dsm import TIME_SAMPLINGS, WEIGHTINGS, dsm_loss_per_example, sample_times
 
 __all__ = ["DSMTrainer", "TrainState"]
@@ -65,6 +67,66 @@ def _progress(total: int, enabled: bool):
         return tqdm(total=total, desc="dsm", unit="step")
     except ImportError:  # pragma: no cover - tqdm is optional
         return None
+
+
+def _describe(obj: Any) -> Any:
+    """JSON description of a configuration value: numbers, strings and lists as themselves, arrays
+    as nested lists, dataclasses (schedules, flax modules) as ``{"type": name, field: value, ...}``
+    in field order, functions by qualified name."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, (list, tuple)):
+        return [_describe(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): _describe(v) for k, v in obj.items()}
+    if isinstance(obj, (np.ndarray, np.generic, jax.Array)):
+        return np.asarray(obj).tolist()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = {"type": type(obj).__name__}
+        for f in dataclasses.fields(obj):
+            if f.name in ("parent", "name"):  # flax module bookkeeping, not configuration
+                continue
+            out[f.name] = _describe(getattr(obj, f.name))
+        return out
+    if callable(obj) and hasattr(obj, "__qualname__"):
+        return f"{getattr(obj, '__module__', '?')}.{obj.__qualname__}"
+    return repr(obj)
+
+
+def _fmt(desc: Any) -> str:
+    """A described value in words: ``VPSchedule(beta_min=0.1, beta_max=20.0, t_max=1.0)``."""
+    if isinstance(desc, dict) and "type" in desc:
+        body = ", ".join(f"{k}={_fmt(v)}" for k, v in desc.items() if k != "type")
+        return f"{desc['type']}({body})"
+    if isinstance(desc, dict):
+        return "{" + ", ".join(f"{k}: {_fmt(v)}" for k, v in desc.items()) + "}"
+    if isinstance(desc, list):
+        return "(" + ", ".join(_fmt(v) for v in desc) + ("," if len(desc) == 1 else "") + ")"
+    if isinstance(desc, float) and np.isfinite(desc) and float(np.float32(desc)) == desc:
+        return str(np.float32(desc))  # a float32 parameter: its shortest float32 form
+    return repr(desc)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal descriptions; numbers agree to float32 rounding (relative 1e-6), so a schedule
+    built under float32 matches the same schedule built under float64."""
+    num = (int, float)
+    if isinstance(a, num) and isinstance(b, num) and not isinstance(a, bool) \
+            and not isinstance(b, bool):
+        return a == b or math.isclose(a, b, rel_tol=1e-6, abs_tol=0.0)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+# what the parameters mean: always checked on restore
+_MODEL_KEYS = ("schedule", "parameterization", "network", "dtype")
+# how training proceeds: checked by ``restore(strict=True)`` (steps_per_call is left out: it does
+# not change the trajectory)
+_TRAINING_KEYS = ("weighting", "time_sampling", "importance_weight", "t_min", "t_max",
+                  "batch_size", "ema_decay", "ema_warmup", "p_uncond")
 
 
 class DSMTrainer:
@@ -160,10 +222,15 @@ class DSMTrainer:
 
     # -- configuration ------------------------------------------------------------------------
     def config(self) -> dict:
-        """JSON-serializable configuration (stored in checkpoint metadata)."""
+        """JSON-serializable configuration (stored in checkpoint metadata, checked on restore).
+
+        ``network`` and ``schedule`` are described field by field (``{"type": "VPSchedule",
+        "beta_min": 0.1, ...}``); the optimizer is not described (its state's structure is
+        checked leaf by leaf, its hyperparameters are not).
+        """
         return {
-            "network": repr(self.network),
-            "schedule": type(self.schedule).__name__,
+            "network": _describe(self.network),
+            "schedule": _describe(self.schedule),
             "parameterization": self.parameterization,
             "weighting": self.weighting,
             "time_sampling": self.time_sampling,
@@ -173,6 +240,7 @@ class DSMTrainer:
             "batch_size": self.batch_size,
             "steps_per_call": self.steps_per_call,
             "ema_decay": self.ema_decay,
+            "ema_warmup": self.ema_warmup,
             "p_uncond": self.p_uncond,
             "dtype": str(self.dtype),
         }
@@ -359,19 +427,53 @@ class DSMTrainer:
         return self._loss(params, key, self._check_data(data), n=int(n_batches))
 
     # -- checkpoints -----------------------------------------------------------------------------
-    def save(self, path: str, state: TrainState) -> None:
-        """Atomically save ``state`` (params, EMA, optimizer state, step, key) with the config."""
-        meta = {"step": int(state.step), **self.config()}
+    def save(self, path: str | os.PathLike, state: TrainState) -> None:
+        """Atomically save ``state`` (params, EMA, optimizer state, step, key) with the
+        configuration (metadata ``{"step": ..., "trainer": self.config()}``)."""
+        meta = {"step": int(state.step), "trainer": self.config()}
         save_checkpoint(path, state, meta)
 
-    def restore(self, path: str) -> TrainState:
+    def _check_config(self, path: str, meta: dict, strict: bool) -> None:
+        saved = meta.get("trainer")
+        if not isinstance(saved, dict):
+            raise CheckpointError(
+                f"{path} holds no trainer configuration (not written by DSMTrainer.save); load it "
+                f"with load_checkpoint"
+            )
+        mine = self.config()
+        for key in _MODEL_KEYS + (_TRAINING_KEYS if strict else ()):
+            if key not in saved:
+                raise CheckpointError(f"{path}: the checkpoint's trainer configuration has no "
+                                      f"{key!r}")
+            if not _same(saved[key], mine[key]):
+                hint = ("" if key in _MODEL_KEYS else
+                        " (a training setting: restore(..., strict=False) resumes with it changed, "
+                        "no longer bit-identical to an uninterrupted run)")
+                raise CheckpointError(
+                    f"{path}: checkpoint {key} {_fmt(saved[key])} != trainer's "
+                    f"{_fmt(mine[key])}{hint}"
+                )
+
+    def restore(self, path: str | os.PathLike, *, strict: bool = True) -> TrainState:
         """Load a state saved by :meth:`save` for this configuration.
 
+        Checks, after the file's integrity (see :mod:`~composition_jax.training.checkpoint`): the
+        schedule (type and parameters), the parameterization, the network configuration and the
+        parameter dtype; with ``strict`` also the training settings (weighting, time sampling,
+        time range, batch size, EMA, ``p_uncond``), since exact resumption needs them; then every
+        leaf's key path, shape and dtype (architecture and optimizer state). Numbers are compared
+        to float32 rounding. Optimizer hyperparameters (learning rate, ...) are not recorded.
+
         Raises:
-          CheckpointError: corrupt file, or a different architecture/optimizer (structure).
+          CheckpointError: corrupt, edited or old-format file, or the first difference in
+            configuration or structure, named (``checkpoint schedule VPSchedule(...) != trainer's
+            VESchedule(...)``, ``leaf params/params/Dense_0/kernel: shape (2, 64) in file,
+            (4, 64) expected``).
         """
+        name = os.fspath(path)
         target = jax.eval_shape(self.init, jax.random.key(0))
-        state, _ = load_checkpoint(path, target)
+        state, _ = load_checkpoint(
+            path, target, check_metadata=lambda meta: self._check_config(name, meta, strict))
         return state
 
 
