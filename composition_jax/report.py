@@ -14,21 +14,26 @@ is a *mismatch* when a definite observed verdict differs from the expected one. 
 make the run fail (exit code 1); inconclusive results are flagged in the summary, in the CLI
 output and in ``report.json`` (``inconclusive``), never silently counted as agreement.
 
-Atomicity: everything is written into a fresh temporary folder next to the target
-(``.<name>.tmp-XXXX``), ``report.json`` last; only when the run finished is the folder renamed
-onto the target (an existing target, allowed by ``force``, is first renamed aside and deleted
-after the swap). An interrupted run leaves at most a hidden temporary folder, never a target
-that looks complete. An existing non-empty target is refused without ``force``.
+Output folder (:mod:`composition_jax._outputs`): the target is checked before any work (not
+the current folder or its ancestors, not ``/`` or the home folder, a writable folder or a
+creatable path); everything is written into a hidden staging folder, ``report.json`` last, and
+only a finished run is moved into place (one atomic rename for a new folder). A manifest
+(``.composition-jax-manifest.json``) lists what the run wrote: ``force`` replaces exactly the
+outputs of the previous run and keeps every other file; a foreign file with the name of an
+output is refused. An interrupted run (an exception, ``KeyboardInterrupt``, SIGTERM under the
+command line) leaves the target as it was and no staging folder. An existing non-empty target
+is refused without ``force``.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import platform
-import shutil
+import re
+import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +41,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_out_dir", "environment", "learned_results", "reproduce", "status"]
+from ._outputs import OutputError, OutputExists, Staging, check_target
+
+__all__ = ["OutputError", "OutputExists", "check_out_dir", "environment", "expected_outputs",
+           "learned_results", "reproduce", "scenario_catalog", "status"]
+
+#: what to install for figures (every extra of pyproject.toml that has matplotlib: dev,
+#: notebooks, bench)
+FIGURES_HINT = 'pip install matplotlib, or pip install "composition-jax[dev]"'
 
 INCONCLUSIVE = "inconclusive"
 
@@ -68,14 +80,65 @@ def learned_results(quick: bool) -> list:
                            reasons=list(r["reasons"]), seconds=each) for r in recs]
 
 
-class OutputExists(Exception):
-    """The output folder exists and is not empty (and ``force`` is off)."""
+def expected_outputs(names: Sequence[str]) -> set[str]:
+    """File names a run over the scenarios ``names`` may write (learned experiments aside)."""
+    out = {"report.md", "report.json", "composition_gap.png"}
+    for n in names:
+        out |= {f"{n}_heatmap.png", f"{n}_scatter.png", f"{n}_length.png"}
+    return out
 
 
-def check_out_dir(out: Path, force: bool) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise OutputExists(
-            f"output folder {out} exists and is not empty; use --force to overwrite")
+def check_out_dir(out: Path, force: bool, names: Sequence[str] = ()) -> None:
+    """Raise :class:`OutputExists`/:class:`OutputError` when ``out`` cannot take a report (see
+    :func:`composition_jax._outputs.check_target`)."""
+    check_target(out, command="reproduce", force=force, outputs=expected_outputs(names))
+
+
+def scenario_catalog() -> list[tuple[str, str, str]]:
+    """``(name, expected outcome, one-line description)`` of every registered scenario, read
+    from the scenario functions' docstrings (``"... -> success"``); ``"?"`` when a docstring
+    does not state the outcome."""
+    from .verify import scenarios as sc
+
+    rows = []
+    for name, fn in sc.SCENARIOS.items():
+        doc = inspect.getdoc(fn) or ""
+        first = " ".join(doc.split("\n\n")[0].split()).replace("``", "")
+        first = re.sub(r"^\([a-z]\d?\)\s*", "", first)
+        head, _, tail = first.partition("->")
+        m = re.search(r"\b(success|failure)\b", tail)
+        rows.append((name, m.group(1) if m else "?", head.strip().rstrip(".:;,") or name))
+    return rows
+
+
+def _git_commit() -> tuple[str | None, bool | None]:
+    """``(commit, dirty)`` of the git checkout the package runs from, ``(None, None)`` when it
+    is not tracked by git (an installed wheel) or git is unavailable."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True,
+                              timeout=3, check=False)
+
+    try:
+        if git("ls-files", "--error-unmatch", "__init__.py").returncode != 0:
+            return None, None  # a git repository around an installed copy is not ours
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return None, None
+        st = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+        dirty = bool(st.stdout.strip()) if st.returncode == 0 else None
+        return head.stdout.strip() or None, dirty
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def environment() -> dict:
@@ -83,8 +146,11 @@ def environment() -> dict:
 
     import composition_jax as cj
 
+    commit, dirty = _git_commit()
     return {
         "composition_jax": cj.__version__,
+        "git_commit": commit,
+        "git_dirty": dirty,
         "jax": jax.__version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -248,13 +314,15 @@ def _learned_note(learned: str) -> list[str]:
 
 
 def _markdown(results, cfg, env, figs: dict, gap_fig: str | None, seconds: float,
-              learned: str = "off") -> str:
+              learned: str = "off", figures: bool = True) -> str:
     from .verify.scenarios import ALPHA, EFFECT_FLOORS
 
     L = ["# composition_jax: reproduction of Bradley et al. (2025), synthetic findings", ""]
     L.append(f"Mode **{cfg.mode}** (n = {cfg.n} samples per sampler, {cfg.steps} steps, "
              f"grid `{cfg.grid}`, VP schedule, t_min = {cfg.t_min}); {len(results)} scenarios "
              f"in {seconds:.0f} s. **{_headline(results)}**")
+    if not figures:
+        L += ["", f"*Figures skipped: matplotlib is not installed ({FIGURES_HINT}).*"]
     L += ["", "## Decision rule", "",
           f"A sampler's output is *projective* when no test of `cj.verify.projective` at "
           f"family-wise level alpha = {ALPHA} (Bonferroni over all tests) rejects with an effect "
@@ -324,7 +392,8 @@ def reproduce(out: str | os.PathLike, *, mode: str = "quick", force: bool = Fals
     Args:
       out: the report folder.
       mode: ``"minimal"`` (tests), ``"quick"`` or ``"full"``.
-      force: replace a non-empty ``out``.
+      force: replace the outputs of a previous run in ``out`` (listed in its manifest); other
+        files in ``out`` are kept.
       only: scenario names of the zoo (default all); does not select learned experiments.
       progress: progress bar / lines on stderr.
       learned: append the learned-model experiments; ``None`` = on in ``full`` mode, off in
@@ -332,24 +401,35 @@ def reproduce(out: str | os.PathLike, *, mode: str = "quick", force: bool = Fals
 
     Returns ``(exit_code, out_path)``: 1 when some definite observed verdict differs from the
     expected one (a *mismatch*), else 0; ``inconclusive`` results do not fail the run but are
-    listed in the report. Raises :class:`OutputExists` for a non-empty ``out`` without ``force``.
+    listed in the report. Raises :class:`OutputExists` for a non-empty ``out`` without
+    ``force``, :class:`OutputError` for an unusable ``out`` (both before any work) and
+    ``ValueError`` for an unknown scenario or mode. Without matplotlib the figures are skipped
+    (said once on stderr and in ``report.md``).
     """
     from .verify import scenarios as sc
 
-    out = Path(out)
-    check_out_dir(out, force)
     names = list(sc.SCENARIOS) if not only else list(only)
     for n in names:
         if n not in sc.SCENARIOS:
             raise ValueError(f"unknown scenario {n!r}; valid: {', '.join(sc.SCENARIOS)}")
     cfg = sc.Config.for_mode(mode)
+    target = check_target(out, command="reproduce", force=force,
+                          outputs=expected_outputs(names))
+    out = target.path
     if learned is None:
         learned = mode == "full"
     learned_state = "skipped" if (learned and mode == "minimal") else (
         "on" if learned else "off")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    figures = _has_matplotlib()
+    if not figures:
+        print(f"composition-jax reproduce: matplotlib is not installed: figures skipped "
+              f"({FIGURES_HINT})", file=sys.stderr, flush=True)
+
+    def draw(r, folder):
+        return _figures(r, folder) if figures else []
+
+    with Staging(target) as stage:
+        tmp = stage.path
         t0 = time.perf_counter()
         bar = None
         if progress:
@@ -367,7 +447,7 @@ def reproduce(out: str | os.PathLike, *, mode: str = "quick", force: bool = Fals
                 print(f"[{i + 1}/{len(names)}] {n}", file=sys.stderr, flush=True)
             r = sc.run_scenario(n, cfg)
             results.append(r)
-            figs[n] = _figures(r, tmp)
+            figs[n] = draw(r, tmp)
             if bar is not None:
                 bar.update(1)
         if bar is not None:
@@ -378,12 +458,12 @@ def reproduce(out: str | os.PathLike, *, mode: str = "quick", force: bool = Fals
                       file=sys.stderr, flush=True)
             for r in learned_results(quick=mode != "full"):
                 results.append(r)
-                figs[r.name] = _figures(r, tmp)
+                figs[r.name] = draw(r, tmp)
         seconds = time.perf_counter() - t0
         env = environment()
-        gap_fig = _gap_figure(results, tmp)
+        gap_fig = _gap_figure(results, tmp) if figures else None
         (tmp / "report.md").write_text(_markdown(results, cfg, env, figs, gap_fig, seconds,
-                                                    learned_state))
+                                                 learned_state, figures))
         st = {r.name: status(r) for r in results}
         payload = {
             "scenarios": [dict(r.to_dict(), status=st[r.name]) for r in results],
@@ -391,23 +471,13 @@ def reproduce(out: str | os.PathLike, *, mode: str = "quick", force: bool = Fals
             "mismatches": [n for n, v in st.items() if v == "mismatch"],
             "inconclusive": [n for n, v in st.items() if v == "inconclusive"],
             "learned": learned_state,
+            "figures": figures,
             "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
             "seconds": round(seconds, 2),
             "environment": env,
         }
         part = tmp / "report.json.part"
         part.write_text(json.dumps(_jsonable(payload), indent=1))
-        os.replace(part, tmp / "report.json")  # written last inside the temporary folder
-        # swap the finished folder into place
-        old = None
-        if out.exists():
-            check_out_dir(out, force)  # re-check: something may have appeared meanwhile
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "x")
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        os.replace(part, tmp / "report.json")  # written last inside the staging folder
+        stage.commit(last="report.json")
     return (1 if payload["mismatches"] else 0), out

@@ -37,9 +37,10 @@ def test_reproduce_writes_report_and_respects_force(tmp_path, capsys):
     assert "use --force" in capsys.readouterr().err
     assert (out / "marker.txt").read_text() == "keep"
 
-    # with --force it is replaced by a complete new report
+    # with --force the previous outputs are replaced by a complete new report; the file the
+    # tool did not write stays (tests/test_trust_outputs.py has the details)
     assert _run(out, "--force") == 0
-    assert not (out / "marker.txt").exists() and (out / "report.json").exists()
+    assert (out / "marker.txt").read_text() == "keep" and (out / "report.json").exists()
 
 
 def test_interrupted_run_leaves_no_complete_looking_report(tmp_path, monkeypatch):
@@ -48,13 +49,18 @@ def test_interrupted_run_leaves_no_complete_looking_report(tmp_path, monkeypatch
     def boom(cfg, key):
         raise RuntimeError("interrupted")
 
+    def ok(cfg, key):
+        return sc.ScenarioResult("ok", "instant", "success", "success", {"x": 1.0}, ["fake"])
+
     monkeypatch.setitem(sc.SCENARIOS, "boom", boom)
+    monkeypatch.setitem(sc.SCENARIOS, "ok", ok)
     old = tmp_path / "old"
-    old.mkdir()
-    (old / "report.json").write_text('{"old": true}')
+    report.reproduce(old, mode="minimal", only=["ok"], progress=False)  # an earlier run
+    before = (old / "report.json").read_text()
     with pytest.raises(RuntimeError, match="interrupted"):
         report.reproduce(old, mode="minimal", force=True, only=["boom"], progress=False)
-    assert json.loads((old / "report.json").read_text()) == {"old": True}
+    assert (old / "report.json").read_text() == before
+    assert not [p for p in old.iterdir() if p.name.startswith(".composition-jax-tmp")]
     fresh = tmp_path / "fresh"
     with pytest.raises(RuntimeError, match="interrupted"):
         report.reproduce(fresh, mode="minimal", only=["boom"], progress=False)
@@ -78,5 +84,6 @@ def test_mismatch_gives_nonzero_exit(tmp_path, monkeypatch):
 def test_unknown_scenario_is_an_error(tmp_path, capsys):
     assert cli.main(["reproduce", "--out", str(tmp_path / "x"), "--only", "nope",
                      "--no-progress"]) == 2
-    assert "unknown scenario 'nope'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown scenario 'nope'" in err and "--list" in err
     assert not (tmp_path / "x").exists()

@@ -5,6 +5,11 @@ record per (implementation, problem, size), with the machine and versions), PNG 
 printed table of ratios to composition_jax. Implementations are checked to give the same law:
 their sample means agree with composition_jax's within a Bonferroni-corrected z-test derived
 from ``n``.
+
+Output writing: :func:`run_bench` writes into the folder it is given (the command line gives it
+a staging folder, see :mod:`composition_jax._outputs`, and moves the outputs into ``--out`` at
+the end). ``results.json`` is rewritten atomically after every measurement with
+``"complete": false`` and a last time with ``"complete": true``; files get the user's umask.
 """
 
 from __future__ import annotations
@@ -15,14 +20,16 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from .impls import available
 from .problem import QUICK_SIZES, SIZES
 
-__all__ = ["run_bench", "measure_ceilings", "agreement", "failures", "ratio_table"]
+__all__ = ["OUTPUTS", "agreement", "failures", "measure_ceilings", "ratio_table", "run_bench"]
+
+#: every file a run may write into its folder (``results.json`` is the completion marker)
+OUTPUTS = ("results.json", "table.md", "scaling.png", "memory.png", "compare.png")
 
 
 def _worker(spec: dict, env_extra: dict | None = None, timeout: float = 3600) -> dict:
@@ -31,7 +38,8 @@ def _worker(spec: dict, env_extra: dict | None = None, timeout: float = 3600) ->
     if env_extra:
         env.update(env_extra)
     cmd = [sys.executable, "-m", "composition_jax.bench.worker", json.dumps(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout,
+                          check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
@@ -167,8 +175,8 @@ def run_bench(out_dir: str | Path, quick: bool = False, impls: list[str] | None 
               ) -> dict:
     """Run the suite and write ``results.json``, ``table.md`` and plots into ``out_dir``.
 
-    ``results.json`` is rewritten after every measurement, so an interrupted run keeps what it
-    measured. ``sizes``/``ks``/``steps``/``repeats``/``scaling``/``methods``/``budget_s``
+    ``results.json`` is rewritten after every measurement (``"complete": false``), so an
+    interrupted run keeps what it measured; the last write has ``"complete": true``. ``sizes``/``ks``/``steps``/``repeats``/``scaling``/``methods``/``budget_s``
     override the standard (or ``quick``) configuration, e.g. for a tiny end-to-end test.
     """
     out_dir = Path(out_dir)
@@ -235,11 +243,11 @@ def run_bench(out_dir: str | Path, quick: bool = False, impls: list[str] | None 
                         impls)
     if scaling and not quick:  # (quick: its second size has N = 1k already)
         # N = 1k, where per-step overhead matters most
-        compare(dict(d=2, K=8, n=1000, k=1, steps=steps, method="euler_maruyama",
-                     repeats=repeats, seed=0), impls)
+        compare({"d": 2, "K": 8, "n": 1000, "k": 1, "steps": steps,
+                 "method": "euler_maruyama", "repeats": repeats, "seed": 0}, impls)
     if scaling:  # 2. scaling of composition_jax
-        sc = dict(impl="composition_jax", steps=steps, method="euler_maruyama", repeats=repeats,
-                  group="scaling")
+        sc = {"impl": "composition_jax", "steps": steps, "method": "euler_maruyama",
+              "repeats": repeats, "group": "scaling"}
         ns = (1000, 4000) if quick else (1000, 10_000, 100_000, 400_000)
         for n in ns:
             go(dict(sc, d=2, K=8, k=1, n=n, axis="N"))
@@ -256,18 +264,19 @@ def run_bench(out_dir: str | Path, quick: bool = False, impls: list[str] | None 
     return _finish(records, env, ceil, quick, out_dir, progress)
 
 
-def _write(records, env, ceil, quick, out_dir) -> dict:
+def _write(records, env, ceil, quick, out_dir, complete: bool = False) -> dict:
     """Attach rooflines and (re)write ``results.json``; returns the result."""
     for rec in records:
         if rec.get("impl") in CJ_IMPLS and "error" not in rec:
             rec["roofline"] = _roofline(rec, ceil)
-    result = {"environment": env, "ceilings": ceil, "quick": quick, "records": records}
+    result = {"environment": env, "ceilings": ceil, "quick": quick, "complete": complete,
+              "records": records}
     _atomic_json(out_dir / "results.json", result)
     return result
 
 
 def _finish(records, env, ceil, quick, out_dir, progress) -> dict:
-    result = _write(records, env, ceil, quick, out_dir)
+    result = _write(records, env, ceil, quick, out_dir, complete=True)
     table = ratio_table(result)
     (out_dir / "table.md").write_text(table)
     progress(table)
@@ -291,10 +300,16 @@ def failures(result: dict) -> list[str]:
 
 
 def _atomic_json(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    """Write ``path`` through ``<path>.part`` and an atomic rename (mode from the umask, unlike
+    ``tempfile.mkstemp``'s 0600)."""
+    part = path.with_name(path.name + ".part")
+    try:
+        with open(part, "w") as f:
+            json.dump(obj, f, indent=1)
+        os.replace(part, path)
+    finally:
+        if os.path.lexists(part):
+            os.unlink(part)
 
 
 def _label(r: dict) -> str:
@@ -306,8 +321,8 @@ def ratio_table(result: dict) -> str:
     composition_jax configuration (and of single-device composition_jax) over it."""
     recs = [r for r in result["records"] if r.get("group") == "compare" and "error" not in r]
     lines = [
-        "| problem | method | implementation | particle-steps/s | first call (s) | peak RSS (MB) "
-        "| cj speed-up (best / 1 device) | same law (max z / thr) |",
+        ("| problem | method | implementation | particle-steps/s | first call (s) | peak RSS (MB) "
+         "| cj speed-up (best / 1 device) | same law (max z / thr) |"),
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in recs:
@@ -328,8 +343,9 @@ def ratio_table(result: dict) -> str:
         )
     roof = [r for r in result["records"] if "roofline" in r and r.get("group") == "compare"]
     if roof:
-        lines += ["", "| problem | method | implementation | binding ceiling | floor ps/s "
-                  "| fraction of binding ceiling | of additive bound (matmul + normals + memory) |",
+        lines += ["", ("| problem | method | implementation | binding ceiling | floor ps/s "
+                       "| fraction of binding ceiling | of additive bound (matmul + normals + "
+                       "memory) |"),
                   "|---|---|---|---|---|---|---|"]
         for r in roof:
             rf = r["roofline"]
