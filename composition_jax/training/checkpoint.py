@@ -259,7 +259,7 @@ def _first_difference(saved: list, want: list) -> str | None:
     extra = [p for p, _, _ in saved if p not in want_paths]
     if extra:
         return (f"leaf {_show(extra[0])} in file is not in the target "
-                f"({len(extra)} extra leaf{'s' if len(extra) > 1 else ''})")
+                f"({len(extra)} extra {'leaf' if len(extra) == 1 else 'leaves'})")
     return None
 
 
