@@ -1,8 +1,10 @@
 """optax denoising-score-matching training, checkpoints, and score accuracy against exact scores.
 
-``DSMTrainer`` (jitted fused steps, EMA, progress bar, exact resumption), ``save_checkpoint`` /
-``load_checkpoint`` (atomic, fingerprinted), ``fisher_divergence`` (per-time score error against
-``cj.diffuse(dist, schedule)``).
+``DSMTrainer`` (jitted fused steps, EMA, progress bar, exact resumption; its checkpoints record
+and check the schedule, parameterization, network and training settings), ``save_checkpoint`` /
+``load_checkpoint`` (atomic; one SHA-256 over header and payload; every leaf's path, shape and
+dtype checked; :class:`CheckpointError`, a ``ValueError``, names the first problem),
+``fisher_divergence`` (per-time score error against ``cj.diffuse(dist, schedule)``).
 """
 
 from .checkpoint import (
