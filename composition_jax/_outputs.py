@@ -329,9 +329,10 @@ class Staging:
         self.discard()
 
     def discard(self) -> None:
-        """Remove the staging folder (if still there)."""
+        """Remove the staging folder (if still there; a second Ctrl-C waits for it)."""
         if os.path.lexists(self.path):
-            shutil.rmtree(self.path, ignore_errors=True)
+            with deferred_signals():
+                shutil.rmtree(self.path, ignore_errors=True)
 
     def entries(self) -> list[str]:
         """What the run wrote (top-level names; ``*.part`` files are unfinished writes)."""

@@ -64,7 +64,7 @@ def _fail(command: str, message: str) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ._outputs import Staging, Terminated, check_target
+    from ._outputs import Staging, check_target
     from .bench.harness import OUTPUTS, failures, run_bench
 
     target = check_target(args.out, command="bench", force=args.force, outputs=OUTPUTS)
@@ -77,8 +77,8 @@ def _bench(args: argparse.Namespace) -> int:
             result = run_bench(stage.path, quick=args.quick, impls=impls, ks=ks,
                                repeats=args.repeats, scaling=not args.no_scaling,
                                methods=methods, budget_s=args.budget)
-        except (KeyboardInterrupt, Terminated):
-            if (stage.path / "results.json").exists():  # keep what was measured, flagged
+        except BaseException:  # interrupted or failed: keep what was measured, flagged
+            if (stage.path / "results.json").exists():
                 stage.commit(last="results.json")
                 print(f"composition-jax bench: partial results (\"complete\": false) in "
                       f"{out / 'results.json'}", file=sys.stderr)

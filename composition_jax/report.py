@@ -95,19 +95,24 @@ def check_out_dir(out: Path, force: bool, names: Sequence[str] = ()) -> None:
 
 
 def scenario_catalog() -> list[tuple[str, str, str]]:
-    """``(name, expected outcome, one-line description)`` of every registered scenario, read
-    from the scenario functions' docstrings (``"... -> success"``); ``"?"`` when a docstring
-    does not state the outcome."""
+    """``(name, expected outcome, one-line description)`` of every registered scenario: the
+    registry's declared ``expected``/``description`` where the entry has them, else read from
+    the function's docstring (``"... -> success"``; ``"?"`` when it does not say)."""
     from .verify import scenarios as sc
 
     rows = []
-    for name, fn in sc.SCENARIOS.items():
-        doc = inspect.getdoc(fn) or ""
-        first = " ".join(doc.split("\n\n")[0].split()).replace("``", "")
-        first = re.sub(r"^\([a-z]\d?\)\s*", "", first)
-        head, _, tail = first.partition("->")
-        m = re.search(r"\b(success|failure)\b", tail)
-        rows.append((name, m.group(1) if m else "?", head.strip().rstrip(".:;,") or name))
+    for name, spec in sc.SCENARIOS.items():
+        expected = getattr(spec, "expected", None)
+        desc = getattr(spec, "description", None) or getattr(spec, "title", None)
+        if expected is None or not desc:
+            doc = inspect.getdoc(getattr(spec, "fn", spec)) or ""
+            first = " ".join(doc.split("\n\n")[0].split()).replace("``", "")
+            first = re.sub(r"^\([a-z]\d?\)\s*", "", first)
+            head, _, tail = first.partition("->")
+            m = re.search(r"\b(success|failure)\b", tail)
+            expected = expected or (m.group(1) if m else "?")
+            desc = desc or head.strip().rstrip(".:;,") or name
+        rows.append((name, str(expected), " ".join(str(desc).split())))
     return rows
 
 
@@ -440,18 +445,20 @@ def reproduce(out: str | os.PathLike, *, mode: str = "quick", force: bool = Fals
             except ImportError:
                 bar = None
         results, figs = [], {}
-        for i, n in enumerate(names):
+        try:
+            for i, n in enumerate(names):
+                if bar is not None:
+                    bar.set_postfix_str(n)
+                elif progress:
+                    print(f"[{i + 1}/{len(names)}] {n}", file=sys.stderr, flush=True)
+                r = sc.run_scenario(n, cfg)
+                results.append(r)
+                figs[n] = draw(r, tmp)
+                if bar is not None:
+                    bar.update(1)
+        finally:  # also on an interrupt: the bar's last line comes before any message
             if bar is not None:
-                bar.set_postfix_str(n)
-            elif progress:
-                print(f"[{i + 1}/{len(names)}] {n}", file=sys.stderr, flush=True)
-            r = sc.run_scenario(n, cfg)
-            results.append(r)
-            figs[n] = draw(r, tmp)
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
+                bar.close()
         if learned_state == "on":
             if progress:
                 print("learned-model experiments (training or cache, then sampling) ...",

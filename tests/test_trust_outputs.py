@@ -371,6 +371,19 @@ def test_bench_sigterm_keeps_partial_results_flagged(tmp_path):
     assert _hidden(out) == [] and _hidden(tmp_path) == []
 
 
+def test_bench_failure_keeps_partial_results_and_exits_3(tmp_path, monkeypatch, capsys):
+    def broken(out_dir, **kw):
+        harness._write([{"impl": "numpy"}], {}, {}, True, Path(out_dir))
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(harness, "run_bench", broken)
+    out = tmp_path / "b"
+    assert cli.main(["bench", "--out", str(out)]) == 3
+    assert "RuntimeError: a bug" in capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text())["complete"] is False
+    assert _hidden(tmp_path) == []
+
+
 def test_signals_during_a_commit_are_deferred(tmp_path):
     from composition_jax import _outputs
 
@@ -428,6 +441,15 @@ def test_list_prints_the_scenarios(capsys, tmp_path, monkeypatch):
     assert set(rows.values()) <= {"success", "failure"}
     assert all(len(line.split(maxsplit=2)) == 3 for line in out.splitlines()[1:])
     assert list(tmp_path.iterdir()) == []  # --list writes nothing
+
+    def plain(cfg, key):
+        """(z9) A plain function standing in for a scenario: its docstring says -> failure."""
+
+    monkeypatch.setitem(sc.SCENARIOS, "plain", plain)
+    assert cli.main(["reproduce", "--list"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1].split(maxsplit=2)
+    desc = "A plain function standing in for a scenario: its docstring says"
+    assert last == ["plain", "failure", desc]
 
 
 def test_help_shows_defaults_exit_codes_and_runtime(capsys):
