@@ -216,8 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "cache, less once cached; in quick mode the ring composition over "
                             "the empty background and configuration C come out "
                             "'inconclusive'); never with --size minimal. Parameters are cached "
-                            "in $COMPOSITION_JAX_CACHE (default: a temporary folder), not in "
-                            "--out")
+                            "in $COMPOSITION_JAX_CACHE (default: $XDG_CACHE_HOME/composition_jax, "
+                            "else ~/.cache/composition_jax; a folder other users can write is "
+                            "ignored), not in --out")
     p_rep.set_defaults(func=_reproduce)
 
     p_bench = sub.add_parser(

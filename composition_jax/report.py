@@ -5,7 +5,8 @@ Learned-model experiments (:func:`composition_jax.experiments.run_learned_experi
 generalization on blob scenes, learned 4-D ring composition vs the exact one) are appended after
 the zoo when ``learned`` is on: by default in ``full`` mode, off in ``quick`` (the zoo alone
 fills the quick budget) and always off in ``minimal``. Their trained parameters live in the
-experiments' cache (``$COMPOSITION_JAX_CACHE`` or a temporary folder), never in ``out``, so they
+experiments' cache (``$COMPOSITION_JAX_CACHE``, else ``$XDG_CACHE_HOME/composition_jax`` or
+``~/.cache/composition_jax``), never in ``out``, so they
 survive ``--force``.
 
 Verdict status: a result *agrees* when observed == expected, is *inconclusive* when the
@@ -304,7 +305,8 @@ def _learned_note(learned: str) -> list[str]:
     return ["", "## Learned-model experiments", "", {
         "on": "Included (length generalization on blob scenes, configurations A/B/C; learned "
               "4-D ring composition vs the exact composition); trained parameters come from the "
-              "experiments' cache (`$COMPOSITION_JAX_CACHE` or a temporary folder) when "
+              "experiments' cache (`$COMPOSITION_JAX_CACHE`, else `$XDG_CACHE_HOME/composition_jax` or "
+              "`~/.cache/composition_jax`) when "
               "present. Their verdicts are computed from the samples (Wilson intervals / the "
               "zoo's projective decision rule, with a model-error control for the learned "
               "ring models); a verdict the statistics cannot settle at this size is reported "
