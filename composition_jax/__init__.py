@@ -29,6 +29,8 @@ from .compose import (
     linear_combination,
 )
 from . import verify
+from .distributions import FactorMixture
+from .mixture_of_models import MixtureOfModels
 
 __version__ = "0.1.0"
 
@@ -71,4 +73,6 @@ __all__ = [
     "guidance",
     "linear_combination",
     "verify",
+    "FactorMixture",
+    "MixtureOfModels",
 ]

@@ -3,6 +3,7 @@
 from .base import Distribution
 from .diffuse import Diffused, diffuse
 from .empirical import Empirical
+from .factor_mixture import FactorMixture
 from .gaussian import Gaussian, GaussianMixture
 from .product import Product, normalize_blocks
 from .pushforward import LinearPushforward
@@ -11,6 +12,7 @@ __all__ = [
     "Diffused",
     "Distribution",
     "Empirical",
+    "FactorMixture",
     "Gaussian",
     "GaussianMixture",
     "LinearPushforward",
