@@ -204,7 +204,8 @@ class _NanBelow:
 def test_nonfinite_reported_and_checkify(key):
     sch = SCHEDULES["vp"]
     bad, good = _NanBelow(jnp.asarray(0.5)), _NanBelow(jnp.asarray(-1.0))
-    r = cj.sample(key, bad, sch, (8, 2), steps=10, return_info=True)
+    with pytest.warns(cj.NonFiniteWarning, match="8 of 8 particles"):
+        r = jax.block_until_ready(cj.sample(key, bad, sch, (8, 2), steps=10, return_info=True))
     assert int(r.info.nonfinite[0]) == 0 and int(r.info.nonfinite[-1]) == 8
     assert int(r.info.nonfinite_final) == 8
     with pytest.raises(Exception, match="non-finite"):

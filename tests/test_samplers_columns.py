@@ -102,10 +102,12 @@ def test_columns_count_nonfinite_particles(key, small_tiles):
     """A score that overflows for x > 1 blows up some particles; both layouts count the same
     ones (padding particles are not counted)."""
     bad = cj.as_model(lambda x, t: jnp.where(x > 1.0, jnp.float32(3e38), -x))
-    a = cj.sample(key, bad, SCH, (50, 2), steps=4, layout="rows", return_info=True,
-                  denoise_final=False)
-    b = cj.sample(key, bad, SCH, (50, 2), steps=4, layout="columns", return_info=True,
-                  denoise_final=False)
+    with pytest.warns(cj.NonFiniteWarning, match="particles are non-finite"):
+        a = jax.block_until_ready(cj.sample(key, bad, SCH, (50, 2), steps=4, layout="rows",
+                                              return_info=True, denoise_final=False))
+    with pytest.warns(cj.NonFiniteWarning, match="particles are non-finite"):
+        b = jax.block_until_ready(cj.sample(key, bad, SCH, (50, 2), steps=4, layout="columns",
+                                              return_info=True, denoise_final=False))
     assert int(a.info.nonfinite[-1]) > 0
     np.testing.assert_array_equal(a.info.nonfinite, b.info.nonfinite)
 

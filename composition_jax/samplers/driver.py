@@ -16,12 +16,24 @@ Design:
   ``k``-th state through a nested scan.
 * ``mesh=``: particles are sharded along the mesh's batch axis for the whole run with
   ``with_sharding_constraint`` on the state and the noise (no gather).
+* No silent non-finite output (``nonfinite=``): the compiled program counts the non-finite
+  final particles (one pass over ``(n, d)``) and, only when the count is positive
+  (``lax.cond``), calls the host with ``jax.debug.callback`` to warn. Nothing is sent to the
+  host and nothing waits when the count is 0, so eager calls keep asynchronous dispatch and the
+  same code runs under the caller's ``jit``. The report is a ``custom_vmap`` whose batching rule
+  sums the counts, so ``vmap`` of ``cj.sample`` gives ONE report, and it sits outside
+  ``shard_map``, so a sharded run gives one, not one per device. ``nonfinite="raise"`` returns
+  the count instead and raises on the host when called eagerly (the one mode that waits).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import warnings
+import weakref
+from collections import OrderedDict
 from typing import Any, NamedTuple
 
 import jax
@@ -32,13 +44,13 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from .._pytree import pytree_dataclass, static_field
 from ..schedules import Schedule
-from .grids import GRIDS, time_grid
 from . import noise
+from .grids import GRIDS, time_grid
 from .kernels import KERNELS, Kernel, draw_normals, draw_uniforms, has_log_prob, model_denoise
 
 __all__ = [
-    "SampleInfo", "SampleResult", "ScoreFunctionModel", "as_model", "particle_mesh", "sample",
-    "trace_count",
+    "CompositionWarning", "NonFiniteError", "NonFiniteWarning", "SampleInfo", "SampleResult",
+    "ScoreFunctionModel", "as_model", "particle_mesh", "sample", "trace_count",
 ]
 
 _TRACES = [0]
@@ -148,10 +160,290 @@ class _Config:
     has_x_init: bool
     options: tuple
     layout: str = "rows"
+    nonfinite: str = "warn"  # "ignore" also when check=True (checkify reports it)
 
     @property
     def opts(self) -> dict:
         return dict(self.options)
+
+
+# --------------------------------------------------------------------------------- trust
+class NonFiniteWarning(RuntimeWarning):
+    """``cj.sample`` returned particles with a ``nan``/``inf`` coordinate
+    (``nonfinite="warn"``, the default). Silence with ``nonfinite="ignore"`` or the
+    ``warnings`` module (``warnings.filterwarnings("ignore", category=cj.NonFiniteWarning)``)."""
+
+
+class NonFiniteError(FloatingPointError, RuntimeError):
+    """``cj.sample(..., nonfinite="raise")`` produced particles with a ``nan``/``inf`` coordinate.
+
+    Raised as is when ``cj.sample`` is called eagerly. Under the caller's ``jit`` it is raised
+    by a host callback while the program runs, and JAX reports it as a
+    ``jax.errors.JaxRuntimeError`` (a ``RuntimeError``) whose message contains this one: catch
+    ``RuntimeError`` to handle both.
+    """
+
+
+class CompositionWarning(UserWarning):
+    """The model is a composition whose exact ``t = 0`` law is known not to exist (e.g. not
+    normalizable: ``cj.composed_distribution`` raises ``ValueError`` for the same inputs), so the
+    samples, finite as they may be, approximate no distribution."""
+
+
+NONFINITE_MODES = ("warn", "raise", "ignore")
+_NO_STEP = np.iinfo(np.int32).max
+
+
+def _nonfinite_message(count: int, n: int, steps: int, first: int, t_first: float,
+                       mode: str = "warn") -> str:
+    """The text of the non-finite report. ``first``: index of the first step after which a
+    particle was non-finite, ``steps`` when every step ended finite (the final denoising made
+    them), ``-1`` when the per-step counts were not kept (``return_info=False``)."""
+    if 0 <= first < steps:
+        where = f"; the first appeared after step {first} of {steps} (t = {t_first:.4g})"
+    elif first == steps:
+        where = ("; every particle was finite after the last step: the final denoising step "
+                 "(denoise_final=True) produced them")
+    else:
+        where = ""
+    return (
+        f"cj.sample: {count} of {n} particles are non-finite (nan/inf) at the end of the "
+        f"run{where}. The score or the step overflowed (a large guidance scale or weight, too "
+        "few steps, a model evaluated outside its range). Investigate with return_info=True "
+        "(info.nonfinite: the count after each step) or check=True (raises at the first bad "
+        "step); "
+        + ("pass nonfinite='warn' or 'ignore' to get the samples anyway." if mode == "raise" else
+           "pass nonfinite='raise' to make this an error or nonfinite='ignore' to silence it.")
+    )
+
+
+def _on_nonfinite(mode: str, n: int, steps: int, count, first, t_first) -> None:
+    """Host side of the report (runs in a ``jax.debug.callback``, only when ``count > 0``)."""
+    msg = _nonfinite_message(int(count), n, steps, int(first), float(t_first), mode)
+    if mode == "raise":
+        raise NonFiniteError(msg)
+    warnings.warn(msg, NonFiniteWarning, stacklevel=1)
+
+
+@functools.lru_cache(maxsize=512)
+def _reporter(mode: str, n: int, steps: int):
+    """``report(count, first, t_first)``: a host callback under ``lax.cond(count > 0)``.
+
+    A ``custom_vmap``: the ``vmap`` rule sums the counts (and keeps the earliest step) and makes
+    ONE unbatched report over ``axis_size * n`` particles, instead of JAX's default of unrolling
+    one callback per batch element (and running it unconditionally, ``cond`` becoming
+    ``select``). Returns ``count`` (unused; the callback's effect keeps the call alive).
+    """
+
+    @jax.custom_batching.custom_vmap
+    def report(count, first, t_first):
+        jax.lax.cond(
+            count > 0,
+            lambda: jax.debug.callback(
+                functools.partial(_on_nonfinite, mode, n, steps), count, first, t_first
+            ),
+            lambda: None,
+        )
+        return count
+
+    @report.def_vmap
+    def _rule(axis_size, in_batched, count, first, t_first):
+        c_b, f_b, t_b = in_batched
+        total = jnp.sum(count) if c_b else count * axis_size
+        if f_b:
+            masked = jnp.where(first < 0, _NO_STEP, first)
+            j = jnp.argmin(masked)
+            f = jnp.where(masked[j] == _NO_STEP, -1, masked[j])
+            t = t_first[j] if t_b else t_first
+        else:
+            f = first
+            t = jnp.min(t_first) if t_b else t_first
+        return _reporter(mode, n * axis_size, steps)(total, f, t), False
+
+    return report
+
+
+def _nonfinite_stats(x, per_step, times, steps: int) -> tuple:
+    """``(count, first, t_first)`` of the final particles ``x (n, d)`` (see
+    :func:`_nonfinite_message`); ``per_step`` is ``None`` when the per-step counts are not kept
+    (counting them would cost one more pass over the particles per step)."""
+    count = jnp.sum(~jnp.all(jnp.isfinite(x), axis=-1)).astype(jnp.int32)
+    if per_step is None:
+        return count, jnp.int32(-1), jnp.asarray(jnp.nan, times.dtype)
+    bad = per_step > 0
+    first = jnp.where(jnp.any(bad), jnp.argmax(bad), steps).astype(jnp.int32)
+    return count, first, times[jnp.minimum(first + 1, steps)]
+
+
+def _check_nonfinite_mode(nonfinite: Any) -> str:
+    if not isinstance(nonfinite, str) or nonfinite not in NONFINITE_MODES:
+        raise ValueError(
+            f"nonfinite must be one of {NONFINITE_MODES} (what to do when particles end "
+            f"non-finite), got {nonfinite!r}"
+        )
+    return nonfinite
+
+
+@functools.lru_cache(maxsize=8)
+def _legacy_key_shape(impl: str) -> tuple:
+    del impl  # the cache key: the default PRNG implementation fixes the raw key's shape
+    return tuple(jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape)
+
+
+def check_key(key: Any, name: str = "key") -> None:
+    """A typed key of shape ``()`` (``jax.random.key(seed)``) or a legacy raw ``uint32`` key
+    (``jax.random.PRNGKey(seed)``); anything else raises ``TypeError`` naming ``name``."""
+    legacy = _legacy_key_shape(str(jax.config.jax_default_prng_impl))
+    shape, dtype = getattr(key, "shape", None), getattr(key, "dtype", None)
+    if isinstance(key, (jax.Array, np.ndarray)):
+        if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            if shape == ():
+                return
+            found = (f"an array of {math.prod(shape)} keys (shape {shape}); pass one key, or "
+                     "jax.vmap over the keys")
+        elif dtype == np.uint32 and shape == legacy:
+            return
+        else:
+            found = f"an array of shape {shape} and dtype {dtype}"
+    else:
+        found = f"{type(key).__name__} {key!r}"
+    raise TypeError(
+        f"{name} must be a JAX PRNG key: pass jax.random.key(seed) (a legacy uint32 key of shape "
+        f"{legacy} from jax.random.PRNGKey(seed) also works); got {found}"
+    )
+
+
+# Exact-law check of compositions (Python time, once per model: cached on the identity of the
+# arrays involved, which JAX never mutates).
+_MAX_LAW_COMPONENTS = 4096
+_LAW_CACHE: OrderedDict = OrderedDict()
+_LAW_CACHE_SIZE = 32
+
+
+def _n_components(dist: Any) -> int | None:
+    """Components of ``dist`` seen as one Gaussian mixture; ``None`` for other families."""
+    from ..distributions import Gaussian, GaussianMixture, LinearPushforward, Product
+
+    if isinstance(dist, Gaussian):
+        return 1
+    if isinstance(dist, GaussianMixture):
+        return int(dist.means.shape[0])
+    if isinstance(dist, LinearPushforward):
+        return _n_components(dist.closed if dist.closed is not None else dist.base)
+    if isinstance(dist, Product):
+        ks = [_n_components(f) for f in dist.factors]
+        return None if any(k is None for k in ks) else math.prod(ks)
+    return None
+
+
+def _law_tree(model: Any):
+    """``(kind, clean laws, weights)`` of a ``compose``/``guidance``/``linear_combination`` of
+    ``cj.diffuse`` families, else ``None``."""
+    from ..compose import Composition, LinearCombination
+    from ..distributions import Diffused
+
+    if isinstance(model, Composition):
+        kind, models = "compose", (model.background,) + tuple(model.conditionals)
+    elif isinstance(model, LinearCombination):
+        kind, models = "linear", tuple(model.models)
+    else:
+        return None
+    if len(models) < 2 or not all(isinstance(m, Diffused) for m in models):
+        return None
+    return kind, [m.dist for m in models], model.weights
+
+
+def _law_inputs(kind: str, dists: list, w: Any):
+    """``(background, conditionals, weights)`` for ``composed_distribution``, or ``None`` when
+    the numbers are traced, the law is not a composition, or it would cost too much."""
+    from .._checks import is_concrete
+    from ..distributions import Gaussian
+
+    if not is_concrete(dists, w):
+        return None
+    w = np.asarray(w, np.float64)
+    if kind == "linear":
+        # prod_i p_i^{w_i} = C[p_0; p_1..] with weights w_1.. when sum w = 1; a product of
+        # Gaussians only rescales its precision by s = sum w > 0, so compose with w / s
+        s = float(w.sum())
+        if abs(s - 1.0) > 1e-6:
+            if s <= 0 or not all(isinstance(d, Gaussian) for d in dists):
+                return None
+            w = w / s
+        w = w[1:]
+    bg, conds = dists[0], dists[1:]
+    exps = [1.0 - float(w.sum())] + [float(v) for v in w]
+    size = 1
+    for d, e in zip(dists, exps):
+        k = _n_components(d)
+        if k is None:
+            return None
+        size *= k ** max(0, math.ceil(e - 1e-6))
+        if size > _MAX_LAW_COMPONENTS:  # the exact product mixture would cost too much
+            return None
+    return bg, list(conds), w
+
+
+def _law_problem(tree: tuple) -> str | None:
+    """Why the exact ``t = 0`` law does not exist (the ``ValueError`` of
+    ``composed_distribution``), or ``None`` (it exists, has no closed form, or is unknown)."""
+    try:
+        args = _law_inputs(*tree)
+    except Exception:  # noqa: BLE001 - a diagnostic never breaks sampling
+        return None
+    if args is None:
+        return None
+    from .._compose_exact import composed_distribution
+
+    bg, conds, w = args
+    try:
+        # evaluated now, also when cj.sample is being traced by the caller's jit (the numbers
+        # are concrete; without this the operations would be staged and their values unknown)
+        with jax.ensure_compile_time_eval():
+            composed_distribution(bg, conds, jnp.asarray(w, jnp.result_type(float)))
+    except ValueError as e:
+        return str(e) if "not normalizable" in str(e) else None
+    except Exception:  # noqa: BLE001 - NotImplementedError (no closed form) and the like
+        return None
+    return None
+
+
+def _law_problem_cached(tree: tuple) -> str | None:
+    leaves, treedef = jax.tree.flatten(tree[1:])
+    try:
+        refs = tuple(weakref.ref(leaf) for leaf in leaves)
+        key = (tree[0], treedef, tuple(map(id, leaves)))
+        hash(key)
+    except TypeError:  # a leaf that is not weak-referenceable, or unhashable static data
+        return _law_problem(tree)
+    hit = _LAW_CACHE.get(key)
+    if hit is not None and all(r() is leaf for r, leaf in zip(hit[0], leaves)):
+        _LAW_CACHE.move_to_end(key)
+        return hit[1]
+    problem = _law_problem(tree)
+    _LAW_CACHE[key] = (refs, problem)
+    while len(_LAW_CACHE) > _LAW_CACHE_SIZE:
+        _LAW_CACHE.popitem(last=False)
+    return problem
+
+
+def warn_if_no_law(model: Any, stacklevel: int = 3) -> None:
+    """Warn (:class:`CompositionWarning`) when ``model`` composes ``cj.diffuse`` families with
+    concrete weights whose exact ``t = 0`` law does not exist. Silent when there is no closed
+    form, when numbers are traced, or when the exact product mixture would exceed
+    ``_MAX_LAW_COMPONENTS`` components. Never changes the samples."""
+    tree = _law_tree(model)
+    if tree is None:
+        return
+    problem = _law_problem_cached(tree)
+    if problem is not None:
+        warnings.warn(
+            "cj.sample: this composition has no t = 0 law to converge to, so its samples (finite "
+            "as they may be) approximate no distribution; cj.composed_distribution raises for "
+            f"the same inputs: {problem}",
+            CompositionWarning,
+            stacklevel=stacklevel,
+        )
 
 
 # --------------------------------------------------------------------------------- validation
@@ -180,7 +472,7 @@ def resolve_method(method: str, options: dict) -> tuple[Kernel, dict]:
 
 _DRIVER_OPTIONS = (
     "grid", "rho", "denoise_final", "record_every", "return_info", "check", "mesh", "batch_axis",
-    "x_init", "dtype", "layout",
+    "x_init", "dtype", "layout", "nonfinite",
 )
 
 
@@ -311,16 +603,30 @@ def _run(key, model, schedule, x_init, cfg: _Config):
     finite = jnp.all(jnp.isfinite(x), axis=-1)
     if cfg.check:
         checkify.check(jnp.all(finite), "non-finite final samples")
-    if not cfg.return_info:
-        return x
-    info = SampleInfo(
-        times=times,
-        nonfinite=infos["nonfinite"],
-        nonfinite_final=jnp.sum(~finite).astype(jnp.int32),
-        acceptance=infos.get("acceptance"),
-        step_size=infos.get("step_size"),
-    )
-    return SampleResult(x, info, traj)
+    out = x
+    if cfg.return_info:
+        info = SampleInfo(
+            times=times,
+            nonfinite=infos["nonfinite"],
+            nonfinite_final=jnp.sum(~finite).astype(jnp.int32),
+            acceptance=infos.get("acceptance"),
+            step_size=infos.get("step_size"),
+        )
+        out = SampleResult(x, info, traj)
+    return _finish(out, x, infos["nonfinite"] if cfg.return_info else None, times, cfg)
+
+
+def _finish(out, x, per_step, times, cfg: _Config):
+    """Attach the non-finite report to a run's output (see ``nonfinite`` in ``cj.sample``):
+    "warn" stages the conditional host callback into the program; "raise" returns the
+    statistics next to the output for ``sample`` to check (eager) or report (traced)."""
+    if cfg.nonfinite == "ignore":
+        return out
+    stats = _nonfinite_stats(x, per_step, times, cfg.steps)
+    if cfg.nonfinite == "raise":
+        return out, stats
+    _reporter("warn", cfg.shape[0], cfg.steps)(*stats)
+    return out
 
 
 # --------------------------------------------------------------------------------- columns
@@ -420,12 +726,14 @@ def _run_columns(key, model, schedule, x_init, cfg: _Config):
         x = jax.lax.with_sharding_constraint(x, NamedSharding(cfg.mesh, PartitionSpec(cfg.batch_axis)))
     if cfg.denoise_final:
         x = jax.vmap(model_denoise, (None, None, 0, None))(model, schedule, x, times[-1])
-    if not cfg.return_info:
-        return x
-    finite = jnp.all(jnp.isfinite(x), axis=-1)
-    info = SampleInfo(times=times, nonfinite=nonfinite,
-                      nonfinite_final=jnp.sum(~finite).astype(jnp.int32))
-    return SampleResult(x, info, None)
+    out = x
+    if cfg.return_info:
+        finite = jnp.all(jnp.isfinite(x), axis=-1)
+        info = SampleInfo(times=times, nonfinite=nonfinite,
+                          nonfinite_final=jnp.sum(~finite).astype(jnp.int32))
+        out = SampleResult(x, info, None)
+    # outside shard_map: one report for the whole run, not one per device
+    return _finish(out, x, nonfinite if cfg.return_info else None, times, cfg)
 
 
 def choose_layout(layout: str, method: str, model: Any, d: int, record_every, check: bool) -> str:
@@ -494,6 +802,7 @@ def sample(
     record_every: int | None = None,
     return_info: bool = False,
     check: bool = False,
+    nonfinite: str = "warn",
     mesh: Any = None,
     batch_axis: Any = None,
     x_init: Any = None,
@@ -512,7 +821,8 @@ def sample(
     affine scores the exact law of the output is :func:`composition_jax.verify.sampler_law`.
 
     Args:
-      key: PRNG key. Particle ``i`` depends only on ``(key, i)`` (any batch size, jit, devices).
+      key: PRNG key, ``jax.random.key(seed)`` (or a legacy ``jax.random.PRNGKey(seed)``).
+        Particle ``i`` depends only on ``(key, i)`` (any batch size, jit, devices).
       model: anything with ``.score(x, t)`` on one sample ``x (d,)`` (pytree models are passed as
         jit arguments: new numbers, no retrace), or a plain function ``score_fn(x, t)``.
         Metropolis methods need ``.log_prob(x, t)`` (unnormalized is fine).
@@ -527,7 +837,21 @@ def sample(
       denoise_final: apply the final Tweedie denoising step.
       record_every: keep every ``k``-th state in ``trajectory`` (``(steps // k + 1, n, d)``).
       return_info: return a :class:`SampleResult` ``(samples, info, trajectory)``.
-      check: raise (via ``jax.experimental.checkify``) when particles become non-finite.
+      check: raise (via ``jax.experimental.checkify``) when particles become non-finite, at
+        the first bad step (replaces the ``nonfinite`` report).
+      nonfinite: what to do when returned samples have a ``nan``/``inf`` coordinate:
+        ``"warn"`` (default) one :class:`NonFiniteWarning` with the count (and, with
+        ``return_info``, the step where they first appeared); ``"raise"`` a
+        :class:`NonFiniteError`; ``"ignore"``. The count is computed inside the compiled
+        program; the host is called only when it is positive (``jax.debug.callback``), so a
+        finite run costs one pass over the samples and no synchronization, eagerly or under
+        the caller's ``jit``. ``"warn"`` warns while the program runs (block on the samples
+        before leaving a ``warnings.catch_warnings`` block); under ``jit``
+        ``"raise"`` makes the program fail with a ``jax.errors.JaxRuntimeError`` containing the
+        :class:`NonFiniteError` message (catch ``RuntimeError`` for both). Under ``vmap`` one
+        report counts the particles of all batch members; sharded runs report once. Eager
+        ``"raise"`` waits for the run to finish (to read the count). The count is of the final
+        samples, also with ``return_info``/``record_every`` (``info.nonfinite_final``).
       mesh: a ``jax.sharding.Mesh``; particles are sharded along ``batch_axis`` (default: the
         mesh's first axis) for the whole run.
       x_init: optional initial particles ``(n, d)`` at ``t_max``.
@@ -558,10 +882,21 @@ def sample(
     a single-host run with the same key; the pilot ensemble is replicated. ``x_init`` must then
     be a global array. Details in ``docs/sampling.md``.
 
+    Warns:
+      NonFiniteWarning: non-finite samples (``nonfinite="warn"``).
+      CompositionWarning: ``model`` is a ``compose``/``guidance``/``linear_combination`` of
+        ``cj.diffuse`` families with concrete numbers whose exact ``t = 0`` law does not exist
+        (``cj.composed_distribution`` raises ``ValueError``, e.g. a negative weight on a
+        conditional narrower than the background): the samples approximate no distribution.
+        Checked once at trace time (cached per model); silent when the law has no closed form,
+        when the numbers are traced, or when its exact mixture would exceed 4096 components.
+
     Raises:
-      ValueError: bad ``shape``/``steps``/``t_min``/``grid``/``method``/option values, or a model
-        whose score has the wrong shape.
-      TypeError: unknown options, a Metropolis method on a model without ``log_prob``.
+      ValueError: bad ``shape``/``steps``/``t_min``/``grid``/``method``/``nonfinite``/option
+        values, or a model whose score has the wrong shape.
+      TypeError: a ``key`` that is not a PRNG key, unknown options, a Metropolis method on a
+        model without ``log_prob``.
+      NonFiniteError: non-finite samples with ``nonfinite="raise"`` (eager call).
 
     Example:
       >>> import jax, jax.numpy as jnp, composition_jax as cj
@@ -570,6 +905,8 @@ def sample(
       >>> cj.sample(jax.random.key(0), p, sch, (4, 2), steps=10).shape
       (4, 2)
     """
+    check_key(key)
+    nonfinite = _check_nonfinite_mode(nonfinite)
     kernel, opts = resolve_method(method, options)
     if (
         not isinstance(shape, (tuple, list))
@@ -601,6 +938,7 @@ def sample(
             f"{type(model).__name__} has none"
         )
     check_model_shape(model, d, dtype)
+    warn_if_no_law(model.model if isinstance(model, _OpaqueModel) else model)
     if mesh is not None:
         if not isinstance(mesh, jax.sharding.Mesh):
             raise TypeError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
@@ -626,10 +964,22 @@ def sample(
         dtype=dtype,
         has_x_init=x_init is not None,
         options=tuple(sorted(opts.items())),
+        nonfinite="ignore" if check else nonfinite,
     )
     fn = _build(cfg)
     if cfg.check:
         err, out = fn(key, model, schedule, x_init)
         err.throw()
         return out
-    return fn(key, model, schedule, x_init)
+    if cfg.nonfinite != "raise":
+        return fn(key, model, schedule, x_init)
+    out, stats = fn(key, model, schedule, x_init)
+    if any(isinstance(a, jax.core.Tracer) for a in stats):  # inside the caller's jit / vmap
+        _reporter("raise", n, steps)(*stats)
+        return out
+    count, first, t_first = (np.asarray(a) for a in stats)  # waits for the run
+    if int(count):
+        raise NonFiniteError(
+            _nonfinite_message(int(count), n, steps, int(first), float(t_first), "raise")
+        )
+    return out
