@@ -17,6 +17,7 @@ from .distributions import (
 )
 from .schedules import CosineVPSchedule, Schedule, VESchedule, VPSchedule
 from .samplers import SampleInfo, SampleResult, particle_mesh, sample, time_grid
+from .samplers import CompositionWarning, NonFiniteError, NonFiniteWarning
 from .compose import (
     Composition,
     FunctionModel,
@@ -49,6 +50,9 @@ __all__ = [
     "SampleInfo",
     "SampleResult",
     "time_grid",
+    "NonFiniteWarning",
+    "NonFiniteError",
+    "CompositionWarning",
     "nn",
     "training",
     "CosineVPSchedule",
