@@ -50,10 +50,13 @@ def _recorded(fn, category=Warning):
 
 # ------------------------------------------------------------------ the literal findings
 def test_literal_guidance_nan_warns_with_count(key):
-    """Issue 13: 256 NaN rows came back without a word."""
+    """Issue 13: 256 NaN rows came back without a word (float32 overflow; float64 stays
+    finite, so an x64 session runs it in float32)."""
+    f32 = {"dtype": jnp.float32} if jax.config.read("jax_enable_x64") else {}
+
     def run():
         return cj.sample(key, cj.guidance(P1, PB, 1e3), SCH, (256, 2), method="ode_heun",
-                         steps=200)
+                         steps=200, **f32)
 
     x, rec = _recorded(run, RuntimeWarning)
     assert not np.isfinite(np.asarray(x)).any()  # the samples themselves are unchanged

@@ -249,7 +249,7 @@ def _reporter(mode: str, n: int, steps: int):
     @report.def_vmap
     def _rule(axis_size, in_batched, count, first, t_first):
         c_b, f_b, t_b = in_batched
-        total = jnp.sum(count) if c_b else count * axis_size
+        total = (jnp.sum(count) if c_b else count * axis_size).astype(count.dtype)
         if f_b:
             masked = jnp.where(first < 0, _NO_STEP, first)
             j = jnp.argmin(masked)
@@ -846,7 +846,7 @@ def sample(
         program; the host is called only when it is positive (``jax.debug.callback``), so a
         finite run costs one pass over the samples and no synchronization, eagerly or under
         the caller's ``jit``. ``"warn"`` warns while the program runs (block on the samples
-        before leaving a ``warnings.catch_warnings`` block); under ``jit``
+        before leaving a ``warnings.catch_warnings`` block); under ``jit`` (or ``vmap``)
         ``"raise"`` makes the program fail with a ``jax.errors.JaxRuntimeError`` containing the
         :class:`NonFiniteError` message (catch ``RuntimeError`` for both). Under ``vmap`` one
         report counts the particles of all batch members; sharded runs report once. Eager
