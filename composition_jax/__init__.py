@@ -18,12 +18,10 @@ from .distributions import (
 from .schedules import CosineVPSchedule, Schedule, VESchedule, VPSchedule
 from .samplers import SampleInfo, SampleResult, particle_mesh, sample, time_grid
 from .samplers import CompositionWarning, NonFiniteError, NonFiniteWarning
+from .models import CapabilityError, FunctionModel, Model, as_model
 from .compose import (
     Composition,
-    FunctionModel,
     LinearCombination,
-    Model,
-    as_model,
     compose,
     composed_distribution,
     guidance,
@@ -71,6 +69,7 @@ __all__ = [
     "FunctionModel",
     "LinearCombination",
     "Model",
+    "CapabilityError",
     "as_model",
     "compose",
     "composed_distribution",

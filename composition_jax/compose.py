@@ -1,9 +1,11 @@
 r"""Composition operators on models: score functions in, score functions out.
 
-A *model* is anything with ``.score(x, t)`` acting on ONE sample ``x`` of shape ``(d,)`` and a
-scalar ``t``; it may also have ``.log_prob(x, t)`` (possibly unnormalized),
-``.log_prob_and_score(x, t)``, ``.denoise(x, t)`` (``E[x_0 | x_t = x]``) and ``.dim``. A bare
-function ``score_fn(x, t)`` is accepted wherever a model is (see :func:`as_model`).
+A *model* (:class:`composition_jax.models.Model`) has ``.score(x, t)`` acting on ONE sample ``x``
+of shape ``(d,)`` and a scalar ``t``, and declares what else it has: ``has_log_prob``
+(``.log_prob(x, t)``, possibly unnormalized, and ``.log_prob_and_score(x, t)``), ``has_denoise``
+(``.denoise(x, t) = E[x_0 | x_t = x]``) and ``columns_native`` (a batched ``.score_columns``).
+A bare function ``score_fn(x, t)`` or a foreign object with ``.score`` is accepted wherever a
+model is (see :func:`~composition_jax.models.as_model`).
 
 The operators (Bradley et al. 2025, Definition 5.1 and eqs. (5)-(6); Liu et al. 2022; Ho &
 Salimans 2022):
@@ -17,9 +19,9 @@ Salimans 2022):
   ``compose(uncond, [m_1, m_2], weights=[1.0, -0.5])``.
 
 Results are models (pytrees whose weights are leaves: one jitted sampler serves any weights and
-any distribution parameters without retracing) and compose again. Methods beyond ``score`` exist
-only when every input has them, so ``hasattr(model, "log_prob")`` tells a sampler whether a
-Metropolis correction is possible:
+any distribution parameters without retracing) and compose again. Their capabilities are declared
+from their inputs' declarations: a result ``has_log_prob`` (so a sampler may apply a Metropolis
+correction) when every input does, and likewise ``has_denoise`` and ``columns_native``:
 
 * ``log_prob``: the *unnormalized* ``lp_b + sum_i w_i (lp_i - lp_b)`` (exact up to the unknown
   constant ``-log Z``); its gradient is exactly ``score``;
@@ -35,7 +37,7 @@ The exact ``t = 0`` law of a composition, where one exists in closed form, is
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -43,8 +45,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._checks import as_float_array, is_concrete
-from ._pytree import pytree_dataclass, static_field
+from ._pytree import pytree_dataclass
 from .distributions import Distribution
+from .models import FunctionModel, Model, as_model
 
 __all__ = [
     "Composition",
@@ -61,126 +64,16 @@ __all__ = [
 ]
 
 
-class Model:
-    """Marker base class of the models built by this module (a model needs only ``.score``)."""
-
-    def _missing(self, method: str, why: str) -> AttributeError:
-        return AttributeError(f"{type(self).__name__} has no {method}: {why}")
-
-
 def _input_names(n: int, first: str = "background", rest: str = "conditionals") -> list[str]:
     return [first] + [f"{rest}[{i}]" for i in range(n - 1)]
 
 
-@pytree_dataclass
-class FunctionModel(Model):
-    """A model made of plain functions (kept as static metadata, so they must be hashable; a new
-    lambda per call means a new trace under ``jit``).
-
-    Args:
-      score_fn: ``score_fn(x, t) -> (d,)``.
-      log_prob_fn: optional ``log_prob_fn(x, t) -> ()`` whose gradient is ``score_fn``.
-      denoise_fn: optional ``denoise_fn(x, t) -> (d,)`` (``E[x_0 | x_t = x]``).
-      dim: optional data dimension (used to validate compositions).
-    """
-
-    score_fn: Callable = static_field()
-    log_prob_fn: Callable | None = static_field(default=None)
-    denoise_fn: Callable | None = static_field(default=None)
-    dim: int | None = static_field(default=None)
-
-    def __post_init__(self):
-        for name in ("score_fn", "log_prob_fn", "denoise_fn"):
-            f = getattr(self, name)
-            if f is not None and not callable(f):
-                raise TypeError(f"{name} must be callable, got {type(f).__name__}")
-        if self.dim is not None and (isinstance(self.dim, bool) or not isinstance(self.dim, int)
-                                     or self.dim < 1):
-            raise ValueError(f"dim must be a positive int or None, got {self.dim!r}")
-
-    def score(self, x: Any, t: Any) -> jax.Array:
-        return self.score_fn(x, t)
-
-    @property
-    def log_prob(self) -> Callable:
-        if self.log_prob_fn is None:
-            raise self._missing("log_prob", "no log_prob_fn was given")
-        return self.log_prob_fn
-
-    @property
-    def log_prob_and_score(self) -> Callable:
-        if self.log_prob_fn is None:
-            raise self._missing("log_prob_and_score", "no log_prob_fn was given")
-        return lambda x, t: (self.log_prob_fn(x, t), self.score_fn(x, t))
-
-    @property
-    def denoise(self) -> Callable:
-        if self.denoise_fn is None:
-            raise self._missing("denoise", "no denoise_fn was given")
-        return self.denoise_fn
-
-
-@pytree_dataclass
-class _StaticModel(Model):
-    """Wraps a model object that is not a pytree (kept static, compared by identity)."""
-
-    obj: Any = static_field()
-
-    @property
-    def dim(self):
-        return getattr(self.obj, "dim", None)
-
-    def score(self, x, t):
-        return self.obj.score(x, t)
-
-    def __getattr__(self, name):
-        if name in ("log_prob", "log_prob_and_score", "denoise"):
-            return getattr(self.obj, name)
-        raise AttributeError(name)
-
-
-def _is_pytree_node(obj: Any) -> bool:
-    leaves = jax.tree_util.tree_leaves(obj)
-    return not (len(leaves) == 1 and leaves[0] is obj)
-
-
-def as_model(obj: Any, name: str = "model") -> Any:
-    """Return ``obj`` as a model.
-
-    * an object with a callable ``.score`` is returned as is (wrapped in a static holder when it
-      is not a pytree, so that compositions containing it can still be ``jit`` arguments);
-    * a plain callable ``score_fn(x, t)`` becomes a :class:`FunctionModel`;
-    * a :class:`~composition_jax.distributions.Distribution` (a clean ``t = 0`` law, whose
-      ``score`` takes no ``t``) raises ``TypeError``: use ``cj.diffuse(dist, schedule)``.
-
-    Raises:
-      TypeError: for anything else, naming ``name`` and the type found.
-    """
-    if isinstance(obj, Distribution):
-        raise TypeError(
-            f"{name} is a {type(obj).__name__} (a clean t = 0 law, not a model with "
-            "score(x, t)); wrap it with cj.diffuse(dist, schedule), or use "
-            "composed_distribution() for exact t = 0 laws"
-        )
-    score = getattr(obj, "score", None)
-    if score is not None and callable(score):
-        if _is_pytree_node(obj) or isinstance(obj, Model):
-            return obj
-        return _StaticModel(obj)
-    if callable(obj):
-        return FunctionModel(obj)
-    raise TypeError(
-        f"{name} must be a model (an object with .score(x, t)) or a function score_fn(x, t), "
-        f"got {type(obj).__name__}"
-    )
-
-
-def _model_dim(m: Any) -> int | None:
-    d = getattr(m, "dim", None)
+def _model_dim(m: Model) -> int | None:
+    d = m.dim
     return d if isinstance(d, (int, np.integer)) and not isinstance(d, bool) else None
 
 
-def _check_dims(models: Sequence[Any], names: Sequence[str]) -> int | None:
+def _check_dims(models: Sequence[Model], names: Sequence[str]) -> int | None:
     dims = [(n, _model_dim(m)) for n, m in zip(names, models)]
     known = [(n, d) for n, d in dims if d is not None]
     if len({d for _, d in known}) > 1:
@@ -206,33 +99,26 @@ def _check_weights(weights: Any, k: int, name: str = "weights") -> jax.Array:
     return w
 
 
-def _all_have(models: Sequence[Any], method: str) -> bool:
-    return all(hasattr(m, method) for m in models)
+def _declares(m: Model, capability: str) -> bool:
+    return {"log_prob": m.has_log_prob, "denoise": m.has_denoise}[capability]
 
 
-def _lp_and_score(m: Any, x: Any, t: Any) -> tuple[jax.Array, jax.Array]:
-    if hasattr(m, "log_prob_and_score"):
-        return m.log_prob_and_score(x, t)
-    return m.log_prob(x, t), m.score(x, t)
-
-
-def _lacking(models: Sequence[Any], names: Sequence[str], method: str) -> str:
-    return ", ".join(n for n, m in zip(names, models) if not hasattr(m, method))
+def _without(models: Sequence[Model], names: Sequence[str], capability: str) -> str:
+    """``"input(s) without <capability>: <names>"`` for the ``models`` that do not declare it."""
+    lack = ", ".join(n for n, m in zip(names, models) if not _declares(m, capability))
+    return f"input(s) without {capability}: {lack}"
 
 
 def columns_native(model: Any) -> bool:
-    """Whether ``model`` computes scores of many particles in particle-minor layout natively
-    (``model.columns_native``); other models are vmapped by :func:`score_columns`."""
-    return bool(getattr(model, "columns_native", False))
+    """``as_model(model).columns_native``: whether ``model`` computes the scores of many
+    particles in particle-minor layout natively (see :meth:`Model.score_columns`)."""
+    return as_model(model).columns_native
 
 
 def score_columns(model: Any, X: Any, t: Any) -> jax.Array:
-    """``model``'s scores for ``X (d, n)`` (one particle per column) -> ``(d, n)``:
-    ``model.score_columns`` when present, else ``vmap(model.score)`` over columns."""
-    f = getattr(model, "score_columns", None)
-    if callable(f):
-        return f(X, t)
-    return jax.vmap(model.score, (1, None), 1)(X, t)
+    """``as_model(model).score_columns(X, t)``: scores for ``X (d, n)`` (one particle per
+    column) -> ``(d, n)``."""
+    return as_model(model).score_columns(X, t)
 
 
 @pytree_dataclass
@@ -244,10 +130,10 @@ class Composition(Model):
       conditionals: tuple of ``k >= 1`` models ``p_i``.
       weights: ``(k,)`` array (a pytree leaf).
 
-    ``log_prob`` / ``log_prob_and_score`` exist when every input has ``log_prob`` (unnormalized:
-    ``lp_b + sum_i w_i (lp_i - lp_b)``); ``denoise`` exists when every input has ``denoise``
-    (``D_b + sum_i w_i (D_i - D_b)``, exact by Tweedie since the coefficients sum to one).
-    Build it with :func:`compose`.
+    ``has_log_prob`` when every input does: ``log_prob`` / ``log_prob_and_score`` are the
+    unnormalized ``lp_b + sum_i w_i (lp_i - lp_b)``; ``has_denoise`` when every input does:
+    ``denoise`` is ``D_b + sum_i w_i (D_i - D_b)`` (exact by Tweedie since the coefficients sum to
+    one); ``columns_native`` when every input is. Build it with :func:`compose`.
     """
 
     background: Any
@@ -280,6 +166,24 @@ class Composition(Model):
     def dim(self) -> int | None:
         return _check_dims(self._inputs, _input_names(len(self._inputs)))
 
+    @property
+    def has_log_prob(self) -> bool:
+        """Every input declares ``log_prob``."""
+        return all(m.has_log_prob for m in self._inputs)
+
+    @property
+    def has_denoise(self) -> bool:
+        """Every input declares ``denoise``."""
+        return all(m.has_denoise for m in self._inputs)
+
+    @property
+    def columns_native(self) -> bool:
+        """Every input has a batched particle-minor score (see :meth:`score_columns`)."""
+        return all(m.columns_native for m in self._inputs)
+
+    def _why_not(self, capability: str) -> str:
+        return _without(self._inputs, _input_names(len(self._inputs)), capability)
+
     def score(self, x: Any, t: Any) -> jax.Array:
         """Composed score ``s_b + sum_i w_i (s_i - s_b)``, shape ``(d,)``."""
         sb = self.background.score(x, t)
@@ -287,60 +191,44 @@ class Composition(Model):
         w = self.weights.astype(sb.dtype)
         return sb + w @ (s.astype(sb.dtype) - sb[None])
 
-    @property
-    def columns_native(self) -> bool:
-        """Every input has a batched particle-minor score (see :meth:`score_columns`)."""
-        return all(columns_native(m) for m in self._inputs)
-
-    def score_columns(self, X: Any, t: Any) -> jax.Array:
-        """Composed scores in particle-minor layout: ``X (d, n)`` -> ``(d, n)``."""
-        sb = score_columns(self.background, X, t)
+    def batched_score(self, X: Any, t: Any) -> jax.Array:
+        """Composed scores of ``X (n, d)`` -> ``(n, d)`` from the inputs' ``batched_score``."""
+        sb = self.background.batched_score(X, t)
         w = self.weights.astype(sb.dtype)
         out = sb
         for i, c in enumerate(self.conditionals):
-            out = out + w[i] * (score_columns(c, X, t).astype(sb.dtype) - sb)
+            out = out + w[i] * (c.batched_score(X, t).astype(sb.dtype) - sb)
+        return out
+
+    def score_columns(self, X: Any, t: Any) -> jax.Array:
+        """Composed scores in particle-minor layout: ``X (d, n)`` -> ``(d, n)``."""
+        sb = self.background.score_columns(X, t)
+        w = self.weights.astype(sb.dtype)
+        out = sb
+        for i, c in enumerate(self.conditionals):
+            out = out + w[i] * (c.score_columns(X, t).astype(sb.dtype) - sb)
         return out
 
     def _log_prob(self, x, t):
+        """Unnormalized ``log C[p](x, t) = lp_b + sum_i w_i (lp_i - lp_b)`` (scalar)."""
         lb = self.background.log_prob(x, t)
         lp = jnp.stack([c.log_prob(x, t) for c in self.conditionals]).astype(lb.dtype)
         return lb + self.weights.astype(lb.dtype) @ (lp - lb)
 
     def _log_prob_and_score(self, x, t):
-        lb, sb = _lp_and_score(self.background, x, t)
-        pairs = [_lp_and_score(c, x, t) for c in self.conditionals]
+        """``(log_prob, score)`` sharing the inputs' work (for Metropolis-corrected samplers)."""
+        lb, sb = self.background.log_prob_and_score(x, t)
+        pairs = [c.log_prob_and_score(x, t) for c in self.conditionals]
         lp = jnp.stack([p[0] for p in pairs]).astype(lb.dtype)
         s = jnp.stack([p[1] for p in pairs]).astype(sb.dtype)
         w = self.weights
         return lb + w.astype(lb.dtype) @ (lp - lb), sb + w.astype(sb.dtype) @ (s - sb[None])
 
     def _denoise(self, x, t):
+        """Composed denoiser ``D_b + sum_i w_i (D_i - D_b)``, shape ``(d,)``."""
         db = self.background.denoise(x, t)
         ds = jnp.stack([c.denoise(x, t) for c in self.conditionals]).astype(db.dtype)
         return db + self.weights.astype(db.dtype) @ (ds - db[None])
-
-    def _need(self, method: str, required: str) -> None:
-        if not _all_have(self._inputs, required):
-            lack = _lacking(self._inputs, _input_names(len(self._inputs)), required)
-            raise self._missing(method, f"input(s) without {required}: {lack}")
-
-    @property
-    def log_prob(self) -> Callable:
-        """Unnormalized ``log C[p](x, t) = lp_b + sum_i w_i (lp_i - lp_b)`` (scalar)."""
-        self._need("log_prob", "log_prob")
-        return self._log_prob
-
-    @property
-    def log_prob_and_score(self) -> Callable:
-        """``(log_prob, score)`` sharing the inputs' work (for Metropolis-corrected samplers)."""
-        self._need("log_prob_and_score", "log_prob")
-        return self._log_prob_and_score
-
-    @property
-    def denoise(self) -> Callable:
-        """Composed denoiser ``D_b + sum_i w_i (D_i - D_b)``, shape ``(d,)``."""
-        self._need("denoise", "denoise")
-        return self._denoise
 
 
 @pytree_dataclass
@@ -351,10 +239,10 @@ class LinearCombination(Model):
       models: tuple of ``k >= 1`` models.
       weights: ``(k,)`` array (a pytree leaf).
 
-    ``log_prob`` / ``log_prob_and_score`` exist when every input has ``log_prob``
-    (``sum_i w_i lp_i``, unnormalized). There is no ``denoise``: Tweedie's formula is affine in the
-    score, so a combination whose weights do not sum to one has no model-free denoiser. Build it
-    with :func:`linear_combination`.
+    ``has_log_prob`` when every input does: ``log_prob`` / ``log_prob_and_score`` are
+    ``sum_i w_i lp_i`` (unnormalized). There is no ``denoise`` (``has_denoise`` is ``False``):
+    Tweedie's formula is affine in the score, so a combination whose weights do not sum to one has
+    no model-free denoiser. Build it with :func:`linear_combination`.
     """
 
     models: tuple
@@ -376,54 +264,62 @@ class LinearCombination(Model):
         object.__setattr__(self, "weights", w)
 
     @property
+    def _names(self) -> list[str]:
+        return [f"models[{i}]" for i in range(len(self.models))]
+
+    @property
     def dim(self) -> int | None:
-        return _check_dims(self.models, [f"models[{i}]" for i in range(len(self.models))])
+        return _check_dims(self.models, self._names)
+
+    @property
+    def has_log_prob(self) -> bool:
+        """Every input declares ``log_prob``."""
+        return all(m.has_log_prob for m in self.models)
+
+    @property
+    def columns_native(self) -> bool:
+        """Every input has a batched particle-minor score (see :meth:`score_columns`)."""
+        return all(m.columns_native for m in self.models)
+
+    def _why_not(self, capability: str) -> str:
+        if capability == "denoise":
+            return ("a linear combination has no model-free denoiser (its weights need not sum "
+                    "to one; Tweedie's formula is affine in the score)")
+        return _without(self.models, self._names, capability)
 
     def score(self, x: Any, t: Any) -> jax.Array:
         """``sum_i w_i s_i(x, t)``, shape ``(d,)``."""
         s = jnp.stack([m.score(x, t) for m in self.models])
         return self.weights.astype(s.dtype) @ s
 
-    @property
-    def columns_native(self) -> bool:
-        """Every input has a batched particle-minor score (see :meth:`score_columns`)."""
-        return all(columns_native(m) for m in self.models)
+    def batched_score(self, X: Any, t: Any) -> jax.Array:
+        """``sum_i w_i s_i`` for ``X (n, d)`` -> ``(n, d)`` from the inputs' ``batched_score``."""
+        out = None
+        for i, m in enumerate(self.models):
+            term = m.batched_score(X, t)
+            term = self.weights.astype(term.dtype)[i] * term
+            out = term if out is None else out + term
+        return out
 
     def score_columns(self, X: Any, t: Any) -> jax.Array:
         """``sum_i w_i s_i`` in particle-minor layout: ``X (d, n)`` -> ``(d, n)``."""
         out = None
         for i, m in enumerate(self.models):
-            term = score_columns(m, X, t)
+            term = m.score_columns(X, t)
             term = self.weights.astype(term.dtype)[i] * term
             out = term if out is None else out + term
         return out
 
     def _log_prob(self, x, t):
+        """Unnormalized ``sum_i w_i lp_i(x, t)`` (scalar)."""
         lp = jnp.stack([m.log_prob(x, t) for m in self.models])
         return self.weights.astype(lp.dtype) @ lp
 
     def _log_prob_and_score(self, x, t):
-        pairs = [_lp_and_score(m, x, t) for m in self.models]
+        pairs = [m.log_prob_and_score(x, t) for m in self.models]
         lp = jnp.stack([p[0] for p in pairs])
         s = jnp.stack([p[1] for p in pairs])
         return self.weights.astype(lp.dtype) @ lp, self.weights.astype(s.dtype) @ s
-
-    def _need(self, method: str) -> None:
-        if not _all_have(self.models, "log_prob"):
-            names = [f"models[{i}]" for i in range(len(self.models))]
-            raise self._missing(method, f"input(s) without log_prob: "
-                                        f"{_lacking(self.models, names, 'log_prob')}")
-
-    @property
-    def log_prob(self) -> Callable:
-        """Unnormalized ``sum_i w_i lp_i(x, t)`` (scalar)."""
-        self._need("log_prob")
-        return self._log_prob
-
-    @property
-    def log_prob_and_score(self) -> Callable:
-        self._need("log_prob_and_score")
-        return self._log_prob_and_score
 
 
 def compose(background: Any, conditionals: Sequence[Any], weights: Any = None) -> Composition:
@@ -457,8 +353,8 @@ def compose(background: Any, conditionals: Sequence[Any], weights: Any = None) -
       >>> hat = cj.diffuse(cj.Gaussian(jnp.array([0.0, 2.0]), 0.25 * jnp.eye(2)), sch)
       >>> both = cj.compose(bg, [dog, hat])                         # dog AND hat
       >>> no_hat = cj.compose(bg, [dog, hat], weights=[1.0, -1.0])  # dog AND NOT hat
-      >>> both.score(jnp.zeros(2), 0.5).shape, hasattr(both, "log_prob")
-      ((2,), True)
+      >>> both.score(jnp.zeros(2), 0.5).shape, both.has_log_prob, both.has_denoise
+      ((2,), True, True)
     """
     return Composition(background, conditionals, weights)
 

@@ -16,7 +16,7 @@ models, and how a scene model is assembled from a catalogue of component models.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -26,14 +26,10 @@ from jax.scipy.special import logsumexp
 
 from ._checks import as_float_array, is_concrete
 from ._pytree import pytree_dataclass
-from .compose import Model, _check_dims, _lp_and_score, as_model
+from .compose import _check_dims
+from .models import Model, as_model
 
 __all__ = ["MixtureOfModels"]
-
-
-def _log_prob(m: Any, x: Any, t: Any) -> jax.Array:
-    f = getattr(m, "log_prob", None)
-    return jnp.asarray(f(x, t) if callable(f) else m.log_prob_and_score(x, t)[0])
 
 
 @pytree_dataclass
@@ -49,13 +45,14 @@ class MixtureOfModels(Model):
     Methods (on one point ``x`` of shape ``(d,)`` and a scalar ``t``):
 
     * ``score``: ``sum_k r_k s_k`` (exactly ``grad_x log_prob``);
-    * ``log_prob``: ``logsumexp_k(log w_k + log p_k^t(x))``; ``log_prob_and_score`` shares work;
-    * ``denoise`` (when every input has ``denoise``): ``sum_k r_k D_k``. Exact: Tweedie's
-      ``D = (x + sigma^2 s) / alpha`` is affine in the score and the ``r_k`` sum to one.
+    * ``log_prob``: ``logsumexp_k(log w_k + log p_k^t(x))``; ``log_prob_and_score`` shares work
+      (``has_log_prob`` is always ``True``);
+    * ``denoise`` (``has_denoise`` when every input declares it): ``sum_k r_k D_k``. Exact:
+      Tweedie's ``D = (x + sigma^2 s) / alpha`` is affine in the score and the ``r_k`` sum to one.
 
     Args:
-      models: ``K >= 1`` models, each with ``log_prob(x, t)`` (``log_prob_and_score`` is used
-        when present), all of the same dimension.
+      models: ``K >= 1`` models, each declaring ``has_log_prob`` (their ``log_prob_and_score``
+        is used), all of the same dimension.
       weights: ``(K,)`` non-negative, summing to 1 (a pytree leaf: one compiled sampler serves
         any weights). A zero weight removes its component exactly.
 
@@ -78,6 +75,8 @@ class MixtureOfModels(Model):
     weights: Any
     log_weights: Any = dataclasses.field(init=False, repr=False)
 
+    has_log_prob = True
+
     def __post_init__(self):
         models = self.models
         if isinstance(models, (str, bytes)) or not isinstance(models, Sequence):
@@ -86,9 +85,7 @@ class MixtureOfModels(Model):
         if not models:
             raise ValueError("models must not be empty (got 0 models)")
         names = [f"models[{i}]" for i in range(len(models))]
-        lacking = [n for n, m in zip(names, models)
-                   if not (callable(getattr(m, "log_prob", None))
-                           or callable(getattr(m, "log_prob_and_score", None)))]
+        lacking = [n for n, m in zip(names, models) if not m.has_log_prob]
         if lacking:
             raise TypeError("MixtureOfModels needs log_prob(x, t) of every input (for the "
                             f"responsibilities); missing on: {', '.join(lacking)}")
@@ -111,8 +108,21 @@ class MixtureOfModels(Model):
         object.__setattr__(self, "log_weights", jnp.log(w))
 
     @property
+    def _names(self) -> list[str]:
+        return [f"models[{i}]" for i in range(len(self.models))]
+
+    @property
     def dim(self) -> int | None:
-        return _check_dims(self.models, [f"models[{i}]" for i in range(len(self.models))])
+        return _check_dims(self.models, self._names)
+
+    @property
+    def has_denoise(self) -> bool:
+        """Every input declares ``denoise``."""
+        return all(m.has_denoise for m in self.models)
+
+    def _why_not(self, capability: str) -> str:
+        lacking = [n for n, m in zip(self._names, self.models) if not m.has_denoise]
+        return f"input(s) without {capability}: {', '.join(lacking)}"
 
     def _logits(self, lps: jax.Array) -> jax.Array:
         return self.log_weights.astype(lps.dtype) + lps
@@ -124,30 +134,24 @@ class MixtureOfModels(Model):
         values = jnp.where((r > 0)[:, None], values.astype(r.dtype), 0)
         return r @ values
 
-    def log_prob_and_score(self, x: Any, t: Any) -> tuple[jax.Array, jax.Array]:
+    def _log_prob_and_score(self, x: Any, t: Any) -> tuple[jax.Array, jax.Array]:
         """``(log p^t(x), grad_x log p^t(x))`` sharing the inputs' work."""
-        pairs = [_lp_and_score(m, x, t) for m in self.models]
+        pairs = [m.log_prob_and_score(x, t) for m in self.models]
         logits = self._logits(jnp.stack([jnp.asarray(p[0]) for p in pairs]))
         return logsumexp(logits), self._mix(logits, jnp.stack([p[1] for p in pairs]))
 
     def score(self, x: Any, t: Any) -> jax.Array:
         """Responsibility-weighted score ``sum_k r_k(x, t) s_k(x, t)``, shape ``(d,)``."""
-        return self.log_prob_and_score(x, t)[1]
+        return self._log_prob_and_score(x, t)[1]
 
-    def log_prob(self, x: Any, t: Any) -> jax.Array:
+    def _log_probs(self, x: Any, t: Any) -> jax.Array:
+        return jnp.stack([jnp.asarray(m.log_prob(x, t)) for m in self.models])
+
+    def _log_prob(self, x: Any, t: Any) -> jax.Array:
         """``log sum_k w_k p_k^t(x)`` (normalized when the inputs are)."""
-        lps = jnp.stack([_log_prob(m, x, t) for m in self.models])
-        return logsumexp(self._logits(lps))
+        return logsumexp(self._logits(self._log_probs(x, t)))
 
     def _denoise(self, x, t):
-        lps = jnp.stack([_log_prob(m, x, t) for m in self.models])
-        return self._mix(self._logits(lps), jnp.stack([m.denoise(x, t) for m in self.models]))
-
-    @property
-    def denoise(self) -> Callable:
         """Posterior mean ``E[x_0 | x_t = x] = sum_k r_k D_k(x, t)``, shape ``(d,)``."""
-        lacking = [f"models[{i}]" for i, m in enumerate(self.models)
-                   if not callable(getattr(m, "denoise", None))]
-        if lacking:
-            raise self._missing("denoise", f"input(s) without denoise: {', '.join(lacking)}")
-        return self._denoise
+        logits = self._logits(self._log_probs(x, t))
+        return self._mix(logits, jnp.stack([m.denoise(x, t) for m in self.models]))

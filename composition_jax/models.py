@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import numpy as np
@@ -44,12 +44,17 @@ class Model(abc.ABC):
     """Abstract base of every model (see the module docstring).
 
     Class-level facts (subclasses override them as class attributes or, when they depend on the
-    inputs, as properties): ``has_log_prob``, ``has_denoise``, ``columns_native``.
+    inputs, as properties): ``has_log_prob``, ``has_denoise``, ``columns_native``; and ``dim``,
+    the data dimension ``d`` where known (``None`` otherwise; compositions check it).
+
+    Models are pytrees whose numbers are leaves (``jit`` arguments: new numbers, no retrace);
+    :func:`as_model` keeps that true for foreign objects too.
     """
 
     has_log_prob: ClassVar[bool] = False
     has_denoise: ClassVar[bool] = False
     columns_native: ClassVar[bool] = False
+    dim: ClassVar[int | None] = None
 
     @abc.abstractmethod
     def score(self, x: Any, t: Any) -> jax.Array:
@@ -157,19 +162,32 @@ class FunctionModel(Model):
         return self.denoise_fn(x, t)
 
 
-def _declared(obj: Any) -> tuple[bool, bool, bool, bool]:
-    """Capabilities of a foreign object, read once when it is adapted:
-    ``(has_log_prob, has_log_prob_and_score, has_denoise, columns_native)``."""
-    lp = callable(getattr(obj, "log_prob", None))
-    lps = callable(getattr(obj, "log_prob_and_score", None))
-    den = callable(getattr(obj, "denoise", None))
-    cols = bool(getattr(obj, "columns_native", False)) and callable(
-        getattr(obj, "score_columns", None))
-    return lp or lps, lps, den, cols
+class _Caps(NamedTuple):
+    """What a foreign object offers, read once when it is adapted (static, hashable)."""
+
+    log_prob: bool = False
+    log_prob_and_score: bool = False
+    denoise: bool = False
+    columns_native: bool = False
+
+
+def _declared(obj: Any) -> _Caps:
+    """Capabilities of an object being adapted: a :class:`Model`'s declarations, or, for a
+    foreign object, which of the methods it has (the one place they are probed)."""
+    if isinstance(obj, Model):
+        return _Caps(obj.has_log_prob, obj.has_log_prob, obj.has_denoise, obj.columns_native)
+    return _Caps(
+        log_prob=callable(getattr(obj, "log_prob", None)),
+        log_prob_and_score=callable(getattr(obj, "log_prob_and_score", None)),
+        denoise=callable(getattr(obj, "denoise", None)),
+        columns_native=bool(getattr(obj, "columns_native", False))
+        and callable(getattr(obj, "score_columns", None)),
+    )
 
 
 class _Adapter(Model):
-    """Shared behaviour of the two adapters of foreign objects (below)."""
+    """Shared behaviour of the two adapters of foreign objects (below): ``caps`` (a
+    :class:`_Caps`) is what the wrapped ``obj`` offers."""
 
     @property
     def dim(self) -> int | None:
@@ -178,37 +196,44 @@ class _Adapter(Model):
 
     @property
     def has_log_prob(self) -> bool:
-        return self.caps[0]
+        return self.caps.log_prob or self.caps.log_prob_and_score
 
     @property
     def has_denoise(self) -> bool:
-        return self.caps[2]
+        return self.caps.denoise
 
     @property
     def columns_native(self) -> bool:
-        return self.caps[3]
+        return self.caps.columns_native
 
     def _why_not(self, capability: str) -> str:
+        if isinstance(self.obj, Model):
+            return self.obj._why_not(capability)
         return f"the wrapped {type(self.obj).__name__} has no callable .{capability}"
 
     def score(self, x, t):
         return self.obj.score(x, t)
 
     def _log_prob(self, x, t):
-        if callable(getattr(self.obj, "log_prob", None)):
+        if self.caps.log_prob:
             return self.obj.log_prob(x, t)
         return self.obj.log_prob_and_score(x, t)[0]
 
     def _log_prob_and_score(self, x, t):
-        if self.caps[1]:
+        if self.caps.log_prob_and_score:
             return self.obj.log_prob_and_score(x, t)
         return self.obj.log_prob(x, t), self.obj.score(x, t)
 
     def _denoise(self, x, t):
         return self.obj.denoise(x, t)
 
+    def batched_score(self, X, t):
+        if isinstance(self.obj, Model):
+            return self.obj.batched_score(X, t)
+        return super().batched_score(X, t)
+
     def score_columns(self, X, t):
-        if self.caps[3]:
+        if self.caps.columns_native:
             return self.obj.score_columns(X, t)
         return super().score_columns(X, t)
 
@@ -218,15 +243,15 @@ class _PytreeAdapter(_Adapter):
     """A foreign model that is a pytree of arrays: its leaves stay jit arguments."""
 
     obj: Any
-    caps: tuple = static_field(default=(False, False, False, False))
+    caps: _Caps = static_field(default=_Caps())
 
 
 @pytree_dataclass
 class _StaticAdapter(_Adapter):
-    """A foreign model that is not a pytree of arrays: kept static (hashed by identity)."""
+    """A model that is not a pytree of arrays: kept static (hashed by identity)."""
 
     obj: Any = static_field()
-    caps: tuple = static_field(default=(False, False, False, False))
+    caps: _Caps = static_field(default=_Caps())
 
 
 def _array_like(leaf: Any) -> bool:
@@ -243,16 +268,31 @@ def _arrays_only(obj: Any) -> bool:
 def as_model(obj: Any, name: str = "model") -> Model:
     """Return ``obj`` as a :class:`Model`.
 
-    * a :class:`Model` whose leaves are arrays is returned as is;
+    * a :class:`Model` whose leaves are arrays is returned as is (so ``as_model`` is
+      idempotent); one with other leaves is held static (by identity), keeping its declarations;
     * any other object with a callable ``.score`` is adapted once: its capabilities
-      (``log_prob``, ``log_prob_and_score``, ``denoise``, ``score_columns``) are read when it is
-      wrapped; a pytree of arrays stays a jit argument, anything else is static (by identity);
+      (``log_prob``, ``log_prob_and_score``, ``denoise``, ``columns_native`` with
+      ``score_columns``) are read when it is wrapped; a pytree of arrays stays a jit argument,
+      anything else is static (by identity);
     * a plain callable ``score_fn(x, t)`` becomes a :class:`FunctionModel`;
     * a clean ``t = 0`` distribution (whose ``score`` takes no ``t``) raises ``TypeError``: use
       ``cj.diffuse(dist, schedule)``.
 
+    Args:
+      obj: the object to see as a model.
+      name: how error messages call it (e.g. ``"conditionals[1]"``).
+
     Raises:
       TypeError: for anything else, naming ``name`` and the type found.
+
+    Example:
+      >>> import jax.numpy as jnp, composition_jax as cj
+      >>> m = cj.as_model(lambda x, t: -x)
+      >>> type(m).__name__, m.has_log_prob, m.has_denoise, cj.as_model(m) is m
+      ('FunctionModel', False, False, True)
+      >>> p = cj.diffuse(cj.Gaussian(jnp.zeros(2), jnp.eye(2)), cj.VPSchedule())
+      >>> cj.as_model(p) is p, p.has_log_prob, p.has_denoise
+      (True, True, True)
     """
     from .distributions.base import Distribution
 
@@ -263,9 +303,7 @@ def as_model(obj: Any, name: str = "model") -> Model:
             "composed_distribution() for exact t = 0 laws"
         )
     if isinstance(obj, Model):
-        if _arrays_only(obj) or not jax.tree.leaves(obj):
-            return obj
-        return _StaticAdapter(obj, _declared(obj))
+        return obj if _arrays_only(obj) else _StaticAdapter(obj, _declared(obj))
     if callable(getattr(obj, "score", None)):
         caps = _declared(obj)
         return _PytreeAdapter(obj, caps) if _arrays_only(obj) else _StaticAdapter(obj, caps)

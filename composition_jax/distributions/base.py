@@ -54,7 +54,15 @@ def check_indices(indices: Any, dim: int, name: str = "indices") -> tuple[int, .
 
 
 class Distribution:
-    """Interface of the clean laws. Subclasses are pytree dataclasses."""
+    """Interface of the clean laws. Subclasses are pytree dataclasses.
+
+    Declared facts (class attributes, or properties where they depend on static structure):
+    ``columns_native`` -- the family implements ``_noised_score_columns(X (d, n), a, s)``, the
+    noised scores of many particles in particle-minor layout (``cj.diffuse(...).score_columns``);
+    otherwise that is a ``vmap`` of ``_noised_score``.
+    """
+
+    columns_native: bool = False
 
     # -- to implement -------------------------------------------------------------------
     @property

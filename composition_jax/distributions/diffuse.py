@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from .._checks import check_point, check_t
 from .._pytree import pytree_dataclass
+from ..models import Model
 from ..schedules import Schedule
 from .base import Distribution, cast_tree, per_sample_keys
 
@@ -22,9 +23,15 @@ __all__ = ["Diffused", "diffuse"]
 
 
 @pytree_dataclass
-class Diffused:
+class Diffused(Model):
     """Noised family of ``dist`` under ``schedule``. Methods act on one point ``x`` of shape
-    ``(d,)`` and a scalar ``t``; results have ``x``'s dtype."""
+    ``(d,)`` and a scalar ``t``; results have ``x``'s dtype.
+
+    A :class:`~composition_jax.models.Model` with exact ``log_prob``, ``log_prob_and_score``
+    and ``denoise`` (``has_log_prob`` and ``has_denoise`` are ``True``)."""
+
+    has_log_prob = True
+    has_denoise = True
 
     dist: Distribution
     schedule: Schedule
@@ -47,7 +54,7 @@ class Diffused:
         a, s = self.schedule.alpha(t), self.schedule.sigma(t)
         return x, d, a, s
 
-    def log_prob(self, x: Any, t: Any) -> jax.Array:
+    def _log_prob(self, x: Any, t: Any) -> jax.Array:
         """Exact ``log p_t(x)``."""
         x, d, a, s = self._prep(x, t)
         return d._noised_log_prob(x, a, s)
@@ -61,7 +68,7 @@ class Diffused:
     def columns_native(self) -> bool:
         """Whether :meth:`score_columns` has a batched particle-minor implementation (diagonal
         or isotropic mixtures) rather than a vmap of :meth:`score`."""
-        return bool(getattr(self.dist, "_columns_native", False))
+        return bool(self.dist.columns_native or getattr(self.dist, "_columns_native", False))
 
     def score_columns(self, X: Any, t: Any) -> jax.Array:
         """Scores of many particles at once in particle-minor layout: ``X (d, n)`` -> ``(d, n)``
@@ -75,12 +82,12 @@ class Diffused:
         d = cast_tree(self.dist, X.dtype)
         return d._noised_score_columns(X, self.schedule.alpha(t), self.schedule.sigma(t))
 
-    def log_prob_and_score(self, x: Any, t: Any) -> tuple[jax.Array, jax.Array]:
+    def _log_prob_and_score(self, x: Any, t: Any) -> tuple[jax.Array, jax.Array]:
         """Both at once, sharing work (used by Metropolis-corrected samplers)."""
         x, d, a, s = self._prep(x, t)
         return d._noised_log_prob_and_score(x, a, s)
 
-    def denoise(self, x: Any, t: Any) -> jax.Array:
+    def _denoise(self, x: Any, t: Any) -> jax.Array:
         """Exact posterior mean ``E[x_0 | x_t = x]`` (Tweedie:
         ``(x + sigma^2 score) / alpha``, computed here without dividing by ``alpha``)."""
         x, d, a, s = self._prep(x, t)

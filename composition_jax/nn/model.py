@@ -31,6 +31,7 @@ import numpy as np
 
 from .._checks import check_point, check_t, is_concrete
 from .._pytree import pytree_dataclass, replace, static_field
+from ..models import Model
 from ..schedules import Schedule
 
 __all__ = ["PARAMETERIZATIONS", "ScoreNetModel", "input_scale", "output_to_eps"]
@@ -92,8 +93,11 @@ def _check_condition(c, network, name="condition"):
 
 
 @pytree_dataclass
-class ScoreNetModel:
+class ScoreNetModel(Model):
     r"""A score network with parameters, as a model with exact-contract ``.score``/``.denoise``.
+
+    A :class:`~composition_jax.models.Model` with ``has_denoise`` (the parameterization's exact
+    conversion of the network output) and no ``log_prob`` (``has_log_prob`` is ``False``).
 
     Attributes:
       params: the flax parameter pytree (leaves).
@@ -118,6 +122,8 @@ class ScoreNetModel:
     schedule: Schedule
     parameterization: str = static_field(default="eps")
     cond: Any = None
+
+    has_denoise = True
 
     def __post_init__(self):
         _check_network(self.network)
@@ -175,7 +181,10 @@ class ScoreNetModel:
             return out
         return (a * out - x) / (s * s)
 
-    def denoise(self, x: Any, t: Any) -> jax.Array:
+    def _why_not(self, capability: str) -> str:
+        return "a score network gives a score and a denoiser, not a log-density"
+
+    def _denoise(self, x: Any, t: Any) -> jax.Array:
         """Learned ``E[x_0 | x_t = x]``, shape ``(d,)``."""
         out, x, a, s = self._out(x, t)
         if self.parameterization == "eps":

@@ -13,7 +13,6 @@ the same samples). The samples, the exact score and the model are evaluated in o
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -21,16 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._pytree import pytree_dataclass, static_field
+from ..models import as_model
 
 __all__ = ["FisherReport", "fisher_divergence"]
-
-
-@pytree_dataclass
-class _FnModel:
-    fn: Callable = static_field()
-
-    def score(self, x, t):
-        return self.fn(x, t)
 
 
 @pytree_dataclass
@@ -77,7 +69,8 @@ def fisher_divergence(
     r"""Score error of ``model`` against the exact noised family ``exact`` at each time in ``ts``.
 
     Args:
-      model: anything with ``.score(x, t)`` on one sample (or a plain ``score_fn(x, t)``).
+      model: a model (anything :func:`~composition_jax.models.as_model` accepts: an object
+        with ``.score(x, t)`` on one sample, or a plain ``score_fn(x, t)``).
       exact: an exact noised family with ``.score(x, t)`` and ``.sample(key, n, t)``, e.g.
         ``cj.diffuse(dist, schedule)`` for the distribution the model was trained on.
       ts: times in ``[0, 1]``, shape ``(m,)``.
@@ -92,16 +85,15 @@ def fisher_divergence(
         raise ValueError(f"n must be an int >= 2, got {n!r}")
     from ..distributions import Distribution
 
-    if isinstance(exact, Distribution) or not (hasattr(exact, "score") and hasattr(exact, "sample")):
+    if isinstance(exact, Distribution) or not (
+        callable(getattr(exact, "score", None)) and callable(getattr(exact, "sample", None))
+    ):
         raise TypeError(
             f"exact must have .score(x, t) and .sample(key, n, t) (e.g. cj.diffuse(dist, "
             f"schedule)), got {type(exact).__name__}"
         )
-    if not hasattr(model, "score"):
-        if not callable(model):
-            raise TypeError(f"model must have .score(x, t) or be callable, got {type(model)}")
-        model = _FnModel(model)
-    mdim, edim = getattr(model, "dim", None), getattr(exact, "dim", None)
+    model = as_model(model, "model")
+    mdim, edim = model.dim, getattr(exact, "dim", None)
     if mdim is not None and edim is not None and mdim != edim:
         raise ValueError(f"model has dim {mdim}, exact has dim {edim}")
     ts_np = np.asarray(ts, dtype=float)
