@@ -1,8 +1,11 @@
-"""The scenario zoo: verdicts from statistics, the decision rule, the exact mixture model."""
+"""The scenario zoo: verdicts from statistics, the decision rule, the exact models it samples,
+the registry (keys from names, registration from outside the package)."""
 
 from __future__ import annotations
 
 import json
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +13,8 @@ import numpy as np
 import pytest
 
 import composition_jax as cj
-from composition_jax.verify import scenarios as sc
+from composition_jax import zoo as sc
+from composition_jax.zoo import eq17, eq18
 
 MINIMAL = sc.Config.for_mode("minimal")
 
@@ -21,17 +25,113 @@ def test_registry_and_config_errors():
         sc.run_scenario("nope", MINIMAL)
     with pytest.raises(ValueError, match="mode must be"):
         sc.Config.for_mode("huge")
+    for name, spec in sc.SCENARIOS.items():
+        assert isinstance(spec, sc.Scenario) and spec.name == name
+        assert spec.expected in ("success", "failure") and spec.title and spec.description
+        assert "\n" not in spec.description
+    with pytest.raises(ValueError, match="already registered"):
+        sc.scenario("weights_w1", expected="success", title="t", description="d")(lambda c, k: 0)
+    with pytest.raises(ValueError, match="expected must be"):
+        sc.scenario("new_one", expected="maybe", title="t", description="d")
+
+
+def test_shim_reexports_the_zoo():
+    """``composition_jax.verify.scenarios`` is the zoo under its former name (same objects)."""
+    from composition_jax.verify import scenarios as old
+
+    assert old.SCENARIOS is sc.SCENARIOS and old.run_scenario is sc.run_scenario
+    assert old.material_rejections is sc.material_rejections and old.ALPHA == sc.ALPHA
+    assert old.Config is sc.Config and old.ScenarioResult is sc.ScenarioResult
+
+
+def test_keys_depend_on_names_not_positions(monkeypatch):
+    """A scenario's key is a function of (seed, name): reordering the registry or adding
+    scenarios does not change it; different names and seeds give different keys."""
+    seen = {}
+
+    def recorder(name):
+        def fn(cfg, key):
+            seen.setdefault(name, []).append(np.asarray(jax.random.key_data(key)))
+            return sc.Outcome("success", {}, ["ok"])
+        return fn
+
+    for name in ("toy_a", "toy_b"):
+        spec = sc.Scenario(name, recorder(name), "success", name, "records its key")
+        monkeypatch.setitem(sc.SCENARIOS, name, spec)
+    sc.run_scenario("toy_a", MINIMAL)
+    sc.run_scenario("toy_b", MINIMAL)
+    # reorder the registry (reversed) and add a scenario before the others
+    items = list(sc.SCENARIOS.items())
+    try:
+        sc.SCENARIOS.clear()
+        sc.SCENARIOS["toy_c"] = sc.Scenario("toy_c", recorder("toy_c"), "success", "c", "d")
+        sc.SCENARIOS.update(dict(items[::-1]))
+        sc.run_scenario("toy_a", MINIMAL)
+        sc.run_scenario("toy_b", MINIMAL)
+    finally:
+        sc.SCENARIOS.clear()
+        sc.SCENARIOS.update(dict(items))
+    np.testing.assert_array_equal(seen["toy_a"][0], seen["toy_a"][1])
+    np.testing.assert_array_equal(seen["toy_b"][0], seen["toy_b"][1])
+    assert not np.array_equal(seen["toy_a"][0], seen["toy_b"][0])
+    np.testing.assert_array_equal(seen["toy_a"][0],
+                                  jax.random.key_data(sc.scenario_key("toy_a", MINIMAL.seed)))
+    keys = {tuple(np.asarray(jax.random.key_data(sc.scenario_key(n))).tolist())
+            for n in sc.SCENARIOS}
+    assert len(keys) == len(sc.SCENARIOS)
+    assert not np.array_equal(jax.random.key_data(sc.scenario_key("weights_w1", 0)),
+                              jax.random.key_data(sc.scenario_key("weights_w1", 1)))
+
+
+def test_register_a_scenario_from_outside_the_package(tmp_path, monkeypatch):
+    """Adding a scenario takes one module and one import line: the module below lives outside
+    the package, importing it registers the scenario, and the runners and report see it."""
+    (tmp_path / "my_zoo_extension.py").write_text(textwrap.dedent('''
+        import jax
+        from composition_jax.zoo import Outcome, scenario
+
+        @scenario("outside_toy", expected="success", title="a toy from outside",
+                  description="a standard normal sample has mean near 0")
+        def outside_toy(cfg, key):
+            x = jax.random.normal(key, (cfg.n,))
+            ok = abs(float(x.mean())) < 5 / cfg.n ** 0.5
+            return Outcome("success" if ok else "failure", {"mean": float(x.mean())},
+                           [f"mean {float(x.mean()):.4f}"])
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_zoo_extension", raising=False)
+    before = list(sc.SCENARIOS)
+    try:
+        import my_zoo_extension  # noqa: F401  (the one registration line)
+
+        assert list(sc.SCENARIOS) == before + ["outside_toy"]
+        r = sc.run_scenario("outside_toy", MINIMAL)
+        assert (r.name, r.title, r.expected, r.observed) == (
+            "outside_toy", "a toy from outside", "success", "success")
+        assert r.agrees and json.dumps(r.to_dict())
+        (r2,) = sc.run_all(MINIMAL, ["outside_toy"])
+        assert r2.metrics == r.metrics  # same key, same result
+    finally:
+        sc.SCENARIOS.pop("outside_toy", None)
+        sys.modules.pop("my_zoo_extension", None)
+
+
+def test_scenario_must_return_an_outcome(monkeypatch):
+    spec = sc.Scenario("bad", lambda cfg, key: {"observed": "success"}, "success", "t", "d")
+    monkeypatch.setitem(sc.SCENARIOS, "bad", spec)
+    with pytest.raises(TypeError, match="must return an Outcome"):
+        sc.run_scenario("bad", MINIMAL)
 
 
 def test_mixture_model_is_the_exact_mixture(key):
-    """MixtureModel over the eq-17 conditionals with uniform weights equals diffuse(p_u)
+    """MixtureOfModels over the eq-17 conditionals with uniform weights equals diffuse(p_u)
     (GaussianMixture closed form) in score, log_prob and denoise; a zero weight drops a
     component exactly."""
     sch = cj.VPSchedule()
-    conds, empty, pu = sc._eq17(0.3)
+    conds, empty, pu = eq17.eq17_laws(0.3)
     comps = tuple(cj.diffuse(c, sch) for c in conds) + (cj.diffuse(empty, sch),)
-    m_u = sc.MixtureModel(sc._log_w([1.0] * 8 + [0.0]), comps)
-    m_b = sc.MixtureModel(sc._log_w([0.0] * 8 + [1.0]), comps)
+    m_u = cj.MixtureOfModels(comps, jnp.asarray([1 / 8] * 8 + [0.0]))
+    m_b = cj.MixtureOfModels(comps, jnp.asarray([0.0] * 8 + [1.0]))
     ref_u, ref_b = cj.diffuse(pu, sch), cj.diffuse(empty, sch)
     xs = jax.random.normal(key, (5, 8))
     for t in (0.05, 0.5):
@@ -47,7 +147,7 @@ def test_mixture_model_is_the_exact_mixture(key):
 
 def test_clutter_bayes_mixture_is_mean_of_conditionals():
     """The merged 255-component p_u of eq. 18 has the moments of mean_i p_i (exact)."""
-    conds, pb, pu = sc._eq18(0.5, 0.05)
+    conds, pb, pu = eq18.eq18_laws(0.5, 0.05)
     from composition_jax.verify import _laws
 
     mu_u, cov_u = (np.asarray(a, np.float64) for a in _laws.moments(pu))
@@ -57,8 +157,9 @@ def test_clutter_bayes_mixture_is_mean_of_conditionals():
     second = np.mean([c + np.outer(m, m) for m, c in zip(mus, covs)], 0)
     np.testing.assert_allclose(mu_u, mu, rtol=1e-5)
     np.testing.assert_allclose(cov_u, second - np.outer(mu, mu), atol=1e-5)
-    assert sc.factorized_conditionals(pb, [conds[0], conds[2]], [[0], [2]]).holds
-    assert not sc.factorized_conditionals(pu, [conds[0], conds[2]], [[0], [2]]).holds
+    fc = cj.verify.factorized_conditionals
+    assert fc(pb, [conds[0], conds[2]], [[0], [2]]).holds
+    assert not fc(pu, [conds[0], conds[2]], [[0], [2]]).holds
 
 
 def test_material_rejections_use_effect_floors(key):
@@ -72,6 +173,14 @@ def test_material_rejections_use_effect_floors(key):
     rep_b = cj.verify.projective(big, [p], [[0]], key=key)
     assert not rep_s.passed and sc.material_rejections(rep_s) == []
     assert len(sc.material_rejections(rep_b)) >= 2
+    assert sc.negligible_rejections(rep_s) and not sc.negligible_rejections(rep_b)
+    summ = sc.summarize(rep_s, [])
+    assert summ["material_rejections"] == 0 and summ["negligible_rejections"] >= 1
+    observed, reasons = sc.verdict({m: {"_material": []} for m in sc.STANDARD_SAMPLERS})
+    assert observed == "success" and len(reasons) == 3
+    observed, _ = sc.verdict({m: {"_material": ["x"] if m == "ode_heun" else []}
+                              for m in sc.STANDARD_SAMPLERS})
+    assert observed == "failure"
 
 
 @pytest.mark.parametrize("names", [("weights_w1", "weights_w2"),
@@ -91,7 +200,6 @@ def test_scenarios_minimal_verdicts(names):
             assert law["mean"] > 16 / 7 + 0.1
             # reverse diffusion (EM, Heun) does not reach the tilt; the predictor-corrector's
             # Langevin steps target the composed density at each level and can land near it
-            # (they did at this size: N(2.296, 0.134) vs the tilt N(2.286, 0.143))
             samplers = d["metrics"]["samplers"]
             assert not samplers["euler_maruyama"]["matches_tilted_target"]
             assert not samplers["ode_heun"]["matches_tilted_target"]
@@ -108,14 +216,13 @@ def test_factor_mixture_model_is_exact(key):
     """The vectorized eq-18 models equal diffuse(Product of 1-D mixtures) (p_b, p_i) and
     diffuse(the merged 255-component GaussianMixture) (p_u): score, log_prob, denoise."""
     sch = cj.VPSchedule()
-    conds, pb, pu = sc._eq18(0.5, 0.3)
-    lw, means = sc._eq18_factor_params(0.5)
-    var = jnp.asarray(0.09)
-    mk = lambda lw_, m_, w: sc.FactorMixtureModel(sc._log_w(w), jnp.asarray(lw_, jnp.float32),
-                                                  jnp.asarray(m_, jnp.float32), var, sch)
-    pairs = [(mk(lw[8:], means[8:], [1.0]), cj.diffuse(pb, sch)),
-             (mk(lw[3:4], means[3:4], [1.0]), cj.diffuse(conds[3], sch)),
-             (mk(lw, means, [1.0] * 8 + [0.0]), cj.diffuse(pu, sch))]
+    conds, pb, pu = eq18.eq18_laws(0.5, 0.3)
+    fconds, fpb = eq18.eq18_factor_laws(0.5, 0.3)
+    m_u = cj.MixtureOfModels(tuple(cj.diffuse(c, sch) for c in fconds) + (cj.diffuse(fpb, sch),),
+                             jnp.asarray([1 / 8] * 8 + [0.0]))
+    pairs = [(cj.diffuse(fpb, sch), cj.diffuse(pb, sch)),
+             (cj.diffuse(fconds[3], sch), cj.diffuse(conds[3], sch)),
+             (m_u, cj.diffuse(pu, sch))]
     xs = 0.5 + 0.6 * jax.random.normal(key, (2, 8))
     for m, ref in pairs:
         for t in (0.05, 0.4):

@@ -122,7 +122,7 @@ def ring_tuple(cfg: VectorConfig) -> dict:
 
 
 def _material(report) -> list[str]:
-    from ..verify.scenarios import material_rejections
+    from ..zoo.rules import material_rejections
 
     return material_rejections(report)
 
@@ -149,7 +149,7 @@ def decide(reports, control: dict, factor: float = CONTROL_FACTOR) -> tuple[str,
       ``(observed, material, decisive)``: ``observed`` in ``{"success", "failure",
       "inconclusive"}``, the material rejections (strings) and the decisive ones.
     """
-    from ..verify.scenarios import EFFECT_FLOORS
+    from ..zoo.rules import EFFECT_FLOORS
 
     material, decisive = [], []
     for rep in reports:
@@ -172,7 +172,7 @@ def run_learned_vector(cfg: VectorConfig | None = None, *, key: jax.Array | None
     """Train, measure Fisher divergences, compose, sample, verify. Returns
     ``{"config", "training", "fisher", "records", "samples"}`` (records as in
     :func:`~composition_jax.experiments.length_generalization.run_length_generalization`)."""
-    from ..verify.scenarios import ALPHA
+    from ..zoo.rules import ALPHA
 
     cfg = VectorConfig.for_mode("quick") if cfg is None else cfg
     key = jax.random.key(cfg.seed) if key is None else key

@@ -11,7 +11,6 @@ from .factorized import FCResult, factorized_conditionals
 from .gap import GapResult, composition_gap
 from .heuristics import mean_difference_cosines
 from .projective import BlockReport, ProjectiveReport, TestOutcome, projective
-from . import scenarios
 
 __all__ = [
     "stats",
