@@ -18,6 +18,19 @@ from .distributions import (
 from .schedules import CosineVPSchedule, Schedule, VESchedule, VPSchedule
 from .samplers import SampleInfo, SampleResult, particle_mesh, sample, time_grid
 from .samplers import CompositionWarning, NonFiniteError, NonFiniteWarning
+from .samplers import (
+    DDIM,
+    DDPM,
+    METHODS,
+    AnnealedHMC,
+    AnnealedMALA,
+    EulerMaruyama,
+    ODEEuler,
+    ODEHeun,
+    PredictorCorrector,
+    SamplerMethod,
+    register_method,
+)
 from .models import CapabilityError, FunctionModel, Model, as_model
 from .compose import (
     Composition,
@@ -51,6 +64,17 @@ __all__ = [
     "NonFiniteWarning",
     "NonFiniteError",
     "CompositionWarning",
+    "SamplerMethod",
+    "EulerMaruyama",
+    "ODEEuler",
+    "ODEHeun",
+    "DDPM",
+    "DDIM",
+    "PredictorCorrector",
+    "AnnealedMALA",
+    "AnnealedHMC",
+    "METHODS",
+    "register_method",
     "nn",
     "training",
     "CosineVPSchedule",

@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 from composition_jax.samplers import noise
-from composition_jax.samplers.kernels import draw_normals, draw_uniforms
+from composition_jax.samplers.noise import draw_normals, draw_uniforms
 
 
 @pytest.mark.parametrize("shape", [(), (1,), (2, 5), (3, 4)])

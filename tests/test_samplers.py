@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +13,7 @@ from _sampler_helpers import gaussian_moment_check
 
 import composition_jax as cj
 from composition_jax._pytree import pytree_dataclass
-from composition_jax.samplers import KERNELS, time_grid, trace_count
+from composition_jax.samplers import METHODS, driver, time_grid
 from composition_jax.verify.sampler_law import sampler_law
 
 MEAN = jnp.array([1.0, -1.0, 0.5])
@@ -152,9 +153,22 @@ def test_jit_equals_eager(key):
     np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-5)
 
 
-def test_no_retrace_for_new_model_numbers(key):
-    """New model and schedule numbers reuse the compiled sampler, and are really used: the
-    samples match the exact law of the NEW model."""
+@pytest.fixture
+def one_trace(monkeypatch):
+    """The driver's compiled body wrapped in ``chex.assert_max_traces(n=1)``, jit cache cleared
+    before and after (so the count starts at the first call and no other test sees it)."""
+    chex.clear_trace_counter()
+    monkeypatch.setattr(driver, "_run", chex.assert_max_traces(driver._run, n=1))
+    driver._build.cache_clear()
+    yield
+    driver._build.cache_clear()
+    chex.clear_trace_counter()
+
+
+def test_no_retrace_for_new_model_numbers(key, one_trace):
+    """New model and schedule numbers reuse the compiled sampler (one trace, checked by
+    ``chex.assert_max_traces``), and are really used: the samples match the exact law of the NEW
+    model."""
     sch = SCHEDULES["vp"]
     p1 = _model(sch)
     sch2 = cj.VPSchedule(0.2, 15.0)
@@ -162,10 +176,8 @@ def test_no_retrace_for_new_model_numbers(key):
     t0 = time.perf_counter()
     cj.sample(key, p1, sch, (N_MOM, 3), steps=5).block_until_ready()
     t1 = time.perf_counter()
-    traced = trace_count()
-    x2 = cj.sample(key, p2, sch2, (N_MOM, 3), steps=5).block_until_ready()
+    x2 = cj.sample(key, p2, sch2, (N_MOM, 3), steps=5).block_until_ready()  # no second trace
     t2 = time.perf_counter()
-    assert trace_count() == traced
     print(f"EM first call here (trace + compile + run unless cached) {t1 - t0:.3f} s, call "
           f"with new numbers {t2 - t1:.4f} s")
     law = sampler_law(p2, sch2, method="euler_maruyama", steps=5)
@@ -261,7 +273,7 @@ def test_bad_input(key):
 
 
 def test_registry_lists_all_methods():
-    assert set(KERNELS) >= {
+    assert set(METHODS) >= {
         "euler_maruyama", "ode_euler", "ode_heun", "ddpm", "ddim", "predictor_corrector",
         "annealed_mala", "annealed_hmc",
     }

@@ -1,7 +1,7 @@
-"""Reverse-diffusion and Metropolis-corrected samplers: one-step kernels (``kernels``, ``mcmc``),
-time grids (``grids``) and the shared jitted driver ``sample`` (``driver``)."""
+"""Reverse-diffusion and Metropolis-corrected samplers: typed sampler methods (``methods``,
+with the Metropolis math in ``mcmc``), counter-based noise (``noise``), time grids (``grids``)
+and the shared jitted driver ``sample`` (``driver``)."""
 
-from . import mcmc as _mcmc  # noqa: F401  (registers the Metropolis kernels)
 from .driver import (
     CompositionWarning,
     NonFiniteError,
@@ -11,28 +11,47 @@ from .driver import (
     as_model,
     particle_mesh,
     sample,
-    trace_count,
 )
 from .grids import GRIDS, time_grid
-from .kernels import KERNELS, Kernel, SamplerState, register_kernel
 from .mcmc import MCMCInfo, MCMCState
+from .methods import (
+    DDIM,
+    DDPM,
+    METHODS,
+    AnnealedHMC,
+    AnnealedMALA,
+    EulerMaruyama,
+    ODEEuler,
+    ODEHeun,
+    PredictorCorrector,
+    SamplerMethod,
+    SamplerState,
+    register_method,
+)
 
 __all__ = [
+    "DDIM",
+    "DDPM",
     "GRIDS",
-    "KERNELS",
+    "METHODS",
+    "AnnealedHMC",
+    "AnnealedMALA",
     "CompositionWarning",
-    "Kernel",
+    "EulerMaruyama",
     "MCMCInfo",
     "MCMCState",
     "NonFiniteError",
     "NonFiniteWarning",
+    "ODEEuler",
+    "ODEHeun",
+    "PredictorCorrector",
     "SampleInfo",
     "SampleResult",
+    "SamplerMethod",
     "SamplerState",
     "as_model",
     "particle_mesh",
-    "register_kernel",
+    "register_method",
     "sample",
     "time_grid",
-    "trace_count",
 ]

@@ -2,7 +2,8 @@ r"""The shared driver: ``cj.sample`` (a ``lax.scan`` over a time grid, vmapped o
 
 Design:
 
-* Everything static -- method, shape, steps, ``t_min``, grid, options, mesh -- is part of a
+* Everything static -- the method object (a frozen, hashable :class:`~.methods.SamplerMethod`
+  whose fields are its options), shape, steps, ``t_min``, grid, layout, mesh -- is part of a
   hashable configuration; one jitted function is built (and cached) per configuration. The model
   and the schedule are pytree ARGUMENTS of that function, so new model or schedule numbers reuse
   the compiled sampler (no retrace).
@@ -12,6 +13,12 @@ Design:
   hash per normal). Row ``j`` is a function of ``(key, i, j)`` only (tested), so particle
   ``j``'s randomness depends only on ``(key, j)``: the first ``m`` particles of a run with
   ``n > m`` equal a run with ``m`` particles, under jit and sharded over devices.
+* One run, two bodies, chosen once from declarations (:func:`choose_layout`): rows (particles
+  ``(n, d)``, ``method.step`` vmapped) or particle-minor tiles (``method.transition`` on
+  ``(d, B)`` tiles with ``model.score_columns``) for element-wise methods. Both share the time
+  grid, the keys, the final denoising and the non-finite accounting. Call path to the score:
+  ``sample -> _run -> _rows_body -> one_step -> method.step -> method.transition ->
+  model.score``.
 * Memory ``O(n d)``: only the current particles are carried; ``record_every=k`` keeps every
   ``k``-th state through a nested scan.
 * ``mesh=``: particles are sharded along the mesh's batch axis for the whole run with
@@ -42,77 +49,17 @@ import numpy as np
 from jax.experimental import checkify
 from jax.sharding import NamedSharding, PartitionSpec
 
-from .._pytree import pytree_dataclass, static_field
+from ..models import as_model
 from ..schedules import Schedule
 from . import noise
 from .grids import GRIDS, time_grid
-from .kernels import KERNELS, Kernel, draw_normals, draw_uniforms, has_log_prob, model_denoise
+from .methods import METHODS, SamplerMethod, denoise, resolve_method
+from .noise import draw_normals, draw_uniforms
 
 __all__ = [
     "CompositionWarning", "NonFiniteError", "NonFiniteWarning", "SampleInfo", "SampleResult",
-    "ScoreFunctionModel", "as_model", "particle_mesh", "sample", "trace_count",
+    "as_model", "particle_mesh", "sample",
 ]
-
-_TRACES = [0]
-
-
-def trace_count() -> int:
-    """How many times a sampler body has been traced in this process (for retrace tests)."""
-    return _TRACES[0]
-
-
-@pytree_dataclass
-class ScoreFunctionModel:
-    """A plain ``score_fn(x, t)`` seen as a model (no ``log_prob``, no ``denoise``)."""
-
-    fn: Any = static_field()
-
-    def score(self, x, t):
-        return self.fn(x, t)
-
-
-@pytree_dataclass
-class _OpaqueModel:
-    """A model object that is not a pytree of arrays: passed as static (hashed by identity)."""
-
-    model: Any = static_field()
-
-    def score(self, x, t):
-        return self.model.score(x, t)
-
-    def __getattr__(self, name):
-        if name in ("log_prob", "log_prob_and_score", "denoise", "dim"):
-            return getattr(self.model, name)
-        raise AttributeError(name)
-
-
-def _array_like(leaf) -> bool:
-    return isinstance(leaf, (jax.Array, np.ndarray, np.generic, float, int, complex, bool))
-
-
-def as_model(model: Any) -> Any:
-    """Accept a model (has ``.score``) or a plain function ``score_fn(x, t)``.
-
-    Uses ``composition_jax.compose.as_model`` when that module provides it. Models whose leaves
-    are not arrays are wrapped so they can be passed through ``jit`` as static data.
-    """
-    try:
-        from ..compose import as_model as _compose_as_model
-    except ImportError:  # pragma: no cover - compose layer absent
-        _compose_as_model = None
-    if _compose_as_model is not None:
-        model = _compose_as_model(model, "model")
-    elif not callable(getattr(model, "score", None)):
-        if not callable(model):
-            raise TypeError(
-                f"model must have a .score(x, t) method or be a function score_fn(x, t), got "
-                f"{type(model).__name__}"
-            )
-        model = ScoreFunctionModel(model)
-    if not all(_array_like(leaf) for leaf in jax.tree.leaves(model)):
-        model = _OpaqueModel(model)
-    return model
-
 
 class SampleInfo(NamedTuple):
     """Diagnostics of a run.
@@ -144,7 +91,7 @@ class SampleResult(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class _Config:
-    method: str
+    method: SamplerMethod
     shape: tuple
     steps: int
     t_min: float
@@ -158,13 +105,8 @@ class _Config:
     batch_axis: Any
     dtype: Any
     has_x_init: bool
-    options: tuple
     layout: str = "rows"
     nonfinite: str = "warn"  # "ignore" also when check=True (checkify reports it)
-
-    @property
-    def opts(self) -> dict:
-        return dict(self.options)
 
 
 # --------------------------------------------------------------------------------- trust
@@ -453,23 +395,6 @@ def _check_int(v, name, lo=1):
     return int(v)
 
 
-def resolve_method(method: str, options: dict) -> tuple[Kernel, dict]:
-    """Look up a kernel and merge user options with its defaults (errors list valid names)."""
-    if method not in KERNELS:
-        raise ValueError(f"unknown method {method!r}; valid methods: {sorted(KERNELS)}")
-    kernel = KERNELS[method]
-    defaults = dict(kernel.defaults)
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise TypeError(
-            f"unknown option(s) {unknown} for method {method!r}; valid options: "
-            f"{sorted(defaults) + list(_DRIVER_OPTIONS)}"
-        )
-    defaults.update(options)
-    kernel.validate(defaults)
-    return kernel, defaults
-
-
 _DRIVER_OPTIONS = (
     "grid", "rho", "denoise_final", "record_every", "return_info", "check", "mesh", "batch_axis",
     "x_init", "dtype", "layout", "nonfinite",
@@ -515,55 +440,77 @@ def check_model_shape(model: Any, d: int, dtype: Any) -> None:
 
 
 # --------------------------------------------------------------------------------- driver
-_normals = draw_normals
-_uniforms = draw_uniforms
+# Particles per tile of the columns layout, and the largest d for which layout="auto" picks it
+# (measured on XLA:CPU, benchmarks/: at d = 2 the columns layout is 1.5-2.5x faster; by
+# d = 64 the (K x d) matmuls dominate and both layouts are equal).
+COLUMN_TILE = 16384
+COLUMN_MAX_D = 32
+
+
+def _constrainer(cfg: _Config):
+    """``tree -> tree`` pinning every leaf's leading (particle) axis to the mesh's batch axis;
+    the identity without a mesh."""
+    if cfg.mesh is None:
+        return lambda tree: tree
+    sharding = NamedSharding(cfg.mesh, PartitionSpec(cfg.batch_axis))
+    return lambda tree: jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, sharding), tree)
 
 
 def _run(key, model, schedule, x_init, cfg: _Config):
-    _TRACES[0] += 1
-    kernel = KERNELS[cfg.method]
-    opts = cfg.opts
+    """The compiled run: time grid and keys, ONE of the two bodies (:func:`_rows_body`,
+    :func:`_columns_body`, chosen once by :func:`choose_layout`), then the shared tail (final
+    denoising, non-finite accounting, :class:`SampleResult`)."""
+    times = time_grid(schedule, cfg.steps, cfg.t_min, cfg.grid, rho=cfg.rho, dtype=cfg.dtype)
+    keys = jax.random.split(key, 3)  # (k_init, k_normal, k_uniform)
+    body = _rows_body if cfg.layout == "rows" else _columns_body
+    x, per_step, traj = body(cfg, model, schedule, key, keys, times, x_init)
+    constrain = _constrainer(cfg)
+    if cfg.denoise_final:
+        x = constrain(jax.vmap(denoise, (None, None, 0, None))(model, schedule, x, times[-1]))
+    finite = jnp.all(jnp.isfinite(x), axis=-1)
+    if cfg.check:
+        checkify.check(jnp.all(finite), "non-finite final samples")
+    out = x
+    if cfg.return_info:
+        info = SampleInfo(
+            times=times,
+            nonfinite=per_step["nonfinite"],
+            nonfinite_final=jnp.sum(~finite).astype(jnp.int32),
+            acceptance=per_step.get("acceptance"),
+            step_size=per_step.get("step_size"),
+        )
+        out = SampleResult(x, info, traj)
+    return _finish(out, x, per_step["nonfinite"] if cfg.return_info else None, times, cfg)
+
+
+def _rows_body(cfg: _Config, model, schedule, key, keys, times, x_init):
+    """Particles ``(n, d)`` through ``method.step`` vmapped over particles, one batched noise
+    block per step; ``record_every`` through a nested scan. Returns ``(x, per_step,
+    trajectory)``."""
+    method = cfg.method
     n, d = cfg.shape
     dtype = cfg.dtype
-    m_norm, m_unif = kernel.num_normals(opts), kernel.num_uniforms(opts)
-    if cfg.mesh is not None:
-        sharding = NamedSharding(cfg.mesh, PartitionSpec(cfg.batch_axis))
-
-        def constrain(tree):
-            return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, sharding), tree)
-    else:
-
-        def constrain(tree):
-            return tree
-
-    times = time_grid(schedule, cfg.steps, cfg.t_min, cfg.grid, rho=cfg.rho, dtype=dtype)
+    k_init, k_norm, k_unif = keys
+    m_norm, m_unif = method.num_normals, method.num_uniforms
+    constrain = _constrainer(cfg)
     # per-level parameters from a fixed-size pilot ensemble (its keys are derived from `key`
     # by fold_in, independent of the main particles and of n): computed before the main run
-    params = None if kernel.tune is None else kernel.tune(model, schedule, key, times, opts, d,
-                                                          dtype)
-    k_init, k_norm, k_unif = jax.random.split(key, 3)
+    params = method.tune(model, schedule, key, times, d, dtype)
     if cfg.has_x_init:
         x = x_init.astype(dtype)
     else:
-        x = jnp.asarray(schedule.prior_std, dtype) * _normals(k_init, 0, n, 1, d, dtype)[:, 0]
-    x = constrain(x)
-    state = constrain(jax.vmap(kernel.init, (0, None, None))(x, times[0], opts))
-    step_v = jax.vmap(kernel.step, (None, None, 0, None, None, 0, 0, None, None))
+        x = jnp.asarray(schedule.prior_std, dtype) * draw_normals(k_init, 0, n, 1, d, dtype)[:, 0]
+    state = constrain(jax.vmap(method.init, (0, None))(constrain(x), times[0]))
+    step_v = jax.vmap(method.step, (None, None, 0, None, None, 0, 0, None))
 
     def one_step(state, i):
         t, s = times[i], times[i + 1]
-        normals = (
-            constrain(_normals(k_norm, i, n, m_norm, d, dtype))
-            if m_norm
-            else jnp.zeros((n, 0, d), dtype)
-        )
-        uniforms = (
-            constrain(_uniforms(k_unif, i, n, m_unif, dtype))
-            if m_unif
-            else jnp.zeros((n, 0), dtype)
-        )
+        normals = (constrain(draw_normals(k_norm, i, n, m_norm, d, dtype)) if m_norm
+                   else jnp.zeros((n, 0, d), dtype))
+        uniforms = (constrain(draw_uniforms(k_unif, i, n, m_unif, dtype)) if m_unif
+                    else jnp.zeros((n, 0), dtype))
         p_i = None if params is None else jax.tree.map(lambda a: a[i], params)
-        state, info = step_v(model, schedule, state, t, s, normals, uniforms, opts, p_i)
+        state, info = step_v(model, schedule, state, t, s, normals, uniforms, p_i)
         state = constrain(state)
         finite = jnp.all(jnp.isfinite(state.position), axis=-1)
         if cfg.check:
@@ -572,84 +519,28 @@ def _run(key, model, schedule, x_init, cfg: _Config):
             )
         out = {"nonfinite": jnp.sum(~finite).astype(jnp.int32)}
         for name in ("acceptance", "step_size"):
-            if hasattr(info, name):
+            if name in getattr(info, "_fields", ()):
                 out[name] = jnp.mean(getattr(info, name))
         return state, out
 
-    steps = cfg.steps
-    traj = None
     if cfg.record_every is None:
-        state, infos = jax.lax.scan(one_step, state, jnp.arange(steps))
-    else:
-        k = cfg.record_every
-        n_chunks, rem = divmod(steps, k)
+        state, per_step = jax.lax.scan(one_step, state, jnp.arange(cfg.steps))
+        return state.position, per_step, None
+    k = cfg.record_every
+    n_chunks, rem = divmod(cfg.steps, k)
 
-        def chunk(state, c):
-            state, inf = jax.lax.scan(one_step, state, c * k + jnp.arange(k))
-            return state, (state.position, inf)
+    def chunk(state, c):
+        state, inf = jax.lax.scan(one_step, state, c * k + jnp.arange(k))
+        return state, (state.position, inf)
 
-        x0 = state.position
-        state, (traj, infos) = jax.lax.scan(chunk, state, jnp.arange(n_chunks))
-        infos = jax.tree.map(lambda a: a.reshape((n_chunks * k,) + a.shape[2:]), infos)
-        traj = jnp.concatenate([x0[None], traj], axis=0)
-        if rem:
-            state, inf2 = jax.lax.scan(one_step, state, n_chunks * k + jnp.arange(rem))
-            infos = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), infos, inf2)
-
-    x = state.position
-    if cfg.denoise_final:
-        x = jax.vmap(model_denoise, (None, None, 0, None))(model, schedule, x, times[-1])
-        x = constrain(x)
-    finite = jnp.all(jnp.isfinite(x), axis=-1)
-    if cfg.check:
-        checkify.check(jnp.all(finite), "non-finite final samples")
-    out = x
-    if cfg.return_info:
-        info = SampleInfo(
-            times=times,
-            nonfinite=infos["nonfinite"],
-            nonfinite_final=jnp.sum(~finite).astype(jnp.int32),
-            acceptance=infos.get("acceptance"),
-            step_size=infos.get("step_size"),
-        )
-        out = SampleResult(x, info, traj)
-    return _finish(out, x, infos["nonfinite"] if cfg.return_info else None, times, cfg)
-
-
-def _finish(out, x, per_step, times, cfg: _Config):
-    """Attach the non-finite report to a run's output (see ``nonfinite`` in ``cj.sample``):
-    "warn" stages the conditional host callback into the program; "raise" returns the
-    statistics next to the output for ``sample`` to check (eager) or report (traced)."""
-    if cfg.nonfinite == "ignore":
-        return out
-    stats = _nonfinite_stats(x, per_step, times, cfg.steps)
-    if cfg.nonfinite == "raise":
-        return out, stats
-    _reporter("warn", cfg.shape[0], cfg.steps)(*stats)
-    return out
-
-
-# --------------------------------------------------------------------------------- columns
-# Methods whose step is an element-wise formula in (x, score, normals) with no per-particle
-# reductions: they run unchanged on a (d, B) tile of particles in particle-minor layout.
-COLUMN_METHODS = ("euler_maruyama", "ode_euler", "ode_heun", "ddpm", "ddim")
-# Particles per tile of the columns layout, and the largest d for which layout="auto" picks it
-# (measured on XLA:CPU, benchmarks/: at d = 2 the columns layout is 1.5-2.5x faster; by
-# d = 64 the (K x d) matmuls dominate and both layouts are equal).
-COLUMN_TILE = 16384
-COLUMN_MAX_D = 32
-
-
-@pytree_dataclass
-class _ColumnView:
-    """A model seen through its particle-minor score: ``score(X (d, B), t) -> (d, B)``."""
-
-    model: Any
-
-    def score(self, X, t):
-        from ..compose import score_columns
-
-        return score_columns(self.model, X, t)
+    x0 = state.position
+    state, (traj, per_step) = jax.lax.scan(chunk, state, jnp.arange(n_chunks))
+    per_step = jax.tree.map(lambda a: a.reshape((n_chunks * k,) + a.shape[2:]), per_step)
+    traj = jnp.concatenate([x0[None], traj], axis=0)
+    if rem:
+        state, inf2 = jax.lax.scan(one_step, state, n_chunks * k + jnp.arange(rem))
+        per_step = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), per_step, inf2)
+    return state.position, per_step, traj
 
 
 def _tiles(n: int, devices: int) -> tuple[int, int, int]:
@@ -662,25 +553,31 @@ def _tiles(n: int, devices: int) -> tuple[int, int, int]:
     return B, T, devices * T * B
 
 
-def _run_columns(key, model, schedule, x_init, cfg: _Config):
-    """``cj.sample`` in particle-minor layout: each device runs its particles tile by tile
-    (``lax.map``), each tile through all steps (``lax.scan``) as a ``(d, B)`` array, so a tile's
-    working set stays in cache. The noise of particle ``j`` is the same counter-based stream
-    as in the rows layout (``noise.normals_columns``), so both layouts give the same samples."""
-    _TRACES[0] += 1
-    kernel = KERNELS[cfg.method]
-    opts = cfg.opts
+class _ScoreColumns(NamedTuple):
+    """What an element-wise ``method.transition`` sees of the model on a ``(d, B)`` tile: its
+    ``score`` is the model's particle-minor ``score_columns`` (built inside the compiled run)."""
+
+    score: Any
+
+
+def _columns_body(cfg: _Config, model, schedule, key, keys, times, x_init):
+    """Particle-minor layout: each device runs its particles tile by tile (``lax.map``), each
+    tile through all steps (``lax.scan``) as a ``(d, B)`` array through ``method.transition``
+    with ``model.score_columns``, so a tile's working set stays in cache. The noise of particle
+    ``j`` is the same counter-based stream as in the rows body (``noise.normals_columns``), so
+    both bodies give the same samples. Returns ``(x (n, d), per_step, None)``."""
+    del key  # element-wise methods have no pilot
+    method = cfg.method
     n, d = cfg.shape
     dtype = cfg.dtype
-    m_norm = kernel.num_normals(opts)
-    times = time_grid(schedule, cfg.steps, cfg.t_min, cfg.grid, rho=cfg.rho, dtype=dtype)
-    k_init, k_norm, _ = jax.random.split(key, 3)
+    k_init, k_norm, _ = keys
+    m_norm = method.num_normals
     kp_steps = jax.vmap(lambda i: jnp.stack(noise.key_pair(jax.random.fold_in(k_norm, i))))(
         jnp.arange(cfg.steps))
     kp_init = jnp.stack(noise.key_pair(jax.random.fold_in(k_init, 0)))
     n_dev = 1 if cfg.mesh is None else cfg.mesh.shape[cfg.batch_axis]
     B, T, n_pad = _tiles(n, n_dev)
-    view = _ColumnView(model)
+    view = _ScoreColumns(model.score_columns)
     prior_std = jnp.asarray(schedule.prior_std, dtype)
 
     def tile(args, dev):
@@ -698,7 +595,7 @@ def _run_columns(key, model, schedule, x_init, cfg: _Config):
                 z = noise.normals_columns(kp, off, B, (m_norm, d), dtype)
             else:
                 z = jnp.zeros((0, d, B), dtype)
-            X = kernel.transition(view, schedule, X, z, times[i], times[i + 1], opts)
+            X = method.transition(view, schedule, X, z, times[i], times[i + 1])
             bad = jnp.sum(valid & ~jnp.all(jnp.isfinite(X), axis=0)).astype(jnp.int32)
             return X, bad
 
@@ -720,42 +617,48 @@ def _run_columns(key, model, schedule, x_init, cfg: _Config):
     else:
         spec = PartitionSpec(cfg.batch_axis)
         X, bad = jax.shard_map(local, mesh=cfg.mesh, in_specs=(spec,), out_specs=(spec, spec))(x0)
-    nonfinite = bad.sum(0)
-    x = X.transpose(0, 2, 1).reshape(n_pad, d)[:n]
-    if cfg.mesh is not None:
-        x = jax.lax.with_sharding_constraint(x, NamedSharding(cfg.mesh, PartitionSpec(cfg.batch_axis)))
-    if cfg.denoise_final:
-        x = jax.vmap(model_denoise, (None, None, 0, None))(model, schedule, x, times[-1])
-    out = x
-    if cfg.return_info:
-        finite = jnp.all(jnp.isfinite(x), axis=-1)
-        info = SampleInfo(times=times, nonfinite=nonfinite,
-                          nonfinite_final=jnp.sum(~finite).astype(jnp.int32))
-        out = SampleResult(x, info, None)
-    # outside shard_map: one report for the whole run, not one per device
-    return _finish(out, x, nonfinite if cfg.return_info else None, times, cfg)
+    x = _constrainer(cfg)(X.transpose(0, 2, 1).reshape(n_pad, d)[:n])
+    return x, {"nonfinite": bad.sum(0)}, None
 
 
-def choose_layout(layout: str, method: str, model: Any, d: int, record_every, check: bool) -> str:
-    """Resolve ``layout`` ("auto" | "rows" | "columns") for a run (see ``cj.sample``)."""
-    from ..compose import columns_native
+def _finish(out, x, per_step, times, cfg: _Config):
+    """Attach the non-finite report to a run's output (see ``nonfinite`` in ``cj.sample``):
+    "warn" stages the conditional host callback into the program; "raise" returns the
+    statistics next to the output for ``sample`` to check (eager) or report (traced). Outside
+    ``shard_map``: one report for the whole run, not one per device."""
+    if cfg.nonfinite == "ignore":
+        return out
+    stats = _nonfinite_stats(x, per_step, times, cfg.steps)
+    if cfg.nonfinite == "raise":
+        return out, stats
+    _reporter("warn", cfg.shape[0], cfg.steps)(*stats)
+    return out
 
+
+def choose_layout(layout: str, method: SamplerMethod, model: Any, d: int, record_every,
+                  check: bool) -> str:
+    """Resolve ``layout`` ("auto" | "rows" | "columns") for a run (see ``cj.sample``) from the
+    method's and the model's declarations: columns need ``method.elementwise`` and no
+    ``record_every``/``check``; "auto" picks them when also ``d <= COLUMN_MAX_D`` and
+    ``model.columns_native``."""
     if layout not in ("auto", "rows", "columns"):
         raise ValueError(f"layout must be 'auto', 'rows' or 'columns', got {layout!r}")
-    ok = method in COLUMN_METHODS and record_every is None and not check
+    ok = method.elementwise and record_every is None and not check
     if layout == "columns" and not ok:
         raise ValueError(
-            f"layout='columns' supports methods {COLUMN_METHODS} without record_every or "
-            f"check; got method={method!r}, record_every={record_every!r}, check={check!r}"
+            "layout='columns' supports element-wise methods (method.elementwise: "
+            f"{sorted(k for k, c in METHODS.items() if c.elementwise)} and the like) without "
+            f"record_every or check; got method={method!r}, record_every={record_every!r}, "
+            f"check={check!r}"
         )
     if layout == "auto":
-        return "columns" if ok and d <= COLUMN_MAX_D and columns_native(model) else "rows"
+        return "columns" if ok and d <= COLUMN_MAX_D and model.columns_native else "rows"
     return layout
 
 
 @functools.lru_cache(maxsize=256)
 def _build(cfg: _Config):
-    fn = functools.partial(_run_columns if cfg.layout == "columns" else _run, cfg=cfg)
+    fn = functools.partial(_run, cfg=cfg)
     if cfg.check:
         return jax.jit(checkify.checkify(fn, errors=checkify.user_checks))
     return jax.jit(fn)
@@ -793,7 +696,7 @@ def sample(
     schedule: Schedule,
     shape: tuple[int, int],
     *,
-    method: str = "euler_maruyama",
+    method: str | SamplerMethod = "euler_maruyama",
     steps: int = 500,
     t_min: float = 1e-3,
     grid: str = "uniform",
@@ -828,9 +731,14 @@ def sample(
         Metropolis methods need ``.log_prob(x, t)`` (unnormalized is fine).
       schedule: the noise schedule the model was trained/derived with.
       shape: ``(n, d)``.
-      method: one of ``euler_maruyama``, ``ode_euler``, ``ode_heun``, ``ddpm``, ``ddim``,
-        ``predictor_corrector``, ``annealed_mala``, ``annealed_hmc`` (see
-        :mod:`composition_jax.samplers.kernels` and :mod:`~composition_jax.samplers.mcmc`).
+      method: a method object, e.g. ``cj.DDIM(eta=0.3)`` (:class:`~.methods.SamplerMethod`:
+        ``cj.EulerMaruyama()``, ``cj.ODEEuler()``, ``cj.ODEHeun()``, ``cj.DDPM()``,
+        ``cj.DDIM(eta)``, ``cj.PredictorCorrector(...)``, ``cj.AnnealedMALA(...)``,
+        ``cj.AnnealedHMC(...)``, or one of your own), or a string alias from
+        ``cj.METHODS`` (``"euler_maruyama"``, ``"ode_euler"``, ``"ode_heun"``, ``"ddpm"``,
+        ``"ddim"``, ``"predictor_corrector"``, ``"annealed_mala"``, ``"annealed_hmc"``, and
+        those added by ``cj.register_method``) with its options as ``**options``. See
+        :mod:`composition_jax.samplers.methods`.
       steps: number of reverse steps (``>= 1``).
       t_min: final time in ``(0, t_max)``.
       grid: ``"uniform"`` (in ``t``), ``"log_snr"``, or ``"edm"`` (with ``rho``).
@@ -856,17 +764,18 @@ def sample(
         mesh's first axis) for the whole run.
       x_init: optional initial particles ``(n, d)`` at ``t_max``.
       dtype: floating dtype (default ``x_init``'s, else JAX's default float).
-      layout: ``"rows"`` (particles ``(n, d)``, the per-particle kernels vmapped),
+      layout: ``"rows"`` (particles ``(n, d)``, ``method.step`` vmapped),
         ``"columns"`` (particle-minor ``(d, B)`` tiles of ``COLUMN_TILE`` particles, each tile
-        through all steps, the model's batched ``score_columns``; methods in
-        ``COLUMN_METHODS``, no ``record_every``/``check``) or ``"auto"`` (columns when allowed,
-        ``d <= COLUMN_MAX_D`` and the model has a native ``score_columns``: mixtures with
-        diagonal covariances and their compositions). Same samples either way (the noise of
-        particle ``j`` is the same stream); only speed differs.
-      **options: method options: ``eta`` (ddim); ``snr``, ``n_corrector``,
-        ``corrector_step`` (``"snr"`` or ``"fixed"``), ``n_pilot`` (predictor_corrector);
-        ``mcmc_steps``, ``step_size``, ``target_accept``, ``adapt``, ``n_pilot``,
-        ``n_leapfrog`` (annealed MCMC). Step sizes that depend on the target (SNR corrector,
+        through all steps with ``method.transition`` and the model's batched
+        ``score_columns``; methods with ``elementwise`` set, no ``record_every``/``check``) or
+        ``"auto"`` (columns when allowed, ``d <= COLUMN_MAX_D`` and the model declares
+        ``columns_native``: mixtures with diagonal covariances and their compositions). Same
+        samples either way (the noise of particle ``j`` is the same stream); only speed differs.
+      **options: options of a method given by name (the fields of its class): ``eta`` (ddim);
+        ``snr``, ``n_corrector``, ``corrector_step`` (``"snr"`` or ``"fixed"``), ``n_pilot``
+        (predictor_corrector); ``mcmc_steps``, ``step_size``, ``target_accept``, ``adapt``,
+        ``n_pilot`` (annealed MCMC), ``n_leapfrog`` (annealed_hmc). Not allowed next to a
+        method object. Step sizes that depend on the target (SNR corrector,
         MCMC) are fixed per level BEFORE the main run from a pilot ensemble of ``n_pilot``
         particles with keys derived from ``key``, so they do not depend on ``n`` and each MCMC
         level is an exact Metropolis-Hastings kernel (see ``docs/sampling.md``).
@@ -894,8 +803,8 @@ def sample(
     Raises:
       ValueError: bad ``shape``/``steps``/``t_min``/``grid``/``method``/``nonfinite``/option
         values, or a model whose score has the wrong shape.
-      TypeError: a ``key`` that is not a PRNG key, unknown options, a Metropolis method on a
-        model without ``log_prob``.
+      TypeError: a ``key`` that is not a PRNG key, unknown options (or options next to a
+        method object), a Metropolis method on a model without ``log_prob``.
       NonFiniteError: non-finite samples with ``nonfinite="raise"`` (eager call).
 
     Example:
@@ -907,7 +816,7 @@ def sample(
     """
     check_key(key)
     nonfinite = _check_nonfinite_mode(nonfinite)
-    kernel, opts = resolve_method(method, options)
+    method = resolve_method(method, options, _DRIVER_OPTIONS)
     if (
         not isinstance(shape, (tuple, list))
         or len(shape) != 2
@@ -931,14 +840,14 @@ def sample(
     if dtype is None:
         dtype = x_init.dtype if x_init is not None else jnp.result_type(float)
     dtype = jnp.dtype(dtype)
-    model = as_model(model)
-    if kernel.needs_log_prob and not has_log_prob(model):
+    law_model, model = model, as_model(model)
+    if method.needs_log_prob and not model.has_log_prob:
         raise TypeError(
             f"method {method!r} is Metropolis-corrected and needs model.log_prob(x, t); "
-            f"{type(model).__name__} has none"
+            f"{type(law_model).__name__} has none"
         )
     check_model_shape(model, d, dtype)
-    warn_if_no_law(model.model if isinstance(model, _OpaqueModel) else model)
+    warn_if_no_law(law_model)
     if mesh is not None:
         if not isinstance(mesh, jax.sharding.Mesh):
             raise TypeError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
@@ -963,7 +872,6 @@ def sample(
         batch_axis=batch_axis,
         dtype=dtype,
         has_x_init=x_init is not None,
-        options=tuple(sorted(opts.items())),
         nonfinite="ignore" if check else nonfinite,
     )
     fn = _build(cfg)

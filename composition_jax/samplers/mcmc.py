@@ -14,7 +14,7 @@ variance scale of ``p_s`` for unit-scale data) and ONE number ``c_l`` per level,
 particles and fixed before the main run:
 
 * ``adapt=True`` (default): ``c_l`` is tuned on a PILOT ensemble of ``n_pilot`` particles drawn
-  from a key derived from the main key (:func:`~composition_jax.samplers.kernels.pilot_keys`),
+  from a key derived from the main key (:func:`~composition_jax.samplers.noise.pilot_keys`),
   never from the main particles. The pilot runs this very sampler; at each level, after its
   predictor step, ``log c_l`` solves ``A(log c) = target_accept`` by bisection on
   ``log c_{l-1} +- 3`` (8 halvings; ``c_{-1} = step_size``), where ``A`` is the pilot's
@@ -39,7 +39,10 @@ sampler as a whole is still approximate: the predictor steps move particles off 
 few moves only partly correct that; the error vanishes as ``steps`` grows.
 
 The info reports, per level, the main particles' mean acceptance probability and the step size
-``e_l``.
+``e_l``. The method objects are :class:`~composition_jax.samplers.methods.AnnealedMALA` and
+:class:`~composition_jax.samplers.methods.AnnealedHMC`; this module holds their math (``kind``
+is ``"mala"`` or ``"hmc"``; ``predictor`` is the Euler-Maruyama transition
+``predictor(model, schedule, x, normals, t, t_next)``).
 """
 
 from __future__ import annotations
@@ -51,19 +54,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .kernels import (
-    Kernel,
-    check_n_pilot,
-    draw_normals,
-    draw_uniforms,
-    em_transition,
-    model_log_prob_and_score,
-    pilot_init,
-    pilot_keys,
-    register_kernel,
-)
+from .noise import draw_normals, draw_uniforms, pilot_init, pilot_keys
 
-__all__ = ["BISECT_ITERS", "BISECT_WIDTH", "MCMCInfo", "MCMCState", "mcmc_tune"]
+__all__ = ["BISECT_ITERS", "BISECT_WIDTH", "MCMCInfo", "MCMCState", "annealed_step", "mcmc_tune"]
 
 #: Step-size search per level: bisection in ``log c`` on ``log c_{l-1} +- BISECT_WIDTH`` with
 #: ``BISECT_ITERS`` halvings (final resolution ``2 * 3 / 2^8 ~ 0.023`` in ``log c``).
@@ -83,35 +76,11 @@ class MCMCInfo(NamedTuple):
     step_size: jax.Array
 
 
-def _defaults(target):
-    return (
-        ("mcmc_steps", 2),
-        ("step_size", 0.1),
-        ("target_accept", target),
-        ("adapt", True),
-        ("n_pilot", 256),
-        ("n_leapfrog", 3),
-    )
-
-
-def _validate(opts):
-    k = opts["mcmc_steps"]
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"mcmc_steps must be an int >= 1, got {k!r}")
-    L = opts["n_leapfrog"]
-    if isinstance(L, bool) or not isinstance(L, int) or L < 1:
-        raise ValueError(f"n_leapfrog must be an int >= 1, got {L!r}")
-    if not isinstance(opts["step_size"], (int, float)) or not opts["step_size"] > 0:
-        raise ValueError(f"step_size must be a positive float, got {opts['step_size']!r}")
-    if not 0 < opts["target_accept"] < 1:
-        raise ValueError(f"target_accept must lie in (0, 1), got {opts['target_accept']!r}")
-    if not isinstance(opts["adapt"], bool):
-        raise TypeError(f"adapt must be a bool, got {opts['adapt']!r}")
-    check_n_pilot(opts)
-
-
-def _init(x, t, opts):
-    return MCMCState(x)
+def log_prob_and_score(model, x, t):
+    """``(log p_t(x), s(x, t))`` of a model that declares ``has_log_prob`` (the log density in
+    ``x``'s dtype)."""
+    lp, s = model.log_prob_and_score(x, t)
+    return jnp.asarray(lp, x.dtype), s
 
 
 def _rho(schedule, s):
@@ -125,7 +94,7 @@ def _accept_prob(log_r):
 
 def _mala_move(model, s, x, lp, g, e, z):
     y = x + e * g + jnp.sqrt(2.0 * e) * z
-    lpy, gy = model_log_prob_and_score(model, y, s)
+    lpy, gy = log_prob_and_score(model, y, s)
     fwd = -jnp.sum((y - x - e * g) ** 2) / (4.0 * e)
     bwd = -jnp.sum((x - y - e * gy) ** 2) / (4.0 * e)
     return y, lpy, gy, lpy - lp + bwd - fwd
@@ -136,7 +105,7 @@ def _hmc_move(model, s, x, lp, g, e, p, n_leapfrog):
         q, p, lq, gq = c
         p = p + 0.5 * e * gq
         q = q + e * p
-        lq, gq = model_log_prob_and_score(model, q, s)
+        lq, gq = log_prob_and_score(model, q, s)
         p = p + 0.5 * e * gq
         return q, p, lq, gq
 
@@ -145,13 +114,13 @@ def _hmc_move(model, s, x, lp, g, e, p, n_leapfrog):
     return q, lq, gq, log_r
 
 
-def _mh(kind, model, s, x, lp, g, e, z, u, opts):
+def _mh(kind, n_leapfrog, model, s, x, lp, g, e, z, u):
     """One Metropolis-Hastings move of ONE particle with step size ``e``; returns the new
     ``(x, log p, score)`` and the acceptance probability."""
     if kind == "mala":
         y, lpy, gy, log_r = _mala_move(model, s, x, lp, g, e, z)
     else:
-        y, lpy, gy, log_r = _hmc_move(model, s, x, lp, g, e, z, opts["n_leapfrog"])
+        y, lpy, gy, log_r = _hmc_move(model, s, x, lp, g, e, z, n_leapfrog)
     acc = jnp.log(u) < log_r
     x = jnp.where(acc, y, x)
     lp = jnp.where(acc, lpy, lp)
@@ -159,44 +128,47 @@ def _mh(kind, model, s, x, lp, g, e, z, u, opts):
     return x, lp, g, _accept_prob(log_r)
 
 
-def _make_step(kind):
-    def step(model, schedule, state, t, s, normals, uniforms, opts, params):
-        x = em_transition(model, schedule, state.position, normals[:1], t, s, opts)
-        e = jnp.exp(params) * _rho(schedule, s)
-        lp, g = model_log_prob_and_score(model, x, s)
+def annealed_step(kind, n_leapfrog, predictor, model, schedule, x, t, s, normals, uniforms,
+                  log_c):
+    """One level ``t -> s`` of ONE particle: the predictor with ``normals[0]``, then
+    ``len(uniforms)`` Metropolis moves with step ``exp(log_c) rho(s)``; returns the new
+    position and its :class:`MCMCInfo`."""
+    x = predictor(model, schedule, x, normals[:1], t, s)
+    e = jnp.exp(log_c) * _rho(schedule, s)
+    lp, g = log_prob_and_score(model, x, s)
 
-        def move(carry, zu):
-            x, lp, g = carry
-            x, lp, g, a = _mh(kind, model, s, x, lp, g, e, zu[0], zu[1], opts)
-            return (x, lp, g), a
+    def move(carry, zu):
+        x, lp, g = carry
+        x, lp, g, a = _mh(kind, n_leapfrog, model, s, x, lp, g, e, zu[0], zu[1])
+        return (x, lp, g), a
 
-        (x, _, _), a = jax.lax.scan(move, (x, lp, g), (normals[1:], uniforms))
-        return MCMCState(x), MCMCInfo(jnp.mean(a), e)
-
-    return step
+    (x, _, _), a = jax.lax.scan(move, (x, lp, g), (normals[1:], uniforms))
+    return x, MCMCInfo(jnp.mean(a), e)
 
 
-def mcmc_tune(kind, model, schedule, key, times, opts, d, dtype):
+def mcmc_tune(kind, n_leapfrog, predictor, model, schedule, key, times, d, dtype, *,
+              mcmc_steps, step_size, target_accept, adapt, n_pilot):
     """Per-level log step scales ``log c_l`` ``(steps,)`` (see the module docstring).
 
     With ``adapt=False`` this is ``log(step_size)`` at every level (no pilot is run). Otherwise
-    the pilot (``n_pilot`` particles, keys from :func:`pilot_keys`) runs the annealed sampler;
-    at each level, after its predictor step, ``log c_l`` solves ``A(log c) = target_accept`` by
-    ``BISECT_ITERS`` bisections on ``[log c_{l-1} - BISECT_WIDTH, log c_{l-1} + BISECT_WIDTH]``,
-    where ``A`` is the pilot's ensemble-mean acceptance probability of one probe move with a
-    fixed (common) probe noise, then the pilot makes its ``mcmc_steps`` moves with ``c_l``.
+    the pilot (``n_pilot`` particles, keys from :func:`~.noise.pilot_keys`) runs the annealed
+    sampler; at each level, after its predictor step, ``log c_l`` solves
+    ``A(log c) = target_accept`` by ``BISECT_ITERS`` bisections on
+    ``[log c_{l-1} - BISECT_WIDTH, log c_{l-1} + BISECT_WIDTH]``, where ``A`` is the pilot's
+    ensemble-mean acceptance probability of one probe move with a fixed (common) probe noise,
+    then the pilot makes its ``mcmc_steps`` moves with ``c_l``.
     """
     steps = times.shape[0] - 1
-    log_c0 = jnp.asarray(math.log(opts["step_size"]), dtype)
-    if not opts["adapt"]:
+    log_c0 = jnp.asarray(math.log(step_size), dtype)
+    if not adapt:
         return jnp.full((steps,), log_c0)
-    n_p, k_moves, delta = opts["n_pilot"], opts["mcmc_steps"], opts["target_accept"]
+    n_p, k_moves, delta = n_pilot, mcmc_steps, target_accept
     k_init, k_norm, k_unif = pilot_keys(key)
     xp = pilot_init(schedule, k_init, n_p, d, dtype)
-    em_v = jax.vmap(em_transition, (None, None, 0, 0, None, None, None))
-    lps_v = jax.vmap(model_log_prob_and_score, (None, 0, None))
-    mh = functools.partial(_mh, kind, model)
-    mh_v = jax.vmap(mh, (None, 0, 0, 0, None, 0, 0, None))
+    em_v = jax.vmap(predictor, (None, None, 0, 0, None, None))
+    lps_v = jax.vmap(log_prob_and_score, (None, 0, None))
+    mh = functools.partial(_mh, kind, n_leapfrog, model)
+    mh_v = jax.vmap(mh, (None, 0, 0, 0, None, 0, 0))
     ones = jnp.ones((n_p,), dtype)
 
     def level(carry, i):
@@ -204,7 +176,7 @@ def mcmc_tune(kind, model, schedule, key, times, opts, d, dtype):
         t, s = times[i], times[i + 1]
         z = draw_normals(k_norm, i, n_p, 2 + k_moves, d, dtype)  # predictor, probe, moves
         u = draw_uniforms(k_unif, i, n_p, k_moves, dtype)
-        xp = em_v(model, schedule, xp, z[:, :1], t, s, opts)
+        xp = em_v(model, schedule, xp, z[:, :1], t, s)
         lp, g = lps_v(model, xp, s)
         rho = _rho(schedule, s)
 
@@ -222,7 +194,7 @@ def mcmc_tune(kind, model, schedule, key, times, opts, d, dtype):
             gin = jnp.where(probe, g, gx)
             zj = jnp.where(probe, z[:, 1], z[:, 2 + m])
             uj = jnp.where(probe, ones, u[:, m])
-            y, lpy, gy, a = mh_v(s, xin, lpin, gin, jnp.exp(mid) * rho, zj, uj, opts)
+            y, lpy, gy, a = mh_v(s, xin, lpin, gin, jnp.exp(mid) * rho, zj, uj)
             ok = jnp.mean(a) >= delta
             lo = jnp.where(probe & ok, mid, lo)
             hi = jnp.where(probe & ~ok, mid, hi)
@@ -238,28 +210,3 @@ def mcmc_tune(kind, model, schedule, key, times, opts, d, dtype):
 
     _, log_c = jax.lax.scan(level, (xp, log_c0), jnp.arange(steps))
     return log_c
-
-
-def _make_tune(kind):
-    def tune(model, schedule, key, times, opts, d, dtype):
-        return mcmc_tune(kind, model, schedule, key, times, opts, d, dtype)
-
-    return tune
-
-
-for _name, _kind, _target in (("annealed_mala", "mala", 0.574), ("annealed_hmc", "hmc", 0.65)):
-    register_kernel(
-        Kernel(
-            name=_name,
-            defaults=_defaults(_target),
-            init=_init,
-            step=_make_step(_kind),
-            num_normals=lambda o: 1 + o["mcmc_steps"],
-            num_uniforms=lambda o: o["mcmc_steps"],
-            transition=None,
-            affine=lambda o: False,
-            needs_log_prob=True,
-            validate=_validate,
-            tune=_make_tune(_kind),
-        )
-    )

@@ -26,7 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["key_pair", "normals", "normals_columns", "random_words", "threefry2x32", "uniforms"]
+__all__ = [
+    "draw_normals", "draw_uniforms", "key_pair", "normals", "normals_columns", "pilot_init",
+    "pilot_keys", "random_words", "threefry2x32", "uniforms",
+]
 
 
 def key_pair(key: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -130,3 +133,32 @@ def normals_columns(kp: jax.Array, offset: jax.Array, n: int, shape: tuple = (),
     cols = jax.lax.broadcasted_iota(jnp.uint32, (length, n), 0)
     b = _combine(*threefry2x32(kp[0], kp[1], rows, cols), 64 if dtype == jnp.float64 else 32)
     return _to_normals(b, dtype).reshape((*shape, n))
+
+
+# ------------------------------------------------------------------------- the driver's draws
+def draw_normals(key, i, n, m, d, dtype):
+    """Standard normals ``(n, m, d)`` of step ``i`` from ``fold_in(key, i)``: particle ``j``'s
+    numbers depend only on ``(key, i, j)``, for any ``n``, under ``jit`` and sharded."""
+    return normals(jax.random.fold_in(key, i), n, (m, d), dtype)
+
+
+def draw_uniforms(key, i, n, m, dtype):
+    """Uniforms ``(n, m)`` in ``[0, 1)`` of step ``i`` (same construction as
+    :func:`draw_normals`)."""
+    return uniforms(jax.random.fold_in(key, i), n, (m,), dtype)
+
+
+_PILOT_TAG = 0x70696C6F  # "pilo"
+
+
+def pilot_keys(key):
+    """``(k_init, k_normal, k_uniform)`` of a method's pilot ensemble (step sizes tuned before
+    the main run): derived from the main key by ``fold_in`` with a fixed tag, so they are
+    independent of the main particles' streams (the driver splits the main key itself) and of
+    the batch size."""
+    return jax.random.split(jax.random.fold_in(key, _PILOT_TAG), 3)
+
+
+def pilot_init(schedule, key, n_pilot, d, dtype):
+    """Pilot particles ``(n_pilot, d)`` from the prior ``N(0, prior_std^2 I)`` at ``t_max``."""
+    return jnp.asarray(schedule.prior_std, dtype) * draw_normals(key, 0, n_pilot, 1, d, dtype)[:, 0]

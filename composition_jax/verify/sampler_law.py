@@ -1,10 +1,10 @@
 r"""Exact law of a sampler's output for models whose score is affine in ``x``.
 
 For ``s(x, t) = A(t) x + b(t)`` (any Gaussian, any score composition of Gaussians) every
-non-Metropolis kernel of :mod:`composition_jax.samplers.kernels` is an affine-Gaussian recursion
-``x' = P x + q + Q z`` with ``z ~ N(0, I)``. :func:`sampler_law` obtains ``P``, ``Q`` (by
-``jax.jacfwd``) and ``q`` (at ``x = 0, z = 0``) from THE SAME transition functions the kernels
-use -- so the law and the sampler cannot drift apart -- and propagates
+method with ``affine_exact`` (:mod:`composition_jax.samplers.methods`) is an affine-Gaussian
+recursion ``x' = P x + q + Q z`` with ``z ~ N(0, I)``. :func:`sampler_law` obtains ``P``, ``Q``
+(by ``jax.jacfwd``) and ``q`` (at ``x = 0, z = 0``) from THE SAME ``method.transition`` the
+sampler runs -- so the law and the sampler cannot drift apart -- and propagates
 
 ``m' = P m + q``,   ``C' = P C P^T + Q Q^T``
 
@@ -24,9 +24,10 @@ import jax
 import jax.numpy as jnp
 
 from ..distributions import Gaussian
-from ..samplers.driver import as_model, check_model_shape, check_times, resolve_method
+from ..models import as_model
+from ..samplers.driver import _DRIVER_OPTIONS, check_model_shape, check_times
 from ..samplers.grids import time_grid
-from ..samplers.kernels import model_denoise
+from ..samplers.methods import SamplerMethod, denoise, resolve_method
 
 __all__ = ["sampler_law"]
 
@@ -40,15 +41,15 @@ def _affine(f, d, m, dtype):
     return q, P, Q
 
 
-def _propagate(model, schedule, m0, C0, *, kernel, opts, steps, t_min, grid, rho, denoise_final):
+def _propagate(model, schedule, m0, C0, *, method, steps, t_min, grid, rho, denoise_final):
     d, dtype = m0.shape[0], m0.dtype
-    m_norm = kernel.num_normals(opts)
+    m_norm = method.num_normals
     times = time_grid(schedule, steps, t_min, grid, rho=rho, dtype=dtype)
 
     def body(carry, i):
         mean, cov = carry
         t, s = times[i], times[i + 1]
-        f = lambda x, z: kernel.transition(model, schedule, x, z, t, s, opts)
+        f = lambda x, z: method.transition(model, schedule, x, z, t, s)
         q, P, Q = _affine(f, d, m_norm, dtype)
         mean = P @ mean + q
         cov = P @ cov @ P.T + Q @ Q.T
@@ -56,7 +57,7 @@ def _propagate(model, schedule, m0, C0, *, kernel, opts, steps, t_min, grid, rho
 
     (mean, cov), _ = jax.lax.scan(body, (m0, C0), jnp.arange(steps))
     if denoise_final:
-        f = lambda x, z: model_denoise(model, schedule, x, times[-1])
+        f = lambda x, z: denoise(model, schedule, x, times[-1])
         q, P, _ = _affine(f, d, 0, dtype)
         mean = P @ mean + q
         cov = P @ cov @ P.T
@@ -68,7 +69,7 @@ def sampler_law(
     model: Any,
     schedule: Any,
     *,
-    method: str,
+    method: str | SamplerMethod,
     steps: int,
     t_min: float = 1e-3,
     grid: str = "uniform",
@@ -86,7 +87,8 @@ def sampler_law(
       model: a model whose score is affine in ``x`` (e.g. ``cj.diffuse(Gaussian, schedule)`` or
         any score composition of such models); a plain ``score_fn`` is accepted.
       schedule: the schedule passed to the sampler.
-      method, steps, t_min, grid, rho, denoise_final, **options: exactly as in ``cj.sample``.
+      method, steps, t_min, grid, rho, denoise_final, **options: exactly as in ``cj.sample``
+        (a method object such as ``cj.DDIM(eta=0.3)``, or a string alias with its options).
       init: ``(mean (d,), cov (d, d))`` of the initial particles at ``t_max`` (default: the
         prior ``N(0, prior_std^2 I)``, as the sampler's default initialization).
       dim: data dimension when neither the model (``.dim``) nor ``init`` tells it.
@@ -99,14 +101,15 @@ def sampler_law(
       ``Gaussian(mean, cov)`` (or ``(mean, cov)``): exact, up to float rounding.
 
     Raises:
-      ValueError: a Metropolis method or a non-affine option (``corrector_step="snr"``), or bad
+      ValueError: a method without ``affine_exact`` (Metropolis methods,
+        ``PredictorCorrector(corrector_step="snr")``), or bad
         ``steps``/``t_min``/``grid``/``method``, or unknown dimension.
     """
-    kernel, opts = resolve_method(method, options)
-    if kernel.transition is None or not kernel.affine(opts):
+    method = resolve_method(method, options, _DRIVER_OPTIONS)
+    if not method.affine_exact:
         raise ValueError(
-            f"sampler_law needs a kernel that is affine-Gaussian for affine scores; method "
-            f"{method!r} with options {opts} is not (Metropolis methods, or "
+            f"sampler_law needs a kernel that is affine-Gaussian for affine scores "
+            f"(method.affine_exact); {method!r} is not (Metropolis methods, or "
             "predictor_corrector with corrector_step='snr')"
         )
     steps, t_min_f = check_times(schedule, steps, t_min, grid)
@@ -134,7 +137,7 @@ def sampler_law(
     model = as_model(model)
     check_model_shape(model, d, dtype)
     mean, cov = _propagate_jit(
-        model, schedule, m0, C0, kernel=kernel, opts=_Frozen(opts), steps=steps, t_min=t_min_f,
+        model, schedule, m0, C0, method=method, steps=steps, t_min=t_min_f,
         grid=grid, rho=float(rho), denoise_final=bool(denoise_final),
     )
     if as_moments:
@@ -144,12 +147,5 @@ def sampler_law(
 
 _propagate_jit = jax.jit(
     _propagate,
-    static_argnames=("kernel", "opts", "steps", "t_min", "grid", "rho", "denoise_final"),
+    static_argnames=("method", "steps", "t_min", "grid", "rho", "denoise_final"),
 )
-
-
-class _Frozen(dict):
-    """A hashable dict (static jit argument)."""
-
-    def __hash__(self):
-        return hash(tuple(sorted(self.items())))

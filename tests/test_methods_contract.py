@@ -1,0 +1,207 @@
+"""The sampler-method protocol, tested for EVERY registered method (blackjax-style API tests):
+parametrized over ``cj.METHODS``, so a new registration is tested automatically -- including
+``damped_euler_maruyama``, a method defined in this file (outside the package) and registered
+with one ``cj.register_method`` call."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import ClassVar
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import composition_jax as cj
+from composition_jax.samplers import time_grid
+
+
+class DampedEulerMaruyama(cj.SamplerMethod):
+    """Euler-Maruyama with its drift scaled by ``damping`` (``1``: Euler-Maruyama)."""
+
+    damping: float = 0.5
+    elementwise: ClassVar[bool] = True
+    num_normals: ClassVar[int] = 1
+
+    def __post_init__(self):
+        d = self.damping
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 < d <= 1:
+            raise ValueError(f"damping must lie in (0, 1], got {d!r}")
+
+    def transition(self, model, schedule, x, normals, t, t_next):
+        dt = t - t_next
+        g2 = schedule.g2(t)
+        drift = g2 * model.score(x, t) - schedule.drift_coeff(t) * x
+        return x + self.damping * drift * dt + jnp.sqrt(g2 * dt) * normals[0]
+
+
+NEW = "damped_euler_maruyama"
+if NEW not in cj.METHODS:
+    cj.register_method(NEW, DampedEulerMaruyama)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _unregister():
+    yield
+    cj.METHODS.pop(NEW, None)
+
+
+NAMES = sorted(cj.METHODS)
+SCH = cj.VPSchedule()
+D = 2
+MODEL = cj.diffuse(cj.Gaussian(jnp.array([1.0, -0.5]), jnp.array([[1.0, 0.3], [0.3, 0.5]])), SCH)
+#: another valid option value per method (instances with it must differ)
+OTHER = {"ddim": {"eta": 0.3}, "predictor_corrector": {"corrector_step": "fixed"},
+         "annealed_mala": {"mcmc_steps": 3}, "annealed_hmc": {"n_leapfrog": 2},
+         NEW: {"damping": 1.0}}
+SMALL = {"predictor_corrector": {"n_pilot": 16}, "annealed_mala": {"n_pilot": 16},
+         "annealed_hmc": {"n_pilot": 16}}  # keep the pilots cheap
+
+
+def _method(name, **kw):
+    return cj.METHODS[name](**{**SMALL.get(name, {}), **kw})
+
+
+def _options(cls):
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_constructor_validates_every_option(name):
+    cls = cj.METHODS[name]
+    cls()  # the defaults are valid
+    for opt in _options(cls):
+        for bad in ("bad", -1, None):
+            with pytest.raises((ValueError, TypeError), match=opt):
+                cls(**{opt: bad})
+    with pytest.raises(TypeError):
+        cls(not_an_option=1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_instances_are_hashable_frozen_values(name):
+    cls = cj.METHODS[name]
+    a, b = cls(), cls()
+    assert a == b and hash(a) == hash(b) and {a: 1}[b] == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(a, "anything", 1)
+    leaves, treedef = jax.tree.flatten(a)
+    assert leaves == [] and jax.tree.unflatten(treedef, []) == a  # options are static
+    if name in OTHER:
+        c = cls(**OTHER[name])
+        assert c != a and c == cls(**OTHER[name])
+    assert isinstance(cls.elementwise, bool) and isinstance(cls.needs_log_prob, bool)
+    assert isinstance(a.affine_exact, bool)
+    assert type(a.num_normals) is int and a.num_normals >= 0
+    assert type(a.num_uniforms) is int and a.num_uniforms >= 0
+
+
+def _params(m, i=0):
+    times = time_grid(SCH, 4, 1e-3, "uniform", dtype=jnp.float32)
+    p = m.tune(MODEL, SCH, jax.random.key(3), times, D, jnp.float32)
+    return times, None if p is None else jax.tree.map(lambda a: a[i], p)
+
+
+def _inputs(m, key):
+    kz, kx = jax.random.split(key)
+    z = jax.random.normal(kz, (m.num_normals, D))
+    u = jnp.zeros((m.num_uniforms,))  # u = 0: every Metropolis proposal is accepted
+    x = jax.random.normal(kx, (D,))
+    return x, z, u
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_init_step_signatures_and_namedtuple_types(name, key):
+    m = _method(name)
+    assert list(inspect.signature(m.init).parameters) == ["x", "t"]
+    assert list(inspect.signature(m.step).parameters) == [
+        "model", "schedule", "state", "t", "t_next", "normals", "uniforms", "params"]
+    assert list(inspect.signature(m.tune).parameters) == [
+        "model", "schedule", "key", "times", "d", "dtype"]
+    if m.transition is not None:
+        assert list(inspect.signature(m.transition).parameters)[:6] == [
+            "model", "schedule", "x", "normals", "t", "t_next"]
+    times, p = _params(m)
+    x, z, u = _inputs(m, key)
+    state = m.init(x, times[0])
+    assert hasattr(type(state), "_fields") and "position" in state._fields
+    new, info = m.step(MODEL, SCH, state, times[0], times[1], z, u, p)
+    assert type(new) is type(state) and hasattr(type(info), "_fields")
+    chex.assert_trees_all_equal_shapes_and_dtypes(new, state)
+    chex.assert_tree_all_finite(new)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_step_consumes_exactly_num_normals(name, key):
+    m = _method(name)
+    times, p = _params(m)
+    x, z, u = _inputs(m, key)
+    state = m.init(x, times[0])
+    step = lambda z: m.step(MODEL, SCH, state, times[0], times[1], z, u, p)[0]
+    base = step(z)
+    extra = jnp.concatenate([z, 100.0 * jnp.ones((1, D))])  # an extra row is never read...
+    try:
+        chex.assert_trees_all_close(step(extra), base, rtol=0, atol=0)
+    except (TypeError, ValueError) as e:  # ...or refused by a shape check
+        assert "shape" in str(e) or "size" in str(e), e
+    for r in range(m.num_normals):  # each of the num_normals rows is read
+        moved = step(z.at[r].add(0.5))
+        assert not np.allclose(moved.position, base.position), (name, r)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_step_jit_equals_eager(name, key):
+    m = _method(name)
+    times, p = _params(m)
+    x, z, u = _inputs(m, key)
+    state = m.init(x, times[0])
+    eager = m.step(MODEL, SCH, state, times[0], times[1], z, u, p)
+    jitted = jax.jit(m.step)(MODEL, SCH, state, times[0], times[1], z, u, p)
+    chex.assert_trees_all_close(jitted, eager, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sample_prefix_invariance_and_alias_equals_instance(name, key):
+    m = _method(name)
+    kw = dict(steps=4, nonfinite="ignore")
+    big = cj.sample(key, MODEL, SCH, (24, D), method=m, **kw)
+    small = cj.sample(key, MODEL, SCH, (7, D), method=m, **kw)
+    chex.assert_trees_all_close(small, big[:7], rtol=1e-5, atol=1e-6)
+    opts = {**SMALL.get(name, {})}
+    by_name = cj.sample(key, MODEL, SCH, (7, D), method=name, **opts, **kw)
+    chex.assert_trees_all_equal(by_name, small)
+    with pytest.raises(TypeError, match="unknown option"):
+        cj.sample(key, MODEL, SCH, (7, D), method=m, eta=0.1, **kw)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sampler_law_exactly_when_affine_exact(name):
+    m = _method(name)
+    if m.affine_exact:
+        law = cj.verify.sampler_law(MODEL, SCH, method=m, steps=4)
+        assert law.mean.shape == (D,) and np.all(np.isfinite(law.cov))
+        by_name = cj.verify.sampler_law(MODEL, SCH, method=name, steps=4, **SMALL.get(name, {}))
+        chex.assert_trees_all_equal(by_name.mean, law.mean)
+    else:
+        with pytest.raises(ValueError, match="sampler_law needs"):
+            cj.verify.sampler_law(MODEL, SCH, method=m, steps=4)
+
+
+def test_new_method_registered_outside_samples_in_both_layouts(key):
+    assert cj.METHODS[NEW] is DampedEulerMaruyama
+    kw = dict(steps=6, nonfinite="ignore")
+    rows = cj.sample(key, MODEL, SCH, (40, D), method=NEW, damping=0.7, layout="rows", **kw)
+    cols = cj.sample(key, MODEL, SCH, (40, D), method=NEW, damping=0.7, layout="columns", **kw)
+    chex.assert_trees_all_close(cols, rows, rtol=1e-5, atol=2e-6)
+    # damping 1 is Euler-Maruyama; the option is really used
+    one = cj.sample(key, MODEL, SCH, (40, D), method=DampedEulerMaruyama(1.0), **kw)
+    em = cj.sample(key, MODEL, SCH, (40, D), method="euler_maruyama", **kw)
+    chex.assert_trees_all_close(one, em, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(rows, em)
+    with pytest.raises(ValueError, match="already registered"):
+        cj.register_method(NEW, DampedEulerMaruyama)
+    with pytest.raises(ValueError, match="damping"):
+        cj.sample(key, MODEL, SCH, (4, D), method=NEW, damping=2.0)
