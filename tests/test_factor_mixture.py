@@ -78,15 +78,19 @@ def _evaluate(model):
     return jax.jit(jax.vmap(one, (0, None)))
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_matches_float64_oracle(key, kind):
+@pytest.mark.parametrize("kind, shape", [(k, (6, 3, 2)) for k in KINDS]
+                         + [("full", (2, 5, 10)), ("diag", (40, 2, 1))])
+def test_matches_float64_oracle(key, kind, shape):
     """log_prob, score and denoiser of diffuse(FactorMixture) equal the float64 closed form at
-    every t, including t = 0, tiny t and a point far from all components."""
+    every t, including t = 0, tiny t and a point far from all components (small and large
+    blocks, few and many components)."""
     rng = np.random.default_rng(1)
-    w, means, covs = _params(rng, 6, 3, 2, kind)
+    w, means, covs = _params(rng, *shape, kind)
     fm = cj.FactorMixture(w.astype(np.float32), means.astype(np.float32),
                           covs.astype(np.float32))
-    assert fm.covariance == kind and fm.dim == 12
+    assert fm.covariance == kind and fm.dim == shape[0] * shape[2]
+    one, half = jnp.float32(1.0), jnp.float32(0.5)
+    assert fm.responsibilities(jnp.zeros(fm.dim, jnp.float32), one, half).shape == shape[:2]
     ev = _evaluate(cj.diffuse(fm, SCH))
     for j, t in enumerate(TIMES):
         a, s = float(SCH.alpha(t)), float(SCH.sigma(t))
