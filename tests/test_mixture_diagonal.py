@@ -1,5 +1,5 @@
-"""The diagonal-covariance fast path of GaussianMixture (matmul form) against the general
-eigen-form path and scipy."""
+"""The diagonal-covariance fast paths of GaussianMixture (difference / matmul forms) against the
+general eigen-form path (``covariance="full"``) and scipy; the explicit ``covariance`` option."""
 
 import jax
 import jax.numpy as jnp
@@ -8,27 +8,84 @@ import pytest
 from scipy import stats
 
 import composition_jax as cj
-from composition_jax._pytree import replace
 
 TIMES = (1e-4, 1e-2, 0.3, 1.0)
 
 
-def _mixture(rng, d, K, vmin, dtype, isotropic=False):
+def _mixture(rng, d, K, vmin, dtype, isotropic=False, covariance=None):
     means = rng.normal(size=(K, d)) * 2.0
     var = rng.uniform(vmin, 3 * vmin, size=(K, 1 if isotropic else d)) * np.ones((K, d))
     covs = np.stack([np.diag(v) for v in var])
     w = rng.dirichlet(np.ones(K))
-    return cj.GaussianMixture(w.astype(dtype), means.astype(dtype), covs.astype(dtype))
+    return cj.GaussianMixture(w.astype(dtype), means.astype(dtype), covs.astype(dtype),
+                              covariance=covariance)
+
+
+def _as_full(m):
+    """The same mixture on the general (eigendecomposition) path."""
+    return cj.GaussianMixture(m.weights, m.means, m.covs, covariance="full")
 
 
 def test_diagonal_flag_detection():
     rng = np.random.default_rng(0)
     m = _mixture(rng, 3, 4, 0.5, np.float32)
-    assert m.diagonal
+    assert m.diagonal and m.covariance == "diag"
     full = np.stack([np.eye(3) + 0.1 * (np.ones((3, 3)) - np.eye(3))] * 4)
     m2 = cj.GaussianMixture(np.full(4, 0.25), np.zeros((4, 3)), full)
-    assert not m2.diagonal
+    assert not m2.diagonal and m2.covariance == "full"
     assert m.marginal([0, 2]).diagonal
+    iso = _mixture(rng, 3, 4, 0.5, np.float32, isotropic=True)
+    assert iso.covariance == "iso" and iso.isotropic
+    assert iso.marginal([0, 2]).covariance == "iso"
+    # an explicit kind is kept by marginals even where inference would find a narrower one
+    f = _as_full(iso)
+    assert f.covariance == "full" and not f.diagonal
+    assert f.marginal([1]).covariance == "full"
+    d = cj.GaussianMixture(iso.weights, iso.means, iso.covs, covariance="diag")
+    assert d.covariance == "diag" and d.marginal([0, 1]).covariance == "diag"
+
+
+def test_covariance_option_validated_when_concrete():
+    rng = np.random.default_rng(3)
+    m = _mixture(rng, 3, 2, 0.5, np.float32)  # diagonal, not isotropic
+    with pytest.raises(ValueError, match=r"covariance='iso'.*covs"):
+        cj.GaussianMixture(m.weights, m.means, m.covs, covariance="iso")
+    full = np.stack([np.eye(3) + 0.1 * (np.ones((3, 3)) - np.eye(3))] * 2)
+    with pytest.raises(ValueError, match=r"covariance='diag'.*covs"):
+        cj.GaussianMixture(m.weights, m.means, full, covariance="diag")
+    with pytest.raises(ValueError, match=r"covariance='iso'.*covs"):
+        cj.GaussianMixture(m.weights, m.means, full, covariance="iso")
+    with pytest.raises(ValueError, match="covariance must be None or one of"):
+        cj.GaussianMixture(m.weights, m.means, m.covs, covariance="diagonal")
+    with pytest.raises(ValueError, match="positive definite"):
+        cj.GaussianMixture(m.weights, m.means, 0.0 * m.covs, covariance="diag")
+
+
+def test_covariance_option_under_jit():
+    """Built under jit: None means "full" (the values are unknown), an explicit kind is trusted;
+    the kind is static (part of the treedef) and survives flatten / unflatten and jit."""
+    rng = np.random.default_rng(4)
+    m = _mixture(rng, 3, 4, 0.5, np.float32, isotropic=True)
+    seen = {}
+
+    @jax.jit
+    def build(w, mu, c):
+        seen["none"] = cj.GaussianMixture(w, mu, c).covariance
+        g = cj.GaussianMixture(w, mu, c, covariance="iso")
+        seen["iso"] = g.covariance
+        return g
+
+    g = build(m.weights, m.means, m.covs)
+    assert seen == {"none": "full", "iso": "iso"}
+    assert g.covariance == "iso"
+    leaves, tree = jax.tree.flatten(g)
+    assert jax.tree.unflatten(tree, leaves).covariance == "iso"
+    _, tree_full = jax.tree.flatten(_as_full(m))
+    assert tree != tree_full
+    sched = cj.VPSchedule()
+    x = jnp.asarray(rng.normal(size=3).astype(np.float32))
+    f = jax.jit(lambda mm, z: cj.diffuse(mm, sched).score(z, 0.3))
+    np.testing.assert_allclose(np.asarray(f(g, x)), np.asarray(f(m, x)), rtol=1e-6, atol=1e-6)
 
 
 def test_diagonal_rejects_nonpositive_variance():
@@ -43,14 +100,14 @@ def test_fast_path_matches_general_path_float32(key, d, K, vmin, iso):
     rng = np.random.default_rng(d)
     fast = _mixture(rng, d, K, vmin, np.float32, isotropic=iso)
     assert fast.isotropic == iso
-    slow = replace(fast, diagonal=False, isotropic=False)
+    slow = _as_full(fast)
     sched = cj.VPSchedule()
     for t in TIMES:
         x = cj.diffuse(fast, sched).sample(jax.random.fold_in(key, int(t * 1e4)), 32, t)
         for what in ("score", "log_prob", "denoise"):
             a, s = sched.alpha(t), sched.sigma(t)
-            f = jax.vmap(lambda z, m=fast: m.noised(z, a, s, what))(x)
-            g = jax.vmap(lambda z, m=slow: m.noised(z, a, s, what))(x)
+            f = jax.vmap(lambda z, m=fast, a=a, s=s, what=what: m.noised(z, a, s, what))(x)
+            g = jax.vmap(lambda z, m=slow, a=a, s=s, what=what: m.noised(z, a, s, what))(x)
             scale = float(jnp.max(jnp.abs(g))) + 1.0
             # float32 expansion error ~ eps * |x|^2 / v_min (documented in gaussian.py)
             tol = 64 * float(jnp.finfo(jnp.float32).eps) * (1.0 + float(jnp.max(x * x)) / vmin)
@@ -77,12 +134,12 @@ def test_fast_path_matches_scipy_and_grad_float64(key, iso):
             ))
             for xi in x
         ])
-        lp = jax.vmap(lambda z: p.log_prob(z, t))(x)
+        lp = jax.vmap(lambda z, t=t: p.log_prob(z, t))(x)
         np.testing.assert_allclose(np.asarray(lp), ref, rtol=1e-9, atol=1e-9)
-        sc = jax.vmap(lambda z: p.score(z, t))(x)
-        gr = jax.vmap(jax.grad(lambda z: p.log_prob(z, t)))(x)
+        sc = jax.vmap(lambda z, t=t: p.score(z, t))(x)
+        gr = jax.vmap(jax.grad(lambda z, t=t: p.log_prob(z, t)))(x)
         np.testing.assert_allclose(np.asarray(sc), np.asarray(gr), rtol=1e-9, atol=1e-9)
-        dn = jax.vmap(lambda z: p.denoise(z, t))(x)
+        dn = jax.vmap(lambda z, t=t: p.denoise(z, t))(x)
         tw = (x + s * s * sc) / a
         np.testing.assert_allclose(np.asarray(dn), np.asarray(tw), rtol=1e-8, atol=1e-8)
 

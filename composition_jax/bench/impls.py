@@ -16,7 +16,7 @@ with VP coefficients ``f = -beta/2``, ``g^2 = beta``. The composed score is
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -116,11 +116,11 @@ def run_torch(p: Problem, seed: int, method: str, compile: bool = False):
         return out
 
     def em_step(x, z, row):
-        t, h, b, a, s2 = row[0], row[1], row[2], row[3], row[4]
+        _t, h, b, a, s2 = row[0], row[1], row[2], row[3], row[4]
         return x + (0.5 * b * x + b * score(x, a, s2)) * h + torch.sqrt(b * h) * z
 
     def heun_step(x, row):
-        t, h, b, a, s2, bn, an, s2n = (row[i] for i in range(8))
+        _t, h, b, a, s2, bn, an, s2n = (row[i] for i in range(8))
         v1 = -0.5 * b * x - 0.5 * b * score(x, a, s2)
         xt = x - h * v1
         v2 = -0.5 * bn * xt - 0.5 * bn * score(xt, an, s2n)
@@ -153,13 +153,13 @@ def run_torch_compile(p: Problem, seed: int, method: str):
 def _jax_mixture_params(p: Problem):
     import jax.numpy as jnp
 
-    return dict(
-        logw=jnp.asarray(np.log(p.weights)),
-        M=jnp.asarray(p.means),
-        Msq=jnp.asarray(np.sum(p.means * p.means, -1)),
-        V=jnp.asarray(p.variances),
-        cw=jnp.asarray(_score_weights(p)),
-    )
+    return {
+        "logw": jnp.asarray(np.log(p.weights)),
+        "M": jnp.asarray(p.means),
+        "Msq": jnp.asarray(np.sum(p.means * p.means, -1)),
+        "V": jnp.asarray(p.variances),
+        "cw": jnp.asarray(_score_weights(p)),
+    }
 
 
 def _jax_batched_score(params, x, a, s2):
@@ -234,26 +234,25 @@ def run_diffrax(p: Problem, seed: int, method: str):
 
 # ----------------------------------------------------------------------------- composition_jax
 def build_cj_model(p: Problem, general: bool = False):
-    """``compose(background, conditionals)`` of diffused mixtures. ``general=True`` forces the
-    full-covariance (eigenvector) path of ``GaussianMixture``: the "before" of the isotropic /
-    diagonal matmul fast path, ``O(K d^2)`` instead of ``O(K d)`` per particle."""
+    """``compose(background, conditionals)`` of diffused mixtures. ``general=True`` builds them
+    with ``covariance="full"`` (the eigenvector path of ``GaussianMixture``): the "before" of
+    the isotropic / diagonal fast path, ``O(K d^2)`` instead of ``O(K d)`` per particle.
+    Otherwise ``covariance="iso"`` (the problem's covariances are ``v_k I``)."""
     import jax.numpy as jnp
 
     import composition_jax as cj
-    from composition_jax._pytree import replace
 
-    def maybe_general(m):
-        return replace(m, diagonal=False, isotropic=False) if general else m
-
+    kind = "full" if general else "iso"
     sched = cj.VPSchedule(BETA_MIN, BETA_MAX)
     eye = jnp.eye(p.d, dtype=jnp.float32)
     models = [
         cj.diffuse(
-            maybe_general(cj.GaussianMixture(
+            cj.GaussianMixture(
                 jnp.asarray(p.weights[j]),
                 jnp.asarray(p.means[j]),
                 jnp.asarray(p.variances[j])[:, None, None] * eye[None],
-            )),
+                covariance=kind,
+            ),
             sched,
         )
         for j in range(p.k + 1)

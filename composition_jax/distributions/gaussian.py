@@ -10,7 +10,14 @@ tiny ``s``. With ``y = U^T (x - a m)`` and ``v = a^2 lam + s^2``:
 * ``score = -U (y / v)``
 * ``E[x_0 | x_t = x] = m + U (a lam y / v)``  (Gaussian posterior mean)
 
-Mixtures combine per-component values with ``logsumexp`` responsibilities.
+Mixtures combine per-component values with ``logsumexp`` responsibilities. The covariance
+structure of a mixture (``covariance="full" | "diag" | "iso"``) is a static, user-visible option
+that selects the code path; see :class:`GaussianMixture` for the diagonal fast paths and their
+float32 error bounds (no catastrophic cancellation far from the origin nor for widely spread
+means).
+
+Low precision (float16 / bfloat16): eigendecompositions run in float32 and are stored in the
+input dtype; every evaluation then runs in the input dtype.
 """
 
 from __future__ import annotations
@@ -28,14 +35,24 @@ from .._checks import as_float_array, is_concrete
 from .._pytree import pytree_dataclass, static_field
 from .base import Distribution, check_indices, per_sample_keys
 
-__all__ = ["Gaussian", "GaussianMixture"]
+__all__ = ["COVARIANCE_KINDS", "Gaussian", "GaussianMixture"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
+
+COVARIANCE_KINDS = ("full", "diag", "iso")
+
+
+def factorization_dtype(dtype: Any) -> Any:
+    """The dtype in which LAPACK-backed factorizations (eigh, LU) run for data of ``dtype``:
+    float16 / bfloat16 (no LAPACK kernels) are promoted to float32; wider types are kept."""
+    dtype = jnp.dtype(dtype)
+    return jnp.dtype(jnp.float32) if jnp.finfo(dtype).bits < 32 else dtype
 
 
 def _check_cov(cov: jax.Array, name: str) -> tuple[jax.Array, jax.Array]:
     """Eigendecompose a (batch of) covariance(s); check symmetry and positive definiteness when
-    concrete. Returns ``(eigvals, eigvecs)``."""
+    concrete. Returns ``(eigvals, eigvecs)`` in ``cov``'s dtype (the decomposition itself runs in
+    :func:`factorization_dtype`, float32 for float16 / bfloat16 input)."""
     if cov.ndim < 2 or cov.shape[-1] != cov.shape[-2]:
         raise ValueError(f"{name} must be square, got shape {tuple(cov.shape)}")
     concrete = is_concrete(cov)
@@ -48,7 +65,7 @@ def _check_cov(cov: jax.Array, name: str) -> tuple[jax.Array, jax.Array]:
         asym = float(np.max(np.abs(c - np.swapaxes(c, -1, -2)))) if c.size else 0.0
         if asym > 100 * eps * scale:
             raise ValueError(f"{name} must be symmetric; max |C - C^T| = {asym:.3g}")
-    evals, evecs = jnp.linalg.eigh(cov)
+    evals, evecs = jnp.linalg.eigh(cov.astype(factorization_dtype(cov.dtype)))
     if concrete:
         lo = float(jnp.min(evals))
         if not lo > 0:
@@ -56,7 +73,7 @@ def _check_cov(cov: jax.Array, name: str) -> tuple[jax.Array, jax.Array]:
                 f"{name} must be positive definite; smallest eigenvalue {lo:.3g} "
                 f"(shape {tuple(cov.shape)})"
             )
-    return evals, evecs
+    return evals.astype(cov.dtype), evecs.astype(cov.dtype)
 
 
 def _component_terms(x, a, s, means, evals, evecs):
@@ -172,19 +189,114 @@ class Gaussian(Distribution):
         return a * self.mean, a * a * self.cov + s * s * jnp.eye(self.dim, dtype=self.mean.dtype)
 
 
+def _covariance_kind(covariance: Any, covs: jax.Array) -> str:
+    """Resolve the ``covariance`` option: validate an explicit kind against concrete ``covs``,
+    infer it from concrete ``covs`` when ``None``, and trust it (``None`` -> ``"full"``) when
+    ``covs`` is traced."""
+    if covariance is not None and covariance not in COVARIANCE_KINDS:
+        raise ValueError(
+            f"covariance must be None or one of {COVARIANCE_KINDS}, got {covariance!r}"
+        )
+    if not is_concrete(covs):
+        return "full" if covariance is None else covariance
+    c = np.asarray(covs)
+    d = c.shape[-1]
+    diagonal = bool(np.all(c[:, ~np.eye(d, dtype=bool)] == 0))
+    diag = np.diagonal(c, axis1=-2, axis2=-1)
+    isotropic = diagonal and bool(np.all(diag == diag[:, :1]))
+    found = "iso" if isotropic else "diag" if diagonal else "full"
+    if covariance is None:
+        return found
+    if covariance == "diag" and not diagonal:
+        off = float(np.max(np.abs(c[:, ~np.eye(d, dtype=bool)])))
+        raise ValueError(
+            f"covariance='diag' but covs (shape {tuple(c.shape)}) has non-zero off-diagonal "
+            f"entries (max |off-diagonal| = {off:.3g})"
+        )
+    if covariance == "iso" and not isotropic:
+        why = ("non-zero off-diagonal entries" if not diagonal else
+               "diagonal entries that differ within a component")
+        raise ValueError(
+            f"covariance='iso' but covs (shape {tuple(c.shape)}) has {why}; an 'iso' mixture "
+            "needs covs[k] = v_k I"
+        )
+    return covariance
+
+
+# Expansion about the reference point is used (in the diagonal / isotropic paths with
+# d > _SMALL_INNER) when its extra rounding term a^2 max_k |m_k - c|^2_{w_k} is at most
+# _EXPANSION_SLACK * d (see GaussianMixture's docstring); otherwise the anchored form.
+_EXPANSION_SLACK = 64.0
+
+
+def _expansion_safe(means, center, evals) -> bool:
+    """Whether the expanded quadratic is within its floor at EVERY noise level: since
+    ``a^2 / (a^2 lam + s^2) <= 1 / lam``, ``a^2 |m - c|^2_{w(t)} <= |m - c|^2_{1/lam}``. Decided
+    on concrete values only (traced: ``False``, and the check runs per call)."""
+    if not is_concrete(means, center, evals):
+        return False
+    mp = np.asarray(means, np.float64) - np.asarray(center, np.float64)[None, :]
+    ratio = np.sum(mp * mp / np.asarray(evals, np.float64), -1)
+    return bool(np.max(ratio) <= _EXPANSION_SLACK * means.shape[-1])
+
+
 @pytree_dataclass
 class GaussianMixture(Distribution):
-    """Mixture ``sum_k w_k N(means[k], covs[k])``; ``weights (K,)`` non-negative summing to 1,
-    ``means (K, d)``, ``covs (K, d, d)``. Exact at every noise level via ``logsumexp``."""
+    r"""Mixture ``sum_k w_k N(means[k], covs[k])``; ``weights (K,)`` non-negative summing to 1,
+    ``means (K, d)``, ``covs (K, d, d)``. Exact at every noise level via ``logsumexp``.
+
+    Args:
+      weights: ``(K,)`` non-negative, summing to 1.
+      means: ``(K, d)``.
+      covs: ``(K, d, d)`` symmetric positive definite.
+      covariance: the covariance structure, a static option that selects the code path:
+        ``"full"`` (eigendecompositions, ``O(K d^2)`` per point), ``"diag"`` (diagonal
+        ``covs``) or ``"iso"`` (``covs[k] = v_k I``), both ``O(K d)`` with matmul /
+        broadcast-product forms. ``None`` (default) infers it from concrete ``covs`` (exact zero
+        off-diagonals, exactly equal diagonals); an explicit kind is validated against concrete
+        ``covs`` (``ValueError``) and trusted when ``covs`` is traced, where ``None`` means
+        ``"full"``. After construction the field holds the resolved kind, part of the pytree's
+        static structure (never changed by tracing); ``marginal`` keeps it.
+
+    Diagonal / isotropic paths (``v_k = a^2 lam_k + s^2``, ``w_k = 1 / v_k`` per coordinate).
+    Everything is computed relative to a reference point ``c`` (the mean of the means, a leaf set
+    at construction): ``x' = x - a c``, ``m'_k = m_k - c``. The quadratic
+    ``Q_k = sum_j w_kj (x'_j - a m'_kj)^2`` is formed
+
+    * for ``d <= 8``: as ``d`` unrolled broadcast products of explicit differences (exact form);
+    * for ``d > 8`` with ``a^2 max_k |m'_k|^2_{w_k} <= 64 d`` (means spread at most ~8 sqrt(d)
+      component standard deviations about ``c``): expanded as
+      ``|x'|^2_w - 2 a x'.(w m'_k) + a^2 |m'_k|^2_w`` (matmuls);
+    * otherwise (``d > 8``, widely spread means): anchored at ``k*``, the best component of the
+      expanded logits: with ``u = x' - a m'_{k*}``,
+      ``Q_k = (u (u + 2 a m'_{k*})).w_k - 2 a u.(w m'_k) + a^2 |m'_{k*} - m'_k|^2_{w_k}`` (the
+      last term from explicit differences): one more ``(n, d) x (d, K)`` matmul, chosen per call
+      by a ``lax.cond`` on a scalar, so only the branch taken runs.
+
+    Float32 error bounds (``eps`` the unit roundoff, ``C`` a modest constant, ``m_k`` the means,
+    ``v_min = min v``, ``Q_k`` the exact quadratic). The logits
+    ``log w_k - Q_k/2 - sum_j log(v_kj)/2 - d log(2 pi)/2`` satisfy
+    ``|err_k| <= C eps (Q_k + sqrt(Q_k) (|x| + a max|m|) / sqrt(v_min) + d (1 + max|log v|)
+    + 64 d)``, the last term only on the expanded branch: backward stable (the error of
+    perturbing ``x``, ``m``, ``covs`` by ``eps`` relative) up to that additive floor, whatever the
+    offset ``|c|`` or the spread of the means. ``log_prob`` inherits the bound (responsibility
+    weighted); the score ``-sum_k r_k w_k (x - a m_k)`` is formed from ``x'`` and ``m'`` with
+    ``|err| <= C eps ((|x| + a max|m|) / v_min + |score|)`` plus the responsibilities' error
+    times the spread of the component scores. The full path forms ``x - a m_k`` directly and
+    satisfies the same bounds without the floor.
+    """
 
     weights: Any
     means: Any
     covs: Any
+    covariance: str | None = static_field(default=None)
     log_weights: Any = dataclasses.field(init=False, repr=False)
     eigvals: Any = dataclasses.field(init=False, repr=False)
     eigvecs: Any = dataclasses.field(init=False, repr=False)
-    diagonal: bool = static_field(init=False, repr=False, default=False)
-    isotropic: bool = static_field(init=False, repr=False, default=False)
+    center: Any = dataclasses.field(init=False, repr=False)
+    # d > 8 diagonal kinds: whether the expanded quadratic may exceed its error floor at some t
+    # (then a lax.cond picks expanded / anchored per call); False when it provably never does.
+    _guarded: bool = static_field(init=False, repr=False, default=False)
 
     def __post_init__(self):
         w = as_float_array(self.weights, "weights", ndim=1)
@@ -216,30 +328,31 @@ class GaussianMixture(Distribution):
             tol = max(1e-5, 10 * k * float(jnp.finfo(dt).eps))
             if abs(wn.sum() - 1.0) > tol:
                 raise ValueError(f"weights must sum to 1, got sum {wn.sum():.8g}")
-        diagonal = is_concrete(covs) and bool(
-            np.all(np.asarray(covs)[:, ~np.eye(d, dtype=bool)] == 0)
-        )
-        if diagonal:
-            evals = jnp.diagonal(covs, axis1=-2, axis2=-1)
-            if not float(jnp.min(evals)) > 0:
-                raise ValueError(
-                    f"covs must be positive definite; smallest diagonal entry "
-                    f"{float(jnp.min(evals)):.3g} (shape {tuple(covs.shape)})"
-                )
-            evecs = jnp.broadcast_to(jnp.eye(d, dtype=dt), (k, d, d))
-        else:
+        kind = _covariance_kind(self.covariance, covs)
+        if kind == "full":
             evals, evecs = _check_cov(covs, "covs")
+        else:
+            evals = jnp.diagonal(covs, axis1=-2, axis2=-1)
+            evecs = None
+            if is_concrete(evals):
+                ev = np.asarray(evals, np.float64)
+                if not (np.all(np.isfinite(ev)) and float(np.min(ev)) > 0):
+                    raise ValueError(
+                        f"covs must be positive definite; smallest diagonal entry "
+                        f"{float(np.min(ev)):.3g} (shape {tuple(covs.shape)}, "
+                        f"covariance={kind!r})"
+                    )
         object.__setattr__(self, "weights", w)
         object.__setattr__(self, "means", means)
         object.__setattr__(self, "covs", covs)
+        object.__setattr__(self, "covariance", kind)
         object.__setattr__(self, "log_weights", jnp.log(w))
         object.__setattr__(self, "eigvals", evals)
         object.__setattr__(self, "eigvecs", evecs)
-        object.__setattr__(self, "diagonal", diagonal)
-        isotropic = diagonal and bool(
-            np.all(np.asarray(evals) == np.asarray(evals)[:, :1])
-        )
-        object.__setattr__(self, "isotropic", isotropic)
+        center = jnp.mean(means, 0)
+        object.__setattr__(self, "center", center)
+        object.__setattr__(self, "_guarded", kind != "full" and d > _SMALL_INNER
+                           and not _expansion_safe(means, center, evals))
 
     @property
     def dim(self) -> int:
@@ -249,50 +362,127 @@ class GaussianMixture(Distribution):
     def num_components(self) -> int:
         return self.means.shape[0]
 
-    # Diagonal covariances (flag set at construction when covs are concrete and diagonal) use a
-    # matmul form: with W = 1/v (K, d) and A = m * W,
-    #   sum_j (x_j - a m_kj)^2 / v_kj = x^2 . W_k - 2 a x . A_k + a^2 (m_k . A_k),
-    # so the per-particle work is a few (K x d) matrix-vector products, which vmap turns into
-    # matrix-matrix products. Written as ``x @ M.T`` (not ``M @ x``) so the batched result has the
-    # particle axis first, and with the softmax normalizer and responsibility sums as products
-    # with a ones vector: on XLA:CPU this is 3-4x faster than the naive per-particle form
-    # (measured in benchmarks/; sums over a small axis are slow there). The expansion loses
-    # ~eps |x|^2 / v in the logits (not in the score's linear part); it is used for the diagonal
-    # case only, which is where large K d (benchmarks) makes it matter.
-    def _iso_logits(self, x, a, s):
-        # isotropic components: v_k scalar, two (K x d) matvecs per particle in all.
-        v = a * a * self.eigvals[:, 0] + s * s
-        w = 1.0 / v
-        d = self.dim
-        msq = jnp.sum(self.means * self.means, -1)
-        quad = (jnp.dot(x, x) - 2.0 * a * (x @ self.means.T) + a * a * msq) * w
-        logits = self.log_weights - 0.5 * (quad + d * jnp.log(v) + d * _LOG_2PI)
-        return logits, w
+    @property
+    def diagonal(self) -> bool:
+        """Whether the covariances are diagonal (``covariance`` is ``"diag"`` or ``"iso"``)."""
+        return self.covariance != "full"
 
-    def _diag_logits(self, x, a, s):
-        v = a * a * self.eigvals + s * s
+    @property
+    def isotropic(self) -> bool:
+        """Whether ``covs[k] = v_k I`` (``covariance == "iso"``)."""
+        return self.covariance == "iso"
+
+    # ------------------------------------------------------------------ diagonal / isotropic
+    # Per-call constants: offsets m' = m - c, w = 1 / v with v (K, d) [diag] or (K,) [iso], and
+    # the logits without -Q/2.
+    def _diag_consts(self, a, s):
+        mp = self.means - self.center[None, :]
+        if self.isotropic:
+            v = a * a * self.eigvals[:, 0] + s * s  # (K,)
+            logdet = self.dim * jnp.log(v)
+        else:
+            v = a * a * self.eigvals + s * s  # (K, d)
+            logdet = jnp.sum(jnp.log(v), -1)
         w = 1.0 / v
-        mw = self.means * w
-        d = self.dim
-        quad = (x * x) @ w.T - 2.0 * a * (x @ mw.T) + a * a * jnp.sum(self.means * mw, -1)
-        logits = self.log_weights - 0.5 * (quad + jnp.sum(jnp.log(v), -1) + d * _LOG_2PI)
-        return logits, w, mw
+        base = self.log_weights - 0.5 * (logdet + self.dim * _LOG_2PI)
+        return mp, w, base
+
+    def _base_logits(self, w):
+        """The logits without ``-Q/2``, from ``w = 1 / v``."""
+        logdet = -self.dim * jnp.log(w) if self.isotropic else -jnp.sum(jnp.log(w), -1)
+        return self.log_weights - 0.5 * (logdet + self.dim * _LOG_2PI)
+
+    def _expansion_ok(self, mp, w, a):
+        """Scalar: the expanded quadratic's extra error term is within its floor (see class
+        docstring)."""
+        sq = mp * mp
+        spread = jnp.sum(sq, -1) * w if self.isotropic else jnp.sum(sq * w, -1)
+        return a * a * jnp.max(spread) <= _EXPANSION_SLACK * self.dim
+
+    def _quad_rows(self, xp, a, mp, w, form):
+        """``Q_k = sum_j w_kj (x'_j - a m'_kj)^2`` for one point ``xp = x - a c`` (d,) -> (K,),
+        in ``form`` "difference", "expanded" or "anchored" (see the class docstring)."""
+        iso = self.isotropic
+        if form == "difference":
+            # d broadcast products of explicit differences (element-wise under vmap)
+            q = None
+            for j in range(self.dim):
+                r = xp[j] - a * mp[:, j]
+                t = r * r if iso else w[:, j] * (r * r)
+                q = t if q is None else q + t
+            return q * w if iso else q
+        if iso:
+            q0 = (jnp.dot(xp, xp) - 2.0 * a * (xp @ mp.T) + a * a * jnp.sum(mp * mp, -1)) * w
+        else:
+            q0 = (xp * xp) @ w.T - 2.0 * a * (xp @ (mp * w).T) + a * a * jnp.sum(mp * mp * w, -1)
+        if form == "expanded":
+            return q0
+        # anchored at the best component of the expanded logits
+        ks = jnp.argmax(self._base_logits(w) - 0.5 * q0)
+        mk = mp[ks]
+        u = xp - a * mk
+        delta = mk[None, :] - mp  # (K, d), explicit differences
+        if iso:
+            # u.m'_k* and u.m'_k from the same product: exactly zero at k = k*
+            um = u @ mp.T
+            dd = jnp.sum(delta * delta, -1)
+            return (jnp.dot(u, u) + 2.0 * a * (um[ks] - um) + a * a * dd) * w
+        dd = jnp.sum(w * delta * delta, -1)
+        q = (u * (u + 2.0 * a * mk)) @ w.T - 2.0 * a * (u @ (mp * w).T) + a * a * dd
+        # the anchor's own term exactly: Q_k* = |u|^2_{w_k*}
+        return jnp.where(jnp.arange(q.shape[0]) == ks, jnp.dot(w[ks], u * u), q)
+
+    def _diag_eval(self, x, a, s, finish):
+        """``finish(logits, xp, mp, w)`` for one point ``x`` (diagonal kinds): the quadratic in
+        the form the class docstring prescribes; for ``d > 8`` a ``lax.cond`` on a scalar picks
+        the expanded or the anchored branch (each branch runs ``finish``, so XLA fuses within
+        it, and only the branch taken runs)."""
+        mp, w, base = self._diag_consts(a, s)
+        xp = x - a * self.center
+
+        def branch(form):
+            def f(xp):
+                return finish(base - 0.5 * self._quad_rows(xp, a, mp, w, form), xp, mp, w)
+            return f
+
+        if self.dim <= _SMALL_INNER:
+            return branch("difference")(xp)
+        if not self._guarded:
+            return branch("expanded")(xp)
+        return jax.lax.cond(self._expansion_ok(mp, w, a), branch("expanded"),
+                            branch("anchored"), xp)
 
     @staticmethod
     def _unnormalized(logits):
-        """``e = exp(logits - max)`` and ``Z = sum(e)`` (as a product with ones; see above)."""
+        """``e = exp(logits - max)`` and ``Z = sum(e)`` (as a product with ones: sums over a
+        small axis are slow on XLA:CPU, a matvec is not)."""
         e = jnp.exp(logits - jnp.max(logits))
         return e, e @ jnp.ones_like(e)
 
+    def _diag_score(self, logits, xp, mp, w, a):
+        e, z = self._unnormalized(logits)
+        if self.isotropic:
+            ew = e * w
+            return (a * (ew @ mp) - xp * (ew @ jnp.ones_like(ew))) / z
+        return (a * (e @ (mp * w)) - xp * (e @ w)) / z
+
+    def _diag_denoise(self, logits, xp, mp, w, a):
+        # E[x0 | x, k] = m_k + a lam_k w_k (x - a m_k) = c + m'_k + a lam_k w_k (x' - a m'_k)
+        r = jax.nn.softmax(logits)
+        if self.isotropic:
+            lw = r * self.eigvals[:, 0] * w
+            return self.center + r @ mp + a * xp * jnp.sum(lw) - a * a * (lw @ mp)
+        lw = self.eigvals * w
+        return self.center + r @ mp + a * xp * (r @ lw) - a * a * (r @ (lw * mp))
+
+    # ------------------------------------------------------------------ full covariances
     def _terms(self, x, a, s):
         y, v = _component_terms(x, a, s, self.means, self.eigvals, self.eigvecs)
         return y, v, self.log_weights + _component_log_probs(y, v)
 
     def _logits(self, x, a, s):
-        if self.isotropic:
-            return self._iso_logits(x, a, s)[0]
         if self.diagonal:
-            return self._diag_logits(x, a, s)[0]
+            return self._diag_eval(x, a, s, lambda lg, *_: lg)
         return self._terms(x, a, s)[2]
 
     def _noised_log_prob(self, x, a, s):
@@ -303,21 +493,17 @@ class GaussianMixture(Distribution):
         return jax.nn.softmax(self._logits(x, a, s))
 
     def _noised_log_prob_and_score(self, x, a, s):
-        if self.isotropic:
-            logits, w = self._iso_logits(x, a, s)
-            e, z = self._unnormalized(logits)
-            ew = e * w
-            score = (a * (ew @ self.means) - x * (ew @ jnp.ones_like(ew))) / z
-            return logsumexp(logits), score
         if self.diagonal:
-            logits, w, mw = self._diag_logits(x, a, s)
-            e, z = self._unnormalized(logits)
-            return logsumexp(logits), (a * (e @ mw) - x * (e @ w)) / z
+            return self._diag_eval(x, a, s, lambda lg, xp, mp, w: (
+                logsumexp(lg), self._diag_score(lg, xp, mp, w, a)))
         y, v, logits = self._terms(x, a, s)
         r = jax.nn.softmax(logits)
         return logsumexp(logits), r @ _component_scores(y, v, self.eigvecs)
 
     def _noised_score(self, x, a, s):
+        if self.diagonal:
+            return self._diag_eval(
+                x, a, s, lambda lg, xp, mp, w: self._diag_score(lg, xp, mp, w, a))
         return self._noised_log_prob_and_score(x, a, s)[1]
 
     # Particle-minor ("columns") layout for the samplers: X is (d, n), one particle per column.
@@ -326,45 +512,70 @@ class GaussianMixture(Distribution):
     # XLA:CPU this is 2-3x faster than the particle-major form at small d (benchmarks/).
     @property
     def _columns_native(self) -> bool:
+        """Whether :meth:`_noised_score_columns` is a batched implementation (diagonal kinds)."""
         return self.diagonal
+
+    def _quad_columns(self, Xp, a, mp, w, form):
+        """``Q (K, n)`` for ``Xp = X - a c`` ``(d, n)`` (same forms as :meth:`_quad_rows`)."""
+        iso = self.isotropic
+        if form == "difference":
+            q = None
+            for j in range(self.dim):
+                r = Xp[j:j + 1] - (a * mp[:, j])[:, None]  # (K, n)
+                t = r * r if iso else w[:, j:j + 1] * (r * r)
+                q = t if q is None else q + t
+            return q * w[:, None] if iso else q
+        if iso:
+            xsq = jnp.sum(Xp * Xp, 0, keepdims=True)
+            q0 = (xsq - 2.0 * a * (mp @ Xp) + (a * a * jnp.sum(mp * mp, -1))[:, None]) * w[:, None]
+        else:
+            q0 = (w @ (Xp * Xp) - 2.0 * a * ((mp * w) @ Xp)
+                  + (a * a * jnp.sum(mp * mp * w, -1))[:, None])
+        if form == "expanded":
+            return q0
+        ks = jnp.argmax(self._base_logits(w)[:, None] - 0.5 * q0, 0)  # (n,)
+        Mk = jnp.take(mp.T, ks, axis=1)  # (d, n)
+        U = Xp - a * Mk
+        delta = mp[:, None, :] - mp[None, :, :]  # (K, K, d): m'_l - m'_k
+        if iso:
+            um = mp @ U  # (K, n)
+            umk = jnp.take_along_axis(um, ks[None, :], 0)  # (1, n)
+            dd = jnp.sum(delta * delta, -1)  # symmetric
+            usq = jnp.sum(U * U, 0, keepdims=True)
+            return (usq + 2.0 * a * (umk - um) + a * a * jnp.take(dd, ks, axis=1)) * w[:, None]
+        dd = jnp.sum(w[None, :, :] * delta * delta, -1)  # dd[l, k]
+        q = (w @ (U * (U + 2.0 * a * Mk)) - 2.0 * a * ((mp * w) @ U)
+             + a * a * jnp.take(dd.T, ks, axis=1))
+        exact = jnp.sum(jnp.take(w.T, ks, axis=1) * (U * U), 0, keepdims=True)
+        return jnp.where(jnp.arange(q.shape[0])[:, None] == ks[None, :], exact, q)
 
     def _noised_score_columns(self, X, a, s):
         """Score of the noised law for ``X (d, n)`` (diagonal / isotropic components)."""
-        d = self.dim
-        if self.isotropic:
-            v = a * a * self.eigvals[:, 0] + s * s  # (K,)
-            w = 1.0 / v
-            msq = jnp.sum(self.means * self.means, -1)
-            xsq = jnp.sum(X * X, 0, keepdims=True)  # (1, n)
-            quad = (xsq - 2.0 * a * _small_matmul(self.means, X) + (a * a * msq)[:, None]) * w[:, None]
-            logits = (self.log_weights - 0.5 * (d * jnp.log(v) + d * _LOG_2PI))[:, None] - 0.5 * quad
-            e = jnp.exp(logits - jnp.max(logits, 0, keepdims=True))
-            ew = e * w[:, None]
-            z = jnp.sum(e, 0, keepdims=True)
-            return (a * _small_matmul(self.means.T, ew) - X * jnp.sum(ew, 0, keepdims=True)) / z
-        v = a * a * self.eigvals + s * s  # (K, d)
-        w = 1.0 / v
-        mw = self.means * w
-        quad = (_small_matmul(w, X * X) - 2.0 * a * _small_matmul(mw, X)
-                + (a * a * jnp.sum(self.means * mw, -1))[:, None])
-        logits = (self.log_weights - 0.5 * (jnp.sum(jnp.log(v), -1) + d * _LOG_2PI))[:, None]
-        logits = logits - 0.5 * quad
-        e = jnp.exp(logits - jnp.max(logits, 0, keepdims=True))
-        z = jnp.sum(e, 0, keepdims=True)
-        return (a * _small_matmul(mw.T, e) - X * _small_matmul(w.T, e)) / z
+        mp, w, base = self._diag_consts(a, s)
+        Xp = X - (a * self.center)[:, None]
+
+        def branch(form):
+            def f(Xp):
+                logits = base[:, None] - 0.5 * self._quad_columns(Xp, a, mp, w, form)
+                e = jnp.exp(logits - jnp.max(logits, 0, keepdims=True))
+                z = jnp.sum(e, 0, keepdims=True)
+                if self.isotropic:
+                    ew = e * w[:, None]
+                    return (a * _small_matmul(mp.T, ew) - Xp * jnp.sum(ew, 0, keepdims=True)) / z
+                return (a * _small_matmul((mp * w).T, e) - Xp * _small_matmul(w.T, e)) / z
+            return f
+
+        if self.dim <= _SMALL_INNER:
+            return branch("difference")(Xp)
+        if not self._guarded:
+            return branch("expanded")(Xp)
+        return jax.lax.cond(self._expansion_ok(mp, w, a), branch("expanded"),
+                            branch("anchored"), Xp)
 
     def _noised_denoise(self, x, a, s):
-        if self.isotropic:
-            logits, w = self._iso_logits(x, a, s)
-            r = jax.nn.softmax(logits)
-            lw = r * self.eigvals[:, 0] * w
-            return r @ self.means + a * x * jnp.sum(lw) - a * a * (lw @ self.means)
         if self.diagonal:
-            logits, w, mw = self._diag_logits(x, a, s)
-            r = jax.nn.softmax(logits)
-            # E[x0 | x, k] = m_k + a lam_k w_k (x - a m_k)
-            lw = self.eigvals * w
-            return r @ self.means + a * x * (r @ lw) - a * a * (r @ (lw * self.means))
+            return self._diag_eval(
+                x, a, s, lambda lg, xp, mp, w: self._diag_denoise(lg, xp, mp, w, a))
         y, v, logits = self._terms(x, a, s)
         r = jax.nn.softmax(logits)
         return r @ _component_denoise(y, v, a, self.means, self.eigvals, self.eigvecs)
@@ -387,7 +598,8 @@ class GaussianMixture(Distribution):
 
     def marginal(self, indices) -> GaussianMixture:
         idx = np.asarray(check_indices(indices, self.dim))
-        return GaussianMixture(self.weights, self.means[:, idx], self.covs[:, idx][:, :, idx])
+        return GaussianMixture(self.weights, self.means[:, idx], self.covs[:, idx][:, :, idx],
+                               covariance=self.covariance)
 
     def component(self, k: int) -> Gaussian:
         return Gaussian(self.means[k], self.covs[k])

@@ -28,7 +28,7 @@ from .._checks import as_float_array, is_concrete
 from .._pytree import pytree_dataclass, static_field
 from .base import Distribution
 from .empirical import Empirical
-from .gaussian import Gaussian, GaussianMixture
+from .gaussian import Gaussian, GaussianMixture, factorization_dtype
 from .product import Product
 
 __all__ = ["LinearPushforward"]
@@ -105,8 +105,9 @@ class LinearPushforward(Distribution):
         )
         if b.shape != (d,):
             raise ValueError(f"shift must have shape ({d},), got {tuple(b.shape)}")
-        lu, piv = jax.scipy.linalg.lu_factor(A)
-        logdet = jnp.sum(jnp.log(jnp.abs(jnp.diag(lu))))
+        # LU in float32 for float16 / bfloat16 matrices (no LAPACK kernels for them)
+        lu, piv = jax.scipy.linalg.lu_factor(A.astype(factorization_dtype(A.dtype)))
+        logdet = jnp.sum(jnp.log(jnp.abs(jnp.diag(lu)))).astype(A.dtype)
         orth = self.orthogonal
         block_diag = False
         if is_concrete(A):
@@ -160,9 +161,16 @@ class LinearPushforward(Distribution):
             "matrix, or a Product base with a block-diagonal matrix."
         )
 
+    def _lu_solve(self, y, trans=0):
+        """``A^{-1} y`` (``trans=1``: ``A^{-T} y``) with the stored LU factors; float16 /
+        bfloat16 ``y`` is solved in float32 and cast back."""
+        ft = factorization_dtype(y.dtype)
+        out = jax.scipy.linalg.lu_solve((self.lu.astype(ft), self.piv), y.astype(ft), trans=trans)
+        return out.astype(y.dtype)
+
     def inverse(self, y):
         """``A^{-1} (y - b)`` via the stored LU factors."""
-        return jax.scipy.linalg.lu_solve((self.lu, self.piv), y - self.shift)
+        return self._lu_solve(y - self.shift)
 
     def _noised_log_prob(self, x, a, s):
         if self.closed is not None:
@@ -179,7 +187,7 @@ class LinearPushforward(Distribution):
             return self.matrix @ self.base._noised_score(self.matrix.T @ (x - a * self.shift), a, s)
         # t = 0: grad_y log p_X(A^{-1}(y-b)) = A^{-T} score_X
         sx = self.base._noised_score(self.inverse(x), a, s)
-        return jax.scipy.linalg.lu_solve((self.lu, self.piv), sx, trans=1)
+        return self._lu_solve(sx, trans=1)
 
     def _noised_log_prob_and_score(self, x, a, s):
         if self.closed is not None:
