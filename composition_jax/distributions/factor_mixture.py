@@ -125,7 +125,7 @@ class FactorMixture(Distribution):
     log_weights: Any = dataclasses.field(init=False, repr=False)
     eigvals: Any = dataclasses.field(init=False, repr=False)
     eigvecs: Any = dataclasses.field(init=False, repr=False)
-    # the same numbers with the block axis last (see "Layout" in _terms)
+    # the same numbers with the block axis last (see the layout note of the noised law)
     _lw: Any = dataclasses.field(init=False, repr=False)
     _m: Any = dataclasses.field(init=False, repr=False)
     _lam: Any = dataclasses.field(init=False, repr=False)
