@@ -232,7 +232,8 @@ def test_reproduce_learned_wiring(tmp_path, monkeypatch, capsys):
     md = (out / "report.md").read_text()
     assert "INCONCLUSIVE" in md and "*inconclusive*" in md and "| 2 | 0.600 ± 0.049 |" in md
     assert "INCONCLUSIVE" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md"]  # no cache
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".composition-jax-manifest.json", "report.json", "report.md"]  # no cache
 
     # a definite wrong verdict is a mismatch: exit 1
     _patch_learned(monkeypatch, observed_vector="failure")
