@@ -41,4 +41,8 @@ def __getattr__(name: str) -> Any:
             raise AttributeError("composition_jax.verify.sampler_law defines no sampler_law")
         globals()["sampler_law"] = fn
         return fn
+    if name == "scenarios":  # the zoo sits above verify: import its compatibility module lazily
+        import importlib
+
+        return importlib.import_module(".scenarios", __name__)
     raise AttributeError(f"module 'composition_jax.verify' has no attribute {name!r}")
