@@ -6,6 +6,7 @@ with one ``cj.register_method`` call."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from typing import ClassVar
 
@@ -99,9 +100,12 @@ def test_instances_are_hashable_frozen_values(name):
     assert type(a.num_uniforms) is int and a.num_uniforms >= 0
 
 
+@functools.lru_cache(maxsize=None)
 def _params(m, i=0):
+    """The time grid and level ``i``'s slice of ``m.tune`` (one pilot per method value)."""
     times = time_grid(SCH, 4, 1e-3, "uniform", dtype=jnp.float32)
-    p = m.tune(MODEL, SCH, jax.random.key(3), times, D, jnp.float32)
+    p = jax.jit(m.tune, static_argnums=(4, 5))(MODEL, SCH, jax.random.key(3), times, D,
+                                                jnp.float32)
     return times, None if p is None else jax.tree.map(lambda a: a[i], p)
 
 
@@ -140,7 +144,7 @@ def test_step_consumes_exactly_num_normals(name, key):
     times, p = _params(m)
     x, z, u = _inputs(m, key)
     state = m.init(x, times[0])
-    step = lambda z: m.step(MODEL, SCH, state, times[0], times[1], z, u, p)[0]
+    step = jax.jit(lambda z: m.step(MODEL, SCH, state, times[0], times[1], z, u, p)[0])
     base = step(z)
     extra = jnp.concatenate([z, 100.0 * jnp.ones((1, D))])  # an extra row is never read...
     try:

@@ -229,14 +229,6 @@ def _pf_velocity(model, schedule, x, t):
     return schedule.drift_coeff(t) * x - 0.5 * schedule.g2(t) * model.score(x, t)
 
 
-def _em(model, schedule, x, normals, t, s):
-    """Reverse-SDE Euler-Maruyama step ``t -> s`` (also the predictor of PC and MCMC)."""
-    dt = t - s
-    g2 = schedule.g2(t)
-    sc = model.score(x, t)
-    return x + (g2 * sc - schedule.drift_coeff(t) * x) * dt + jnp.sqrt(g2 * dt) * normals[0]
-
-
 # ------------------------------------------------------------------------- methods
 class EulerMaruyama(SamplerMethod):
     """Reverse-SDE Euler-Maruyama (weak order 1). One normal per step."""
@@ -245,7 +237,15 @@ class EulerMaruyama(SamplerMethod):
     num_normals: ClassVar[int] = 1
 
     def transition(self, model, schedule, x, normals, t, t_next):
-        return _em(model, schedule, x, normals, t, t_next)
+        dt = t - t_next
+        g2 = schedule.g2(t)
+        sc = model.score(x, t)
+        return x + (g2 * sc - schedule.drift_coeff(t) * x) * dt + jnp.sqrt(g2 * dt) * normals[0]
+
+
+#: ``(model, schedule, x, normals, t, t_next) -> x``: the Euler-Maruyama step, the predictor of
+#: the predictor-corrector and annealed Metropolis methods.
+_em = EulerMaruyama().transition
 
 
 class ODEEuler(SamplerMethod):
