@@ -19,8 +19,14 @@ $(STAMP): pyproject.toml
 # Default suite: float32 tests, then the float64 tests in their own process
 # (jax_enable_x64 is global state). The suite is dominated by XLA compilation, so tests compile
 # with XLA's backend optimizations off (about 35% less CPU; numerics are unchanged in kind, and
-# every tolerance is statistical or float-rounding based).
-TEST_ENV := XLA_FLAGS="--xla_backend_optimization_level=0 $$XLA_FLAGS"
+# every tolerance is statistical or float-rounding based), and every process of the run (both
+# pytest sessions, the notebook scripts, the CLI subprocesses) shares one persistent compilation
+# cache, JAX_CACHE_DIR (kept between runs; `make test JAX_CACHE_DIR=` runs without it). Its key
+# includes XLA_FLAGS and jaxlib; tests/conftest.py drops unreadable entries at session start.
+JAX_CACHE_DIR ?= $(CURDIR)/.jax_cache
+TEST_ENV := XLA_FLAGS="--xla_backend_optimization_level=0 $$XLA_FLAGS" \
+	JAX_COMPILATION_CACHE_DIR="$(JAX_CACHE_DIR)" JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
+	JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=-1
 test: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest -q -m "not slow and not x64"
 	$(TEST_ENV) JAX_ENABLE_X64=1 $(PY) -m pytest -q -m "x64 and not slow"

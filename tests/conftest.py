@@ -6,17 +6,81 @@
   tests): the ``key`` fixture.
 * ``x64`` tests run only when ``JAX_ENABLE_X64=1`` (``make test`` runs them in a second process,
   since x64 is global state); ``slow`` tests are deselected by ``make test``.
+* Every process of a test run (both pytest sessions of ``make test``, the notebook scripts and the
+  CLI subprocesses the tests start) shares one persistent XLA compilation cache,
+  ``$JAX_COMPILATION_CACHE_DIR`` (``make test`` sets it; a bare ``pytest`` defaults it to
+  ``.jax_cache/`` in the repository; set it to the empty string to disable the cache). Its key
+  covers the compiled module, jaxlib, the backend, ``XLA_FLAGS`` and the compile options, so a
+  hit is the executable the same compilation would produce. At session start, entries that do
+  not decompress (a write cut short) are deleted, since JAX would warn on every read of them (an
+  error inside ``warnings.simplefilter("error")``) and never rewrite them, and the oldest entries
+  go while the cache is over 2 GiB.
 """
 
 from __future__ import annotations
 
 import os
 import zlib
+from pathlib import Path
+
+# Before jax is imported, so that this process reads the same settings as its subprocesses.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(Path(__file__).resolve().parents[1] / ".jax_cache")
+if os.environ["JAX_COMPILATION_CACHE_DIR"]:
+    # absolute: subprocesses started in another folder share it
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.abspath(os.environ["JAX_COMPILATION_CACHE_DIR"])
+    # cache every compilation, however small or fast (the suite is thousands of small ones)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 import jax
 import pytest
 
 X64 = bool(jax.config.read("jax_enable_x64"))
+CACHE_DIR = os.environ["JAX_COMPILATION_CACHE_DIR"]
+if CACHE_DIR:  # jax was imported before this file (a plugin): apply the settings here too
+    jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes",
+                      int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
+
+
+CACHE_MAX_BYTES = 2 << 30  # a full run writes ~40 MB; past this, the oldest entries go
+
+
+def _sweep_compilation_cache(path: str, max_bytes: int = CACHE_MAX_BYTES) -> int:
+    """Delete entries that do not decompress (a write cut short: JAX would warn on every read and
+    never rewrite them), then the oldest entries while the cache is over ``max_bytes``; returns
+    how many were deleted."""
+    try:
+        from jax._src.compilation_cache import decompress_executable
+    except ImportError:  # another jax layout: leave the cache to jax
+        return 0
+    kept, dropped = [], 0
+    for entry in Path(path).glob("*-cache"):
+        try:
+            data = entry.read_bytes()
+            decompress_executable(data)
+            kept.append((entry.stat().st_mtime, len(data), entry))
+        except FileNotFoundError:  # removed by a concurrent session
+            continue
+        except Exception:  # noqa: BLE001 (zlib or zstd error): truncated or garbled
+            entry.unlink(missing_ok=True)
+            dropped += 1
+    total = sum(size for _, size, _ in kept)
+    for _, size, entry in sorted(kept, key=lambda e: e[0]):
+        if total <= max_bytes:
+            break
+        entry.unlink(missing_ok=True)
+        total -= size
+        dropped += 1
+    return dropped
+
+
+def pytest_sessionstart(session):
+    if CACHE_DIR and Path(CACHE_DIR).is_dir():
+        _sweep_compilation_cache(CACHE_DIR)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -50,4 +114,5 @@ def float_dtype():
 
 
 def pytest_report_header(config):
-    return f"jax {jax.__version__}, x64={X64}, devices={jax.devices()}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}"
+    return (f"jax {jax.__version__}, x64={X64}, devices={jax.devices()}, "
+            f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}, compilation cache={CACHE_DIR or 'off'}")

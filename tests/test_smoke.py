@@ -21,3 +21,29 @@ def test_x64_gaussian_score_is_grad_log_prob(key):
     x = jax.random.normal(key, (2,), jnp.float64)
     for t in (1e-4, 0.3, 1.0):
         assert jnp.allclose(p.score(x, t), jax.grad(p.log_prob)(x, t), rtol=1e-10, atol=1e-12)
+
+
+def test_compilation_cache_sweep(tmp_path):
+    """conftest's sweep of the persistent compilation cache: entries that do not decompress go
+    (JAX would warn on every read and never rewrite them), then the oldest past the size cap."""
+    import os
+
+    from conftest import _sweep_compilation_cache
+    from jax._src.compilation_cache import compress_executable
+
+    good = [tmp_path / f"jit_f{i}-{i:064x}-cache" for i in range(3)]
+    for i, p in enumerate(good):
+        p.write_bytes(compress_executable(bytes([i]) * 1000))
+        os.utime(p, (1e9 + i, 1e9 + i))  # good[0] is the oldest
+    truncated = tmp_path / f"jit_g-{7:064x}-cache"
+    truncated.write_bytes(compress_executable(b"x" * 1000)[:-4])
+    empty = tmp_path / f"jit_h-{8:064x}-cache"
+    empty.write_bytes(b"")
+    other = tmp_path / "not-an-entry.txt"
+    other.write_bytes(b"garbage")
+    assert _sweep_compilation_cache(str(tmp_path)) == 2
+    assert all(p.exists() for p in good) and other.exists()
+    assert not truncated.exists() and not empty.exists()
+    size = good[0].stat().st_size
+    assert _sweep_compilation_cache(str(tmp_path), max_bytes=2 * size) == 1
+    assert not good[0].exists() and good[1].exists() and good[2].exists()
