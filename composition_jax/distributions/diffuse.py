@@ -68,7 +68,7 @@ class Diffused(Model):
     def columns_native(self) -> bool:
         """Whether :meth:`score_columns` has a batched particle-minor implementation (diagonal
         or isotropic mixtures) rather than a vmap of :meth:`score`."""
-        return bool(self.dist.columns_native or getattr(self.dist, "_columns_native", False))
+        return bool(self.dist.columns_native)
 
     def score_columns(self, X: Any, t: Any) -> jax.Array:
         """Scores of many particles at once in particle-minor layout: ``X (d, n)`` -> ``(d, n)``
