@@ -11,36 +11,25 @@ from .factorized import FCResult, factorized_conditionals
 from .gap import GapResult, composition_gap
 from .heuristics import mean_difference_cosines
 from .projective import BlockReport, ProjectiveReport, TestOutcome, projective
+from .sampler_law import sampler_law  # the function (binds over the submodule attribute)
 
 __all__ = [
-    "stats",
-    "projective",
-    "ProjectiveReport",
     "BlockReport",
-    "TestOutcome",
-    "factorized_conditionals",
     "FCResult",
-    "composition_gap",
     "GapResult",
+    "ProjectiveReport",
+    "TestOutcome",
+    "composition_gap",
+    "factorized_conditionals",
     "mean_difference_cosines",
+    "projective",
     "sampler_law",
     "scenarios",
+    "stats",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    # ``sampler_law`` lives in ``sampler_law.py`` (written separately); import it lazily so that
-    # ``import composition_jax.verify`` never depends on it.
-    # Importing the submodule binds the *module* as ``verify.sampler_law``; rebind the function.
-    if name == "sampler_law":
-        import importlib
-
-        mod = importlib.import_module(".sampler_law", __name__)
-        fn = getattr(mod, "sampler_law", None)
-        if fn is None:
-            raise AttributeError("composition_jax.verify.sampler_law defines no sampler_law")
-        globals()["sampler_law"] = fn
-        return fn
     if name == "scenarios":  # the zoo sits above verify: import its compatibility module lazily
         import importlib
 
