@@ -230,12 +230,15 @@ _EXPANSION_SLACK = 64.0
 
 
 def _expansion_safe(means, center, evals) -> bool:
-    """Whether the expanded quadratic is within its floor at EVERY noise level: since
-    ``a^2 / (a^2 lam + s^2) <= 1 / lam``, ``a^2 |m - c|^2_{w(t)} <= |m - c|^2_{1/lam}``. Decided
-    on concrete values only (traced: ``False``, and the check runs per call)."""
+    """Whether the quadratic expanded about ``center`` (``None``: the origin) is within its
+    floor at EVERY noise level: since ``a^2 / (a^2 lam + s^2) <= 1 / lam``,
+    ``a^2 |m - c|^2_{w(t)} <= |m - c|^2_{1/lam}``. Decided on concrete values only (traced:
+    ``False``)."""
     if not is_concrete(means, center, evals):
         return False
-    mp = np.asarray(means, np.float64) - np.asarray(center, np.float64)[None, :]
+    mp = np.asarray(means, np.float64)
+    if center is not None:
+        mp = mp - np.asarray(center, np.float64)[None, :]
     ratio = np.sum(mp * mp / np.asarray(evals, np.float64), -1)
     return bool(np.max(ratio) <= _EXPANSION_SLACK * means.shape[-1])
 
@@ -259,8 +262,11 @@ class GaussianMixture(Distribution):
         static structure (never changed by tracing); ``marginal`` keeps it.
 
     Diagonal / isotropic paths (``v_k = a^2 lam_k + s^2``, ``w_k = 1 / v_k`` per coordinate).
-    Everything is computed relative to a reference point ``c`` (the mean of the means, a leaf set
-    at construction): ``x' = x - a c``, ``m'_k = m_k - c``. The quadratic
+    Everything is computed relative to a reference point ``c``: ``x' = x - a c``,
+    ``m'_k = m_k - c``. ``c`` is the mean of the means (the leaf ``center``, set at
+    construction), except when the means already lie within the expansion's safe ball about
+    the origin (``max_k |m_k|^2_{1 / lam_k} <= 64 d``, decided from concrete parameters; see
+    below): then ``c = 0`` and no subtraction runs. The quadratic
     ``Q_k = sum_j w_kj (x'_j - a m'_kj)^2`` is formed
 
     * for ``d <= 8``: as ``d`` unrolled broadcast products of explicit differences (exact form);
@@ -275,11 +281,13 @@ class GaussianMixture(Distribution):
 
     Since ``a^2 / (a^2 lam + s^2) <= 1 / lam``, the expanded form is within its floor at every
     ``t`` when ``max_k |m'_k|^2_{1 / lam_k} <= 64 d``; that is decided once, at construction,
-    from concrete parameters (a private static flag). Otherwise (or when the parameters are
-    traced) a ``lax.cond`` on the scalar test above picks the form per call: only the branch
-    taken runs (under ``vmap`` over points with a shared ``t`` the predicate is not batched).
-    Replacing leaves after construction (``jax.tree.map``) keeps the flag: build a new mixture
-    instead.
+    from concrete parameters (private static flags, as is the choice ``c = 0``). Otherwise (or
+    when the parameters are traced: then ``c`` is the mean of the means) a ``lax.cond`` on the
+    scalar test above picks the form per call: only the branch taken runs (under ``vmap`` over
+    points with a shared ``t`` the predicate is not batched). Replacing leaves after
+    construction (``jax.tree.map``) keeps the flags: build a new mixture instead. The choices
+    only trade speed within the bounds below (measured: no cost against the former
+    unconditional expansion at the benchmark sizes).
 
     Float32 error bounds (backward stability; checked by ``tests/test_properties.py`` with
     ``C = 16`` against a float64 reference on the same inputs). With ``eps = 2^-23``,
@@ -310,8 +318,11 @@ class GaussianMixture(Distribution):
     eigvals: Any = dataclasses.field(init=False, repr=False)
     eigvecs: Any = dataclasses.field(init=False, repr=False)
     center: Any = dataclasses.field(init=False, repr=False)
-    # d > 8 diagonal kinds: whether the expanded quadratic may exceed its error floor at some t
-    # (then a lax.cond picks expanded / anchored per call); False when it provably never does.
+    # Diagonal kinds: whether to work relative to `center` (False when the means are already
+    # within the expansion's safe ball about the origin: then c = 0 and no subtraction runs);
+    # d > 8: whether the expanded quadratic may exceed its error floor at some t (then a
+    # lax.cond picks expanded / anchored per call). Both decided on concrete parameters.
+    _centered: bool = static_field(init=False, repr=False, default=True)
     _guarded: bool = static_field(init=False, repr=False, default=False)
 
     def __post_init__(self):
@@ -366,9 +377,11 @@ class GaussianMixture(Distribution):
         object.__setattr__(self, "eigvals", evals)
         object.__setattr__(self, "eigvecs", evecs)
         center = jnp.mean(means, 0)
+        centered = kind != "full" and not _expansion_safe(means, None, evals)
         object.__setattr__(self, "center", center)
-        object.__setattr__(self, "_guarded", kind != "full" and d > _SMALL_INNER
-                           and not _expansion_safe(means, center, evals))
+        object.__setattr__(self, "_centered", centered)
+        object.__setattr__(self, "_guarded", kind != "full" and d > _SMALL_INNER and not (
+            _expansion_safe(means, center if centered else None, evals)))
 
     @property
     def dim(self) -> int:
@@ -392,7 +405,7 @@ class GaussianMixture(Distribution):
     # Per-call constants: offsets m' = m - c, w = 1 / v with v (K, d) [diag] or (K,) [iso], and
     # the logits without -Q/2.
     def _diag_consts(self, a, s):
-        mp = self.means - self.center[None, :]
+        mp = self.means - self.center[None, :] if self._centered else self.means
         if self.isotropic:
             v = a * a * self.eigvals[:, 0] + s * s  # (K,)
             logdet = self.dim * jnp.log(v)
@@ -449,12 +462,13 @@ class GaussianMixture(Distribution):
         return jnp.where(jnp.arange(q.shape[0]) == ks, jnp.dot(w[ks], u * u), q)
 
     def _diag_eval(self, x, a, s, finish):
-        """``finish(logits, xp, mp, w)`` for one point ``x`` (diagonal kinds): the quadratic in
-        the form the class docstring prescribes; for ``d > 8`` a ``lax.cond`` on a scalar picks
-        the expanded or the anchored branch (each branch runs ``finish``, so XLA fuses within
+        """``finish(logits, xp, mp, w)`` for one point ``x`` (diagonal kinds), the quadratic in
+        the form the class docstring prescribes: differences for ``d <= 8``; for ``d > 8`` the
+        expanded form, or, when the mixture is ``_guarded``, a ``lax.cond`` on a scalar between
+        the expanded and the anchored forms (each branch runs ``finish``, so XLA fuses within
         it, and only the branch taken runs)."""
         mp, w, base = self._diag_consts(a, s)
-        xp = x - a * self.center
+        xp = x - a * self.center if self._centered else x
 
         def branch(form):
             def f(xp):
@@ -487,9 +501,11 @@ class GaussianMixture(Distribution):
         r = jax.nn.softmax(logits)
         if self.isotropic:
             lw = r * self.eigvals[:, 0] * w
-            return self.center + r @ mp + a * xp * jnp.sum(lw) - a * a * (lw @ mp)
-        lw = self.eigvals * w
-        return self.center + r @ mp + a * xp * (r @ lw) - a * a * (r @ (lw * mp))
+            out = r @ mp + a * xp * jnp.sum(lw) - a * a * (lw @ mp)
+        else:
+            lw = self.eigvals * w
+            out = r @ mp + a * xp * (r @ lw) - a * a * (r @ (lw * mp))
+        return out + self.center if self._centered else out
 
     # ------------------------------------------------------------------ full covariances
     def _terms(self, x, a, s):
@@ -569,7 +585,7 @@ class GaussianMixture(Distribution):
     def _noised_score_columns(self, X, a, s):
         """Score of the noised law for ``X (d, n)`` (diagonal / isotropic components)."""
         mp, w, base = self._diag_consts(a, s)
-        Xp = X - (a * self.center)[:, None]
+        Xp = X - (a * self.center)[:, None] if self._centered else X
 
         def branch(form):
             def f(Xp):
