@@ -27,8 +27,14 @@ JAX_CACHE_DIR ?= $(CURDIR)/.jax_cache
 TEST_ENV := XLA_FLAGS="--xla_backend_optimization_level=0 $$XLA_FLAGS" \
 	JAX_COMPILATION_CACHE_DIR="$(JAX_CACHE_DIR)" JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
 	JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=-1
+# The property-based suite compares float32 against float64 at extreme scales: it runs at XLA's
+# default optimization level (the level users get; at level 0 the extreme cases overflow).
+PROPS := tests/test_properties.py
+PROP_ENV := JAX_COMPILATION_CACHE_DIR="$(JAX_CACHE_DIR)" JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
+	JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=-1
 test: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -q -m "not slow and not x64"
+	$(TEST_ENV) $(PY) -m pytest -q -m "not slow and not x64" --ignore=$(PROPS)
+	$(PROP_ENV) $(PY) -m pytest -q -m "not slow and not x64" $(PROPS)
 	$(TEST_ENV) JAX_ENABLE_X64=1 $(PY) -m pytest -q -m "x64 and not slow"
 
 test-slow: $(STAMP)
