@@ -403,7 +403,7 @@ class GaussianMixture(Distribution):
 
     # ------------------------------------------------------------------ diagonal / isotropic
     # Per-call constants: offsets m' = m - c, w = 1 / v with v (K, d) [diag] or (K,) [iso], and
-    # the logits without -Q/2.
+    # log det = sum_j log v_kj (K,).
     def _diag_consts(self, a, s):
         mp = self.means - self.center[None, :] if self._centered else self.means
         if self.isotropic:
@@ -413,8 +413,7 @@ class GaussianMixture(Distribution):
             v = a * a * self.eigvals + s * s  # (K, d)
             logdet = jnp.sum(jnp.log(v), -1)
         w = 1.0 / v
-        base = self.log_weights - 0.5 * (logdet + self.dim * _LOG_2PI)
-        return mp, w, base
+        return mp, w, logdet
 
     def _base_logits(self, w):
         """The logits without ``-Q/2``, from ``w = 1 / v``."""
@@ -443,7 +442,8 @@ class GaussianMixture(Distribution):
         if iso:
             q0 = (jnp.dot(xp, xp) - 2.0 * a * (xp @ mp.T) + a * a * jnp.sum(mp * mp, -1)) * w
         else:
-            q0 = (xp * xp) @ w.T - 2.0 * a * (xp @ (mp * w).T) + a * a * jnp.sum(mp * mp * w, -1)
+            mw = mp * w
+            q0 = (xp * xp) @ w.T - 2.0 * a * (xp @ mw.T) + a * a * jnp.sum(mp * mw, -1)
         if form == "expanded":
             return q0
         # anchored at the best component of the expanded logits
@@ -467,12 +467,14 @@ class GaussianMixture(Distribution):
         expanded form, or, when the mixture is ``_guarded``, a ``lax.cond`` on a scalar between
         the expanded and the anchored forms (each branch runs ``finish``, so XLA fuses within
         it, and only the branch taken runs)."""
-        mp, w, base = self._diag_consts(a, s)
+        mp, w, logdet = self._diag_consts(a, s)
         xp = x - a * self.center if self._centered else x
 
         def branch(form):
             def f(xp):
-                return finish(base - 0.5 * self._quad_rows(xp, a, mp, w, form), xp, mp, w)
+                q = self._quad_rows(xp, a, mp, w, form)
+                logits = self.log_weights - 0.5 * (q + logdet + self.dim * _LOG_2PI)
+                return finish(logits, xp, mp, w)
             return f
 
         if self.dim <= _SMALL_INNER:
@@ -562,8 +564,8 @@ class GaussianMixture(Distribution):
             xsq = jnp.sum(Xp * Xp, 0, keepdims=True)
             q0 = (xsq - 2.0 * a * (mp @ Xp) + (a * a * jnp.sum(mp * mp, -1))[:, None]) * w[:, None]
         else:
-            q0 = (w @ (Xp * Xp) - 2.0 * a * ((mp * w) @ Xp)
-                  + (a * a * jnp.sum(mp * mp * w, -1))[:, None])
+            mw = mp * w
+            q0 = w @ (Xp * Xp) - 2.0 * a * (mw @ Xp) + (a * a * jnp.sum(mp * mw, -1))[:, None]
         if form == "expanded":
             return q0
         ks = jnp.argmax(self._base_logits(w)[:, None] - 0.5 * q0, 0)  # (n,)
@@ -584,7 +586,8 @@ class GaussianMixture(Distribution):
 
     def _noised_score_columns(self, X, a, s):
         """Score of the noised law for ``X (d, n)`` (diagonal / isotropic components)."""
-        mp, w, base = self._diag_consts(a, s)
+        mp, w, logdet = self._diag_consts(a, s)
+        base = self.log_weights - 0.5 * (logdet + self.dim * _LOG_2PI)
         Xp = X - (a * self.center)[:, None] if self._centered else X
 
         def branch(form):
