@@ -16,6 +16,7 @@ from .distributions import (
     diffuse,
 )
 from .schedules import CosineVPSchedule, Schedule, VESchedule, VPSchedule
+from .schedules import RectifiedFlowSchedule
 from .samplers import SampleInfo, SampleResult, particle_mesh, sample, time_grid
 from .samplers import CompositionWarning, NonFiniteError, NonFiniteWarning
 from .samplers import (
@@ -43,6 +44,7 @@ from .compose import (
 from . import verify
 from .distributions import FactorMixture
 from .mixture_of_models import MixtureOfModels
+from .velocity import VelocityModel, convert_prediction, from_velocity, to_velocity
 
 __version__ = "0.1.0"
 
@@ -78,6 +80,11 @@ __all__ = [
     "nn",
     "training",
     "CosineVPSchedule",
+    "RectifiedFlowSchedule",
+    "VelocityModel",
+    "convert_prediction",
+    "from_velocity",
+    "to_velocity",
     "Schedule",
     "VESchedule",
     "VPSchedule",

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from ._checks import as_float_array, check_t, float_dtype_of, is_concrete
 from ._pytree import pytree_dataclass, static_field
 
-__all__ = ["CosineVPSchedule", "Schedule", "VESchedule", "VPSchedule"]
+__all__ = ["CosineVPSchedule", "RectifiedFlowSchedule", "Schedule", "VESchedule", "VPSchedule"]
 
 
 def _time(t: Any) -> jax.Array:
@@ -84,6 +84,15 @@ class Schedule:
     def g2(self, t: Any) -> jax.Array:
         """Squared diffusion ``g(t)^2``."""
         raise NotImplementedError  # pragma: no cover - abstract
+
+    def alpha_sigma_dot(self, t: Any) -> tuple[jax.Array, jax.Array]:
+        r"""``(alpha'(t), sigma'(t))``, the time derivatives, from the SDE coefficients:
+        ``alpha' = f alpha`` and ``sigma' = (g^2 + 2 f sigma^2) / (2 sigma)`` (from
+        ``g^2 = (sigma^2)' - 2 f sigma^2``); the conditional velocity of ``x_t`` is
+        ``alpha' x_0 + sigma' eps``. Needs ``sigma(t) > 0``."""
+        f = self.drift_coeff(t)
+        s2 = self.sigma2(t)
+        return f * self.alpha(t), (self.g2(t) + 2.0 * f * s2) / (2.0 * jnp.sqrt(s2))
 
     def drift(self, x: Any, t: Any) -> jax.Array:
         """Forward-SDE drift ``f(t) x``."""
@@ -313,3 +322,82 @@ class VESchedule(Schedule):
     @property
     def prior_std(self):
         return self.sigma_max
+
+
+@pytree_dataclass
+class RectifiedFlowSchedule(Schedule):
+    r"""Rectified flow / flow matching interpolant: ``alpha(t) = 1 - t``, ``sigma(t) = t``.
+
+    ``x_t = (1 - t) x_0 + t eps`` is the linear interpolation between data and noise of
+    rectified flow (Liu et al. 2023) and conditional flow matching with the optimal-transport
+    path (Lipman et al. 2023; the family of SD3, Esser et al. 2024, whose ``t`` is this one).
+    Derived quantities, all in closed form:
+
+    * ``log alpha = log1p(-t)``, ``sigma^2 = t^2``, ``log SNR = 2 log((1 - t) / t)`` and its
+      inverse ``t = sigmoid(-lam / 2)``;
+    * forward SDE: ``f(t) = d log alpha / dt = -1 / (1 - t)`` (``beta = 2 / (1 - t)``) and
+      ``g(t)^2 = d sigma^2/dt - 2 f sigma^2 = 2 t + 2 t^2 / (1 - t) = 2 t / (1 - t)``;
+    * the conditional velocity ``d x_t / dt = eps - x_0`` (``alpha' = -1``, ``sigma' = 1``).
+
+    Endpoints: ``alpha(1) = 0`` and ``sigma(1) = 1`` exactly, so ``p_1 = N(0, I)`` exactly; but
+    ``f`` and ``g^2`` diverge at ``t = 1`` (the score-form probability-flow velocity
+    ``f x - g^2 s / 2`` is an ``inf - inf`` there although its limit ``(x - E[x_0|x]) / t`` is
+    finite) and ``x_0``-predictions divide by ``alpha``. Reverse-time samplers therefore start
+    at ``t_max`` (default ``0.999``, a static field, must lie in ``(0, 1)``) where every
+    coefficient is finite (``|f| = 1000``, ``alpha = 1e-3``), from the prior
+    ``N(0, t_max^2 I)`` (``prior_std = sigma(t_max)``, as for VE): it differs from the exact
+    ``p_{t_max} = law((1 - t_max) x_0 + t_max eps)`` only by the data's ``alpha(t_max) x_0``
+    contribution (mean ``1e-3 E[x_0]``, covariance ``1e-6 Cov[x_0]``). ``sigma(0) = 0``, so
+    ``t_min > 0`` as for VP.
+    """
+
+    t_max: float = static_field(default=0.999)
+
+    def __post_init__(self):
+        if isinstance(self.t_max, bool) or not isinstance(self.t_max, (int, float)) or not (
+            0.0 < self.t_max < 1.0
+        ):
+            raise ValueError(
+                f"t_max must lie in (0, 1) (f(t) = -1/(1 - t) diverges at t = 1), got "
+                f"{self.t_max!r}"
+            )
+
+    def log_alpha(self, t):
+        return jnp.log1p(-_time(t))
+
+    def alpha(self, t):
+        return 1.0 - _time(t)
+
+    def sigma(self, t):
+        return _time(t)
+
+    def sigma2(self, t):
+        t = _time(t)
+        return t * t
+
+    def beta(self, t):
+        return 2.0 / (1.0 - _time(t))
+
+    def drift_coeff(self, t):
+        return -1.0 / (1.0 - _time(t))
+
+    def g2(self, t):
+        t = _time(t)
+        return 2.0 * t / (1.0 - t)
+
+    def log_snr(self, t):
+        t = _time(t)
+        return 2.0 * (jnp.log1p(-t) - jnp.log(t))
+
+    def t_from_log_snr(self, lam):
+        lam = as_float_array(lam, "lam")
+        return jax.nn.sigmoid(-0.5 * lam)
+
+    def alpha_sigma_dot(self, t):
+        """``(alpha', sigma') = (-1, 1)`` exactly."""
+        t = _time(t)
+        return -jnp.ones_like(t), jnp.ones_like(t)
+
+    @property
+    def prior_std(self):
+        return float(self.t_max)

@@ -9,11 +9,18 @@ as an argument serves every checkpoint (and every condition) without retracing.
 Parameterizations (``x_t = alpha x_0 + sigma eps``; ``out`` is the network output evaluated at
 the preconditioned input ``x / sqrt(alpha^2 + sigma^2)``):
 
-==========  ====================================  =============================================
-``eps``     ``score = -out / sigma``               ``denoise = (x - sigma out) / alpha``
-``score``   ``score = out``                        ``denoise = (x + sigma^2 out) / alpha``
-``x0``      ``score = (alpha out - x) / sigma^2``  ``denoise = out``
-==========  ====================================  =============================================
+============  ====================================  ===========================================
+``eps``       ``score = -out / sigma``               ``denoise = (x - sigma out) / alpha``
+``score``     ``score = out``                        ``denoise = (x + sigma^2 out) / alpha``
+``x0``        ``score = (alpha out - x) / sigma^2``  ``denoise = out``
+``velocity``  ``score = -eps_hat / sigma``           ``denoise = (sigma' x - sigma out) / D``
+============  ====================================  ===========================================
+
+``velocity`` is the flow-matching parameterization (Lipman et al. 2023; Liu et al. 2023): ``out``
+predicts ``E[alpha' x_0 + sigma' eps | x_t]``; ``eps_hat = (alpha out - alpha' x) / D`` with
+``D = alpha sigma' - sigma alpha'``
+(:mod:`composition_jax.velocity`; for ``cj.RectifiedFlowSchedule`` ``D = 1``,
+``denoise = x - t out``).
 
 These are Tweedie's identity ``E[x_0 | x_t] = (x_t + sigma^2 grad log p_t) / alpha`` and
 ``E[eps | x_t] = -sigma grad log p_t`` (Vincent, 2011; Ho et al., 2020; Karras et al., 2022 for
@@ -36,7 +43,7 @@ from ..schedules import Schedule
 
 __all__ = ["PARAMETERIZATIONS", "ScoreNetModel", "input_scale", "output_to_eps"]
 
-PARAMETERIZATIONS = ("eps", "score", "x0")
+PARAMETERIZATIONS = ("eps", "score", "x0", "velocity")
 
 
 def _cast_floats(tree: Any, dtype: Any) -> Any:
@@ -53,8 +60,14 @@ def input_scale(alpha: jax.Array, sigma: jax.Array) -> jax.Array:
     return jax.lax.rsqrt(alpha * alpha + sigma * sigma)
 
 
-def output_to_eps(out, x, alpha, sigma, parameterization: str):
-    """Network output -> predicted noise ``eps_hat`` (exact conversion; broadcasts)."""
+def output_to_eps(out, x, alpha, sigma, parameterization: str, dalpha=None, dsigma=None):
+    """Network output -> predicted noise ``eps_hat`` (exact conversion; broadcasts).
+    ``"velocity"`` also needs ``dalpha = alpha'(t)``, ``dsigma = sigma'(t)``:
+    ``eps_hat = (alpha out - alpha' x) / (alpha sigma' - sigma alpha')``."""
+    if parameterization == "velocity":
+        if dalpha is None or dsigma is None:
+            raise ValueError("parameterization 'velocity' needs dalpha= and dsigma=")
+        return (alpha * out - dalpha * x) / (alpha * dsigma - sigma * dalpha)
     if parameterization == "eps":
         return out
     if parameterization == "score":
@@ -106,7 +119,7 @@ class ScoreNetModel(Model):
         conditional network the default is the NULL index (the unconditional model); ``None``
         for an unconditional network.
       network: the flax module (static; hashable, compared by its configuration).
-      parameterization: ``"eps"``, ``"score"`` or ``"x0"`` (static).
+      parameterization: ``"eps"``, ``"score"``, ``"x0"`` or ``"velocity"`` (static).
 
     Example:
       >>> import jax, composition_jax as cj
@@ -172,9 +185,16 @@ class ScoreNetModel(Model):
         out = self.network.apply(params, x_in, t[None], cond)[0]
         return out, x, a, s
 
+    def _velocity_coeffs(self, t, dtype):
+        da, ds = self.schedule.alpha_sigma_dot(check_t(t).astype(dtype))
+        return da.astype(dtype), ds.astype(dtype)
+
     def score(self, x: Any, t: Any) -> jax.Array:
         """Learned ``grad_x log p_t(x)``, shape ``(d,)`` (approximate: a trained network)."""
         out, x, a, s = self._out(x, t)
+        if self.parameterization == "velocity":
+            da, ds = self._velocity_coeffs(t, x.dtype)
+            return -output_to_eps(out, x, a, s, "velocity", da, ds) / s
         if self.parameterization == "eps":
             return -out / s
         if self.parameterization == "score":
@@ -187,6 +207,9 @@ class ScoreNetModel(Model):
     def _denoise(self, x: Any, t: Any) -> jax.Array:
         """Learned ``E[x_0 | x_t = x]``, shape ``(d,)``."""
         out, x, a, s = self._out(x, t)
+        if self.parameterization == "velocity":
+            da, ds = self._velocity_coeffs(t, x.dtype)
+            return (ds * x - s * out) / (a * ds - s * da)
         if self.parameterization == "eps":
             return (x - s * out) / a
         if self.parameterization == "score":
@@ -196,7 +219,18 @@ class ScoreNetModel(Model):
     def eps(self, x: Any, t: Any) -> jax.Array:
         """Learned ``E[eps | x_t = x] = -sigma score``, shape ``(d,)``."""
         out, x, a, s = self._out(x, t)
-        return output_to_eps(out, x, a, s, self.parameterization)
+        da, ds = self._velocity_coeffs(t, x.dtype)
+        return output_to_eps(out, x, a, s, self.parameterization, da, ds)
+
+    def velocity(self, x: Any, t: Any) -> jax.Array:
+        """Learned ``E[alpha' x_0 + sigma' eps | x_t = x]`` (the network output itself for the
+        ``"velocity"`` parameterization), shape ``(d,)``."""
+        out, x, a, s = self._out(x, t)
+        da, ds = self._velocity_coeffs(t, x.dtype)
+        if self.parameterization == "velocity":
+            return out
+        eps = output_to_eps(out, x, a, s, self.parameterization, da, ds)
+        return (da * x + (a * ds - s * da) * eps) / a
 
 
 def init_params(network: Any, key: jax.Array, dtype: Any = jnp.float32) -> Any:

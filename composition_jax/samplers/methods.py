@@ -63,7 +63,7 @@ from typing import Any, ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ..schedules import CosineVPSchedule, VPSchedule
+from ..schedules import CosineVPSchedule, RectifiedFlowSchedule, VPSchedule
 from . import mcmc
 from .mcmc import MCMCInfo, MCMCState
 from .noise import draw_normals, pilot_init, pilot_keys
@@ -219,6 +219,9 @@ def _sigma2_between(schedule, t, s):
     a_ts = jnp.exp(log_a)
     if isinstance(schedule, (VPSchedule, CosineVPSchedule)):
         s2_ts = -jnp.expm1(2.0 * log_a)
+    elif isinstance(schedule, RectifiedFlowSchedule):
+        # t^2 - ((1-t)/(1-s))^2 s^2 = (t - s)(t + s - 2 t s) / (1 - s)^2
+        s2_ts = (t - s) * (t + s - 2.0 * t * s) / ((1.0 - s) * (1.0 - s))
     else:
         s2_ts = schedule.sigma2(t) - a_ts * a_ts * schedule.sigma2(s)
     return a_ts, s2_ts
