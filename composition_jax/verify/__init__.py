@@ -11,6 +11,7 @@ from .factorized import FCResult, factorized_conditionals
 from .gap import GapResult, composition_gap
 from .heuristics import mean_difference_cosines
 from .projective import BlockReport, ProjectiveReport, TestOutcome, projective
+from .same_law import SameLawReport, same_law
 from .sampler_law import sampler_law  # the function (binds over the submodule attribute)
 
 __all__ = [
@@ -24,6 +25,8 @@ __all__ = [
     "mean_difference_cosines",
     "projective",
     "sampler_law",
+    "SameLawReport",
+    "same_law",
     "scenarios",
     "stats",
 ]
