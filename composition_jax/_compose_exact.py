@@ -28,14 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._checks import as_float_array, is_concrete
-from .distributions import (
-    Diffused,
-    Distribution,
-    Gaussian,
-    GaussianMixture,
-    LinearPushforward,
-    Product,
-)
+from .distributions import Diffused, Distribution, Gaussian, GaussianMixture
 
 __all__ = ["composed_distribution"]
 
@@ -101,63 +94,18 @@ def _same_law(a: Distribution, b: Distribution) -> bool:
     )
 
 
-def _same_matrix(a: LinearPushforward, b: LinearPushforward) -> bool:
-    if a.matrix is b.matrix and a.shift is b.shift:
-        return True
-    if not is_concrete(a.matrix, b.matrix, a.shift, b.shift):
-        return False
-    return bool(
-        np.array_equal(np.asarray(a.matrix), np.asarray(b.matrix))
-        and np.array_equal(np.asarray(a.shift), np.asarray(b.shift))
-    )
-
-
 # ----------------------------------------------------------------------------------------
 # Gaussian / mixture form
 # ----------------------------------------------------------------------------------------
 
 
 def _as_mixture(d: Distribution, name: str):
-    """``(log_weights (K,), means (K, d), covs (K, d, d), is_single_gaussian)`` or raise."""
-    if isinstance(d, Gaussian):
-        return jnp.zeros((1,), d.mean.dtype), d.mean[None], d.cov[None], True
-    if isinstance(d, GaussianMixture):
-        return d.log_weights, d.means, d.covs, False
-    if isinstance(d, LinearPushforward):
-        if d.closed is not None:
-            return _as_mixture(d.closed, name)
-        raise NotImplementedError(
-            f"{name} is a LinearPushforward of a {type(d.base).__name__} with no closed form; "
-            "composed_distribution has closed forms for Gaussians, Gaussian mixtures, Products of "
-            "those, and pushforwards sharing one matrix"
-        )
-    if isinstance(d, Product):
-        parts = [_as_mixture(f, f"{name}.factors[{j}]") for j, f in enumerate(d.factors)]
-        dim = d.dim
-        lw = jnp.zeros((1,), parts[0][1].dtype)
-        means = jnp.zeros((1, dim), parts[0][1].dtype)
-        covs = jnp.zeros((1, dim, dim), parts[0][1].dtype)
-        single = True
-        for (plw, pm, pc, ps), blk in zip(parts, d.blocks):
-            ix = np.asarray(blk)
-            k0, k1 = lw.shape[0], plw.shape[0]
-            if k0 * k1 > _MAX_COMPONENTS:
-                raise NotImplementedError(
-                    f"{name}: expanding the Product into a mixture would need more than "
-                    f"{_MAX_COMPONENTS} components"
-                )
-            lw = (lw[:, None] + plw[None, :]).reshape(-1)
-            means = jnp.repeat(means, k1, axis=0).at[:, ix].set(jnp.tile(pm, (k0, 1)))
-            covs = jnp.repeat(covs, k1, axis=0).at[:, ix[:, None], ix[None, :]].set(
-                jnp.tile(pc, (k0, 1, 1))
-            )
-            single = single and ps
-        return lw, means, covs, single
-    raise NotImplementedError(
-        f"{name} is a {type(d).__name__}: C[p] ∝ p_b prod (p_i/p_b)^w_i has no closed form for it "
-        "(closed forms exist for Gaussians, Gaussian mixtures, Products and LinearPushforwards "
-        "of those)"
-    )
+    """``(log_weights (K,), means (K, d), covs (K, d, d), is_one_gaussian)`` of ``d``'s exact
+    Gaussian-mixture form (the family's own answer, ``Distribution._gaussian_mixture``), or the
+    family's ``NotImplementedError`` naming ``name``. A one-component form is a Gaussian: any
+    real power of it is again one."""
+    mix = d._gaussian_mixture(_MAX_COMPONENTS, name)
+    return mix.log_weights, mix.means, mix.covs, mix.num_components == 1
 
 
 def _natural(log_w, means, covs):
@@ -287,24 +235,7 @@ def composed_distribution(background: Any, conditionals: Sequence[Any],
 
 
 def _compose(dists: list, w: jax.Array) -> Distribution:
-    first = dists[0]
-    # Lemma 6.2: C[A# p] = A# C[p] when every input is pushed forward by the same map.
-    if isinstance(first, LinearPushforward) and all(
-        isinstance(d, LinearPushforward) and _same_matrix(first, d) for d in dists[1:]
-    ):
-        try:
-            base = _compose([d.base for d in dists], w)
-        except NotImplementedError:
-            if not all(d.closed is not None for d in dists):
-                raise
-        else:
-            return LinearPushforward(base, first.matrix, first.shift, orthogonal=first.orthogonal)
-    # Products with one shared block structure: blockwise (recursively).
-    if isinstance(first, Product) and all(
-        isinstance(d, Product) and d.blocks == first.blocks for d in dists[1:]
-    ):
-        factors = tuple(
-            _compose([d.factors[j] for d in dists], w) for j in range(len(first.blocks))
-        )
-        return Product(factors, first.blocks)
-    return _closed_form(dists, w)
+    # Structure first, where every input shares the first one's (the family decides: blockwise
+    # for Products, Lemma 6.2 in the base space for one shared pushforward), else the mixture form.
+    out = dists[0]._compose_parts(dists[1:], lambda parts: _compose(list(parts), w))
+    return _closed_form(dists, w) if out is None else out

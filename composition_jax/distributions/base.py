@@ -17,7 +17,13 @@ import numpy as np
 
 from .._checks import as_float_array, check_point
 
-__all__ = ["Distribution", "cast_tree", "check_indices", "per_sample_keys"]
+__all__ = [
+    "MAX_MIXTURE_COMPONENTS",
+    "Distribution",
+    "cast_tree",
+    "check_indices",
+    "per_sample_keys",
+]
 
 
 def cast_tree(tree: Any, dtype: Any) -> Any:
@@ -53,13 +59,31 @@ def check_indices(indices: Any, dim: int, name: str = "indices") -> tuple[int, .
     return tuple(int(i) for i in arr)
 
 
+#: Default cap on the number of components that :meth:`Distribution.as_gaussian_mixture` builds.
+MAX_MIXTURE_COMPONENTS = 4096
+
+
 class Distribution:
     """Interface of the clean laws. Subclasses are pytree dataclasses.
 
-    Declared facts (class attributes, or properties where they depend on static structure):
-    ``columns_native`` -- the family implements ``_noised_score_columns(X (d, n), a, s)``, the
-    noised scores of many particles in particle-minor layout (``cj.diffuse(...).score_columns``);
-    otherwise that is a ``vmap`` of ``_noised_score``.
+    Declared facts (class attributes, or properties where they depend on static structure, never
+    on values): ``columns_native`` -- the family implements
+    ``_noised_score_columns(X (d, n), a, s)``, the noised scores of many particles in
+    particle-minor layout (``cj.diffuse(...).score_columns``); otherwise that is a ``vmap`` of
+    ``_noised_score``.
+
+    Conversions are methods of the families, so that code which needs a law in a canonical form
+    asks the law (a new family implements the hooks in its own file; no type switch elsewhere):
+
+    * :meth:`as_gaussian_mixture` (hook ``_gaussian_mixture``): the law as an exact Gaussian
+      mixture, the form the exact oracles of compositions and of the verification statistics
+      work with;
+    * :meth:`affine_image` (hook ``_affine_image``): the closed-form law of ``A x + b``, which
+      :class:`~composition_jax.LinearPushforward` uses as its exact form;
+    * ``_compose_parts``: how ``composed_distribution`` composes inputs that share the family's
+      structure (blockwise for products, in the base space for a shared pushforward).
+
+    The defaults answer "no closed form" (``None`` / the generic ``NotImplementedError``).
     """
 
     columns_native: bool = False
@@ -89,6 +113,85 @@ class Distribution:
 
     def _check_noisable(self) -> None:
         """Raise ``NotImplementedError`` if the noised law has no closed form."""
+
+    def _noised_score_columns(self, X, a, s):
+        """Noised scores for ``X (d, n)``, one particle per column (``(d, n)``). Families that
+        declare ``columns_native`` override it with a batched computation."""
+        return jax.vmap(self._noised_score, (1, None, None), 1)(X, a, s)
+
+    # -- conversions (hooks; see the class docstring) -----------------------------------------
+    def _gaussian_mixture(self, max_components: int, name: str):
+        """The law as an exact :class:`~composition_jax.GaussianMixture`, building at most
+        ``max_components`` components; otherwise raise ``NotImplementedError`` whose message
+        names the input ``name`` (e.g. ``"conditionals[0].factors[1]"``) and why (the message
+        ``composed_distribution`` reports)."""
+        raise NotImplementedError(
+            f"{name} is a {type(self).__name__}: C[p] ∝ p_b prod (p_i/p_b)^w_i has no closed form "
+            "for it (closed forms exist for Gaussians, Gaussian mixtures, Products and "
+            "LinearPushforwards of those)"
+        )
+
+    def _affine_image(self, matrix: jax.Array, shift: jax.Array) -> Distribution | None:
+        """Closed-form law of ``matrix @ x + shift`` (``matrix (d, d)``, ``shift (d,)``, both
+        validated and of a common float dtype), or ``None``."""
+        return None
+
+    def _compose_parts(self, others: Sequence[Distribution], compose) -> Distribution | None:
+        """``C[p]`` for the inputs ``(self, *others)`` when they share this family's structure,
+        computed from the composition of their parts with ``compose(list_of_laws)`` (which may
+        raise ``NotImplementedError``); ``None`` when the structure is not shared."""
+        return None
+
+    # -- conversions (public) ---------------------------------------------------------------
+    def as_gaussian_mixture(self, max_components: int = MAX_MIXTURE_COMPONENTS):
+        """This law as an exact :class:`~composition_jax.GaussianMixture`, or ``None``.
+
+        ``None`` when the family has no finite Gaussian-mixture form, or when the form would
+        have to be *built* with more than ``max_components`` components (a product's components
+        are the Cartesian product of its factors'; an existing mixture is returned as it is). A
+        Gaussian is the one-component mixture.
+
+        Example:
+          >>> import jax.numpy as jnp, composition_jax as cj
+          >>> g = cj.Gaussian(jnp.zeros(2), jnp.eye(2))
+          >>> g.as_gaussian_mixture().num_components
+          1
+          >>> cj.Empirical(jnp.zeros((3, 2))).as_gaussian_mixture() is None
+          True
+        """
+        if isinstance(max_components, bool) or not isinstance(max_components, (int, np.integer)) \
+                or max_components < 1:
+            raise ValueError(f"max_components must be a positive int, got {max_components!r}")
+        try:
+            return self._gaussian_mixture(int(max_components), "dist")
+        except NotImplementedError:
+            return None
+
+    def affine_image(self, matrix: Any, shift: Any = None) -> Distribution | None:
+        """Closed-form law of ``matrix @ x + shift`` for ``x`` of this law, or ``None``.
+
+        ``matrix (d, d)``, ``shift (d,)`` (default zero). Gaussians and Gaussian mixtures map to
+        their own family (``A m + b``, ``A S A^T``), a point set to the point set of the images,
+        a :class:`~composition_jax.Product` (and a ``FactorMixture``) under a matrix that is
+        block-diagonal over its blocks to the product of the blocks' pushforwards.
+
+        Raises:
+          ValueError: ``matrix`` or ``shift`` of the wrong shape (naming the shapes).
+        """
+        d = self.dim
+        A = as_float_array(matrix, "matrix")
+        if A.shape != (d, d):
+            raise ValueError(
+                f"matrix must have shape ({d}, {d}) to match dim={d}, got {tuple(A.shape)}"
+            )
+        A = A.astype(jnp.result_type(A.dtype, self.dtype))
+        if shift is None:
+            b = jnp.zeros((d,), A.dtype)
+        else:
+            b = as_float_array(shift, "shift").astype(A.dtype)
+            if b.shape != (d,):
+                raise ValueError(f"shift must have shape ({d},), got {tuple(b.shape)}")
+        return self._affine_image(A, b)
 
     # -- public ---------------------------------------------------------------------------
     @property

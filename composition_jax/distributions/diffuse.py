@@ -66,8 +66,9 @@ class Diffused(Model):
 
     @property
     def columns_native(self) -> bool:
-        """Whether :meth:`score_columns` has a batched particle-minor implementation (diagonal
-        or isotropic mixtures) rather than a vmap of :meth:`score`."""
+        """Whether :meth:`score_columns` has a batched particle-minor implementation rather
+        than a vmap of :meth:`score`: the distribution's declaration (Gaussians, diagonal or
+        isotropic mixtures, FactorMixtures, and Products / pushforwards of those)."""
         return bool(self.dist.columns_native)
 
     def score_columns(self, X: Any, t: Any) -> jax.Array:

@@ -109,6 +109,10 @@ class Empirical(Distribution):
         j = jax.random.categorical(key, self.log_weights)
         return self.points[j]
 
+    def _affine_image(self, matrix, shift):
+        # the image of a point set is the point set of the images, with the same weights
+        return Empirical(self.points @ matrix.T + shift[None, :], self.weights)
+
     def marginal(self, indices) -> Empirical:
         idx = np.asarray(check_indices(indices, self.dim))
         return Empirical(self.points[:, idx], self.weights)

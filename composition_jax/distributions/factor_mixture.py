@@ -42,7 +42,7 @@ from .._checks import as_float_array, is_concrete
 from .._pytree import pytree_dataclass, static_field
 from .base import Distribution, check_indices, per_sample_keys
 from .gaussian import GaussianMixture
-from .product import Product
+from .product import Product, _is_block_diagonal
 
 __all__ = ["FactorMixture"]
 
@@ -235,27 +235,42 @@ class FactorMixture(Distribution):
         if self._U is None:
             return z
         U = self._U[k]  # (b, b, B): U[j, l] is entry (j, l) of each block's matrix
+        if z.ndim == 3:  # particle-minor blocks (b, B, n)
+            U = U[..., None]
         if transpose:  # (U^T z)_l = sum_j U_jl z_j
             return jnp.stack([_sum0(U[:, col] * z) for col in range(self.factor_dim)])
         return jnp.stack([_sum0(U[row] * z) for row in range(self.factor_dim)])
 
-    def _components(self, x, a, s):
+    def _point_to_blocks(self, x):
+        """``(d,)`` -> ``(b, B)``; particle-minor ``(d, n)`` -> ``(b, B, n)``."""
+        B, b = self.num_factors, self.factor_dim
+        if x.ndim == 1:
+            return x.reshape(B, b).T
+        return jnp.transpose(x.reshape(B, b, x.shape[-1]), (1, 0, 2))
+
+    def _components(self, X, a, s):
         """Per component ``k``: ``y_k``, ``w_k = 1 / v_k`` (``(b, B)`` each) and the logits
-        ``log w_k + log N_k`` (``(B,)``) of the noised law at ``x``."""
-        X = x.reshape(self.num_factors, self.factor_dim).T  # (b, B)
+        ``log w_k + log N_k`` (``(B,)``) of the noised law at the blocks ``X (b, B)`` of one
+        point; for particle-minor blocks ``X (b, B, n)`` each has a trailing particle axis."""
+        cols = X.ndim == 3
+
+        def ex(p):  # parameters broadcast against the particle axis
+            return p[..., None] if cols else p
+
         ys, ws, logits = [], [], []
         for k in range(self.num_components):
-            y = self._rotate(k, X - a * self._m[k], transpose=True)
+            y = self._rotate(k, X - a * ex(self._m[k]), transpose=True)
             v = a * a * self._lam[k] + s * s
-            w = 1.0 / v  # independent of x: computed once per time under vmap
-            logits.append(self._lw[k] - 0.5 * (_sum0(y * y * w) + _sum0(jnp.log(v))))
+            w = ex(1.0 / v)  # independent of x: computed once per time under vmap
+            logits.append(ex(self._lw[k]) - 0.5 * (_sum0(y * y * w) + ex(_sum0(jnp.log(v)))))
             ys.append(y)
             ws.append(w)
         return ys, ws, logits
 
     def _terms(self, x, a, s):
-        """``(ys, ws, responsibilities r_k (B,), block log-densities (B,))``."""
-        ys, ws, logits = self._components(x, a, s)
+        """``(ys, ws, responsibilities r_k (B,), block log-densities (B,))`` at one point
+        ``x (d,)``, or (trailing particle axis) at the columns of ``x (d, n)``."""
+        ys, ws, logits = self._components(self._point_to_blocks(x), a, s)
         top = jax.lax.stop_gradient(_max_list(logits))  # finite: each row of weights sums to 1
         es = [jnp.exp(lg - top) for lg in logits]
         z = _sum_list(es)
@@ -263,8 +278,11 @@ class FactorMixture(Distribution):
         return ys, ws, [e * inv for e in es], top + jnp.log(z)
 
     def _blocks_to_point(self, z):
-        """``(b, B)`` -> ``(d,)`` (block ``i`` at coordinates ``i b .. (i + 1) b - 1``)."""
-        return z.T.reshape(-1)
+        """``(b, B)`` -> ``(d,)`` (block ``i`` at coordinates ``i b .. (i + 1) b - 1``);
+        ``(b, B, n)`` -> ``(d, n)``."""
+        if z.ndim == 2:
+            return z.T.reshape(-1)
+        return jnp.transpose(z, (1, 0, 2)).reshape(self.dim, z.shape[-1])
 
     def _score_from(self, ys, ws, rs):
         return -self._blocks_to_point(_sum_list(
@@ -277,6 +295,15 @@ class FactorMixture(Distribution):
 
     def _noised_score(self, x, a, s):
         ys, ws, rs, _ = self._terms(x, a, s)
+        return self._score_from(ys, ws, rs)
+
+    # Particle-minor layout: the same element-wise graph with a trailing particle axis (the
+    # block axis stays contiguous within each particle column block).
+    columns_native = True
+
+    def _noised_score_columns(self, X, a, s):
+        """Noised scores for ``X (d, n)``, one particle per column (same form as the rows)."""
+        ys, ws, rs, _ = self._terms(X, a, s)
         return self._score_from(ys, ws, rs)
 
     def _noised_log_prob_and_score(self, x, a, s):
@@ -332,6 +359,30 @@ class FactorMixture(Distribution):
         factors = tuple(GaussianMixture(self.weights[i], self.means[i], covs[i])
                         for i in range(self.num_factors))
         return Product(factors, self.blocks)
+
+    def _gaussian_mixture(self, max_components, name):
+        """The mixture over the ``K^B`` combinations of the blocks' components (when that is at
+        most ``max_components``)."""
+        if self.num_components ** self.num_factors > max_components:
+            raise NotImplementedError(
+                f"{name}: expanding the FactorMixture into a mixture would need more than "
+                f"{max_components} components"
+            )
+        return self.as_product()._gaussian_mixture(max_components, name)
+
+    def _affine_image(self, matrix, shift):
+        """That of :meth:`as_product`: the product of the blocks' pushforwards when ``matrix``
+        is block-diagonal over the blocks, else ``None``."""
+        if not is_concrete(matrix) or not _is_block_diagonal(np.asarray(matrix), self.blocks):
+            return None  # decided before building the B factors
+        return self.as_product()._affine_image(matrix, shift)
+
+    def _compose_parts(self, others, compose):
+        """FactorMixtures with the same blocks compose block by block (as their
+        :meth:`as_product`), never through the ``K^B``-component mixture."""
+        if not all(isinstance(d, FactorMixture) and d.blocks == self.blocks for d in others):
+            return None
+        return self.as_product()._compose_parts([d.as_product() for d in others], compose)
 
     def moments(self) -> tuple[jax.Array, jax.Array]:
         """Exact mean ``(d,)`` and block-diagonal covariance ``(d, d)`` (law of total

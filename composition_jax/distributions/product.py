@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import is_concrete
 from .._pytree import pytree_dataclass, static_field
 from .base import Distribution, check_indices
 
@@ -57,6 +58,15 @@ def normalize_blocks(blocks: Any, dim: int | None = None, *, name: str = "blocks
         missing = sorted(set(range(total)) - set(flat))
         raise ValueError(f"{name} do not cover range({total}); missing coordinates {missing}")
     return tuple(out)
+
+
+def _is_block_diagonal(matrix: np.ndarray, blocks) -> bool:
+    """Whether ``matrix`` has exact zeros off the diagonal blocks ``blocks x blocks``."""
+    m = np.asarray(matrix, np.float64)
+    label = np.empty(m.shape[0], np.int64)
+    for i, b in enumerate(blocks):
+        label[np.asarray(b)] = i
+    return not np.any(m[label[:, None] != label[None, :]] != 0.0)
 
 
 @pytree_dataclass
@@ -121,6 +131,69 @@ class Product(Distribution):
     def _check_noisable(self):
         for f in self.factors:
             f._check_noisable()
+
+    @property
+    def columns_native(self) -> bool:
+        """Declared fact (see :class:`Distribution`): every factor is ``columns_native``."""
+        return all(f.columns_native for f in self.factors)
+
+    def _noised_score_columns(self, X, a, s):
+        """Blockwise: factor ``i``'s particle-minor score on the rows ``blocks[i]`` of
+        ``X (d, n)``."""
+        parts = [f._noised_score_columns(X[np.asarray(b)], a, s)
+                 for f, b in zip(self.factors, self.blocks)]
+        return jnp.concatenate(parts, 0)[np.asarray(self._inv_perm)]
+
+    # -- conversions ------------------------------------------------------------------------
+    def _gaussian_mixture(self, max_components, name):
+        """The mixture over the Cartesian product of the factors' components: component
+        ``(k_1, .., k_B)`` has weight ``prod_i w_{i k_i}``, mean and (block-diagonal) covariance
+        assembled from the factors' ``k_i``-th components."""
+        parts = [f._gaussian_mixture(max_components, f"{name}.factors[{j}]")
+                 for j, f in enumerate(self.factors)]
+        dim = self.dim
+        dt = jnp.result_type(*[p.means.dtype for p in parts])
+        w = jnp.ones((1,), dt)
+        means = jnp.zeros((1, dim), dt)
+        covs = jnp.zeros((1, dim, dim), dt)
+        for p, blk in zip(parts, self.blocks):
+            ix = np.asarray(blk)
+            k0, k1 = w.shape[0], p.num_components
+            if k0 * k1 > max_components:
+                raise NotImplementedError(
+                    f"{name}: expanding the Product into a mixture would need more than "
+                    f"{max_components} components"
+                )
+            w = (w[:, None] * p.weights.astype(dt)[None, :]).reshape(-1)
+            means = jnp.repeat(means, k1, axis=0).at[:, ix].set(
+                jnp.tile(p.means.astype(dt), (k0, 1)))
+            covs = jnp.repeat(covs, k1, axis=0).at[:, ix[:, None], ix[None, :]].set(
+                jnp.tile(p.covs.astype(dt), (k0, 1, 1)))
+        from .gaussian import GaussianMixture
+
+        return GaussianMixture(w, means, covs)
+
+    def _affine_image(self, matrix, shift):
+        """For a concrete ``matrix`` that is block-diagonal over ``blocks``: the product of the
+        blocks' pushforwards (each exact when its factor has a closed form or the block matrix
+        is orthogonal); otherwise ``None``."""
+        if not is_concrete(matrix) or not _is_block_diagonal(np.asarray(matrix), self.blocks):
+            return None
+        from .pushforward import LinearPushforward
+
+        parts = []
+        for f, blk in zip(self.factors, self.blocks):
+            ix = np.asarray(blk)
+            parts.append(LinearPushforward(f, matrix[np.ix_(ix, ix)], shift[ix]))
+        return Product(tuple(parts), self.blocks)
+
+    def _compose_parts(self, others, compose):
+        """Products with one shared block structure compose blockwise (cost additive)."""
+        if not all(isinstance(d, Product) and d.blocks == self.blocks for d in others):
+            return None
+        factors = tuple(compose([self.factors[j]] + [d.factors[j] for d in others])
+                        for j in range(len(self.blocks)))
+        return Product(factors, self.blocks)
 
     def sample(self, key, n):
         keys = jax.random.split(key, len(self.factors))

@@ -4,12 +4,14 @@ At ``t = 0``: ``log p_Y(y) = log p_X(A^{-1}(y - b)) - log|det A|`` (LU factoriza
 
 Noised law (``y_t = a y_0 + s eps``), exact in these cases:
 
-* base Gaussian, mixture or ``Empirical``: the pushforward is again one (``A m + b``,
-  ``A S A^T``; points ``A p_j + b``), built once at construction and used for everything;
+* the base has a closed-form affine image (``base.affine_image(A, b)``: a Gaussian, mixture or
+  ``Empirical`` is again one, ``A m + b``, ``A S A^T``, points ``A p_j + b``), built once at
+  construction and used for everything;
 * ``A`` orthogonal, any base: ``y_t = A x_t + a b`` with ``x_t`` the base's noised variable (since
   ``A^T eps ~ eps``), so ``log p_t(y) = log p^X_t(A^T (y - a b))``,
   ``score = A score^X``, ``E[y_0|y_t] = A E[x_0|x_t] + b``;
-* base a ``Product`` and ``A`` block-diagonal over its blocks: a ``Product`` of pushforwards.
+* base a ``Product`` (or a ``FactorMixture``) and ``A`` block-diagonal over its blocks: the
+  base's affine image is the ``Product`` of the blocks' pushforwards.
 
 Otherwise the noised density is a convolution with no closed form, and ``diffuse`` raises
 ``NotImplementedError``.
@@ -27,43 +29,23 @@ import numpy as np
 from .._checks import as_float_array, is_concrete
 from .._pytree import pytree_dataclass, static_field
 from .base import Distribution
-from .empirical import Empirical
-from .gaussian import Gaussian, GaussianMixture, factorization_dtype
+from .gaussian import factorization_dtype
 from .product import Product
 
 __all__ = ["LinearPushforward"]
 
 
-def _sym(c):
-    """Symmetrize (``A S A^T`` is symmetric only up to rounding)."""
-    return 0.5 * (c + jnp.swapaxes(c, -1, -2))
-
-
-def _closed_form(base, matrix, shift):
-    """The pushforward as a Gaussian / mixture / empirical law when one exists, else ``None``."""
-    if isinstance(base, Gaussian):
-        return Gaussian(matrix @ base.mean + shift, _sym(matrix @ base.cov @ matrix.T))
-    if isinstance(base, GaussianMixture):
-        return GaussianMixture(
-            base.weights,
-            base.means @ matrix.T + shift[None, :],
-            _sym(jnp.einsum("ij,kjl,ml->kim", matrix, base.covs, matrix)),
-        )
-    if isinstance(base, Empirical):
-        # An affine image of a point set is the point set of the images, same weights.
-        return Empirical(base.points @ matrix.T + shift[None, :], base.weights)
-    if isinstance(base, LinearPushforward) and base.closed is not None:
-        return _closed_form(base.closed, matrix, shift)
-    return None
-
-
-def _is_block_diagonal(matrix: np.ndarray, blocks) -> bool:
-    m = np.abs(np.asarray(matrix, np.float64))
-    for i, bi in enumerate(blocks):
-        for j, bj in enumerate(blocks):
-            if i != j and np.any(m[np.ix_(bi, bj)] != 0.0):
-                return False
-    return True
+def _same_map(a: LinearPushforward, b: LinearPushforward) -> bool:
+    """Whether two pushforwards use the same matrix and shift (same objects or equal concrete
+    values)."""
+    if a.matrix is b.matrix and a.shift is b.shift:
+        return True
+    if not is_concrete(a.matrix, b.matrix, a.shift, b.shift):
+        return False
+    return bool(
+        np.array_equal(np.asarray(a.matrix), np.asarray(b.matrix))
+        and np.array_equal(np.asarray(a.shift), np.asarray(b.shift))
+    )
 
 
 @pytree_dataclass
@@ -82,7 +64,6 @@ class LinearPushforward(Distribution):
     matrix: Any
     shift: Any = None
     orthogonal: bool | None = static_field(default=None)
-    block_diagonal: bool = static_field(default=False, init=False)
     closed: Any = dataclasses.field(default=None, init=False, repr=False)
     lu: Any = dataclasses.field(default=None, init=False, repr=False)
     piv: Any = dataclasses.field(default=None, init=False, repr=False)
@@ -109,7 +90,6 @@ class LinearPushforward(Distribution):
         lu, piv = jax.scipy.linalg.lu_factor(A.astype(factorization_dtype(A.dtype)))
         logdet = jnp.sum(jnp.log(jnp.abs(jnp.diag(lu)))).astype(A.dtype)
         orth = self.orthogonal
-        block_diag = False
         if is_concrete(A):
             An = np.asarray(A, np.float64)
             if not np.all(np.isfinite(An)):
@@ -123,20 +103,12 @@ class LinearPushforward(Distribution):
                 )
             if orth is None:
                 orth = bool(np.max(np.abs(An.T @ An - np.eye(d))) <= 100 * d * eps)
-            if isinstance(self.base, Product):
-                block_diag = _is_block_diagonal(An, self.base.blocks)
         orth = bool(orth) if orth is not None else False
-        closed = _closed_form(self.base, A, b)
-        if closed is None and block_diag:
-            parts = []
-            for f, blk in zip(self.base.factors, self.base.blocks):
-                ix = np.asarray(blk)
-                parts.append(LinearPushforward(f, A[np.ix_(ix, ix)], b[ix]))
-            closed = Product(tuple(parts), self.base.blocks)
+        # the base's own answer (Distribution.affine_image): no type switch here
+        closed = self.base._affine_image(A, b)
         object.__setattr__(self, "matrix", A)
         object.__setattr__(self, "shift", b)
         object.__setattr__(self, "orthogonal", orth)
-        object.__setattr__(self, "block_diagonal", block_diag)
         object.__setattr__(self, "closed", closed)
         object.__setattr__(self, "lu", lu)
         object.__setattr__(self, "piv", piv)
@@ -145,6 +117,57 @@ class LinearPushforward(Distribution):
     @property
     def dim(self) -> int:
         return self.matrix.shape[0]
+
+    @property
+    def block_diagonal(self) -> bool:
+        """Whether the exact form is a product of per-block pushforwards (a product base and a
+        matrix block-diagonal over its blocks)."""
+        return isinstance(self.closed, Product)
+
+    @property
+    def columns_native(self) -> bool:
+        """Declared fact (see :class:`Distribution`): the closed form's, else (orthogonal
+        ``matrix``) the base's; a pushforward with no exact noised law has none."""
+        if self.closed is not None:
+            return self.closed.columns_native
+        return self.orthogonal and self.base.columns_native
+
+    def _noised_score_columns(self, X, a, s):
+        """``X (d, n)``: the closed form's columns score, or (orthogonal ``A``)
+        ``A score^X(A^T (X - a b))`` column by column."""
+        if self.closed is not None:
+            return self.closed._noised_score_columns(X, a, s)
+        if self.orthogonal:
+            Z = self.matrix.T @ (X - a * self.shift[:, None])
+            return self.matrix @ self.base._noised_score_columns(Z, a, s)
+        return super()._noised_score_columns(X, a, s)
+
+    # -- conversions ------------------------------------------------------------------------
+    def _gaussian_mixture(self, max_components, name):
+        if self.closed is not None:
+            return self.closed._gaussian_mixture(max_components, name)
+        raise NotImplementedError(
+            f"{name} is a LinearPushforward of a {type(self.base).__name__} with no closed form; "
+            "composed_distribution has closed forms for Gaussians, Gaussian mixtures, Products of "
+            "those, and pushforwards sharing one matrix"
+        )
+
+    def _affine_image(self, matrix, shift):
+        return None if self.closed is None else self.closed._affine_image(matrix, shift)
+
+    def _compose_parts(self, others, compose):
+        """Lemma 6.2: ``C[A# p] = A# C[p]`` when every input is pushed forward by the same map
+        (composed in the base space). When the bases have no closed-form composition but every
+        input has an exact form, ``None`` (the caller composes the exact forms)."""
+        if not all(isinstance(d, LinearPushforward) and _same_map(self, d) for d in others):
+            return None
+        try:
+            base = compose([self.base] + [d.base for d in others])
+        except NotImplementedError:
+            if not all(d.closed is not None for d in (self, *others)):
+                raise
+            return None
+        return LinearPushforward(base, self.matrix, self.shift, orthogonal=self.orthogonal)
 
     def _check_noisable(self):
         if self.closed is not None:

@@ -1,8 +1,10 @@
 """Exact facts about the closed-form laws used by the verification module.
 
-``as_mixture`` turns a Gaussian, Gaussian mixture, Product of those, or a LinearPushforward with a
-closed form into mixture parameters ``(weights (K,), means (K, d), covs (K, d, d))`` (a Product's
-components are the Cartesian product of its factors' components). From these: exact mean and
+``as_mixture`` turns a law with an exact Gaussian-mixture form (a Gaussian, Gaussian mixture,
+Product or FactorMixture of those, a LinearPushforward with a closed form: whatever
+``Distribution.as_gaussian_mixture`` answers) into mixture parameters
+``(weights (K,), means (K, d), covs (K, d, d))`` (a Product's components are the Cartesian product
+of its factors' components). From these: exact mean and
 covariance, exact fourth central moments, and exact 1-D marginal CDFs.
 """
 
@@ -11,15 +13,15 @@ from __future__ import annotations
 from typing import Any
 
 import jax.numpy as jnp
-import numpy as np
 from jax.scipy.stats import norm
 
-from ..distributions import Gaussian, GaussianMixture, LinearPushforward, Product
+from ..distributions import Distribution
+from ..distributions.base import MAX_MIXTURE_COMPONENTS
 from ..distributions.diffuse import Diffused
 
-__all__ = ["unwrap", "as_mixture", "moments", "fourth_moments", "cdf_columns", "MAX_COMPONENTS"]
+__all__ = ["MAX_COMPONENTS", "as_mixture", "cdf_columns", "fourth_moments", "moments", "unwrap"]
 
-MAX_COMPONENTS = 4096
+MAX_COMPONENTS = MAX_MIXTURE_COMPONENTS
 
 
 def unwrap(dist: Any, name: str) -> Any:
@@ -36,35 +38,12 @@ def unwrap(dist: Any, name: str) -> Any:
 
 def as_mixture(dist: Any):
     """``(weights, means, covs)`` of ``dist`` as a Gaussian mixture, or ``None`` if it is not one
-    (or would need more than ``MAX_COMPONENTS`` components)."""
-    if isinstance(dist, Gaussian):
-        return jnp.ones((1,), dist.mean.dtype), dist.mean[None], dist.cov[None]
-    if isinstance(dist, GaussianMixture):
-        return dist.weights, dist.means, dist.covs
-    if isinstance(dist, LinearPushforward):
-        return as_mixture(dist.closed) if dist.closed is not None else None
-    if isinstance(dist, Product):
-        parts = [as_mixture(f) for f in dist.factors]
-        if any(p is None for p in parts):
-            return None
-        sizes = [p[0].shape[0] for p in parts]
-        total = int(np.prod(sizes))
-        if total > MAX_COMPONENTS:
-            return None
-        dt = jnp.result_type(*[p[1].dtype for p in parts])
-        grids = np.meshgrid(*[np.arange(k) for k in sizes], indexing="ij")
-        combos = [g.reshape(-1) for g in grids]  # component index of each factor, (total,)
-        d = dist.dim
-        w = np.ones((total,), np.float64)
-        mean = np.zeros((total, d), np.float64)
-        cov = np.zeros((total, d, d), np.float64)
-        for (pw, pm, pc), blk, idx in zip(parts, dist.blocks, combos):
-            ix = np.asarray(blk)
-            w = w * np.asarray(pw, np.float64)[idx]
-            mean[:, ix] = np.asarray(pm, np.float64)[idx]
-            cov[:, ix[:, None], ix[None, :]] = np.asarray(pc, np.float64)[idx]
-        return jnp.asarray(w, dt), jnp.asarray(mean, dt), jnp.asarray(cov, dt)
-    return None
+    (or would need more than ``MAX_COMPONENTS`` components): the family's own answer,
+    :meth:`~composition_jax.distributions.Distribution.as_gaussian_mixture`."""
+    if not isinstance(dist, Distribution):
+        return None
+    mix = dist.as_gaussian_mixture(MAX_COMPONENTS)
+    return None if mix is None else (mix.weights, mix.means, mix.covs)
 
 
 def moments(dist: Any):
