@@ -19,6 +19,7 @@ from .schedules import CosineVPSchedule, Schedule, VESchedule, VPSchedule
 from .schedules import RectifiedFlowSchedule
 from .samplers import SampleInfo, SampleResult, particle_mesh, sample, time_grid
 from .samplers import CompositionWarning, NonFiniteError, NonFiniteWarning
+from .samplers.smc import SMCResult, smc_sample
 from .samplers import (
     DDIM,
     DDPM,
@@ -110,3 +111,5 @@ __all__ = [
     "FactorMixture",
     "MixtureOfModels",
 ]
+    "SMCResult",
+    "smc_sample",

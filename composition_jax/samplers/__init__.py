@@ -53,5 +53,9 @@ __all__ = [
     "particle_mesh",
     "register_method",
     "sample",
+
+from .smc import SMCResult, smc_sample  # noqa: E402  (sequential Monte Carlo)
+
+__all__ += ["SMCResult", "smc_sample"]
     "time_grid",
 ]
