@@ -513,3 +513,41 @@ def test_float32_weight_rounding_still_cancels(key):
     assert isinstance(q, cj.Gaussian)
     np.testing.assert_allclose(q.mean, g.mean, rtol=1e-6)
     np.testing.assert_allclose(q.cov, g.cov, rtol=1e-6)
+
+
+def test_inputs_without_closed_form_are_named():
+    """Each family says why it has no mixture form, naming the input (and the factor)."""
+    g = cj.Gaussian(jnp.zeros(2), jnp.eye(2))
+    g1, emp1 = cj.Gaussian(jnp.zeros(1), jnp.eye(1)), cj.Empirical(jnp.zeros((3, 1)))
+    prod = cj.Product((g1, emp1), ((0,), (1,)))
+    with pytest.raises(NotImplementedError, match=r"^conditionals\[0\]\.factors\[1\] is a "
+                                                  r"Empirical: C\[p\] .* no closed form"):
+        cj.composed_distribution(g, [prod])
+    shear = cj.LinearPushforward(prod, jnp.array([[1.0, 1.0], [0.0, 1.0]]))
+    assert shear.closed is None
+    with pytest.raises(NotImplementedError, match=r"^background is a LinearPushforward of a "
+                                                  r"Product with no closed form"):
+        cj.composed_distribution(shear, [g])
+    k0, k1 = jax.random.split(jax.random.key(0))
+    mixes = cj.Product((_mixture(k0, 2, 1), _mixture(k1, 3, 1)), ((0,), (1,)))
+    assert mixes.as_gaussian_mixture(6).num_components == 6
+    assert mixes.as_gaussian_mixture(5) is None
+    with pytest.raises(NotImplementedError, match=r"^x: expanding the Product into a mixture "
+                                                  r"would need more than 5 components"):
+        mixes._gaussian_mixture(5, "x")
+
+
+def test_one_component_mixture_composes_as_a_gaussian():
+    """A one-component mixture is a Gaussian: any real exponent of it has the closed form (the
+    same law as with the equivalent ``cj.Gaussian``), traced weights included."""
+    g0 = cj.Gaussian(jnp.zeros(1), jnp.eye(1))
+    m1 = cj.GaussianMixture(jnp.ones(1), jnp.ones((1, 1)), 0.5 * jnp.ones((1, 1, 1)))
+    g1 = cj.Gaussian(jnp.ones(1), 0.5 * jnp.ones((1, 1)))
+    for w in (jnp.array([0.5]), jnp.array([2.0])):
+        q, ref = cj.composed_distribution(g0, [m1], w), cj.composed_distribution(g0, [g1], w)
+        assert isinstance(q, cj.Gaussian)
+        np.testing.assert_allclose(q.mean, ref.mean, rtol=1e-6)
+        np.testing.assert_allclose(q.cov, ref.cov, rtol=1e-6)
+    f = jax.jit(lambda w: cj.composed_distribution(g0, [m1], w).mean)
+    np.testing.assert_allclose(f(jnp.array([0.5])),
+                               cj.composed_distribution(g0, [g1], jnp.array([0.5])).mean, rtol=1e-6)

@@ -105,10 +105,13 @@ FN_LP = cj.FunctionModel(_S0, log_prob_fn=_LP0, dim=D)
 
 # name -> (builder, has_log_prob, has_denoise, columns_native)
 CASES = {
-    **{f"diffused_{n}": ((lambda n=n: _diffused(n)), True, True, False) for n in FAMILY_NAMES},
+    # batched particle-minor scores: Gaussians (and their closed-form pushforwards), diagonal /
+    # isotropic mixtures, FactorMixtures, products and pushforwards of those
+    **{f"diffused_{n}": ((lambda n=n: _diffused(n)), True, True, n in ("gaussian", "pf_gaussian"))
+       for n in FAMILY_NAMES},
     "diffused_diag_mixture": (_diag_mixture, True, True, True),
     "diffused_iso_mixture": (lambda: _diag_mixture(iso=True), True, True, True),
-    "diffused_factor_mixture": (_factor_mixture, True, True, False),
+    "diffused_factor_mixture": (_factor_mixture, True, True, True),
     "compose": (lambda: cj.compose(_diffused("gaussian", 1),
                                    [_diffused("mixture", 2), _diffused("pf_mixture", 3)],
                                    weights=jnp.array([1.0, 0.5])), True, True, False),
@@ -119,7 +122,10 @@ CASES = {
     "compose_no_denoise_input": (lambda: cj.compose(_diffused("gaussian", 1), [FN_LP]),
                                  True, False, False),
     "linear_combination": (lambda: cj.linear_combination(
-        [_diffused("gaussian", 1), _diag_mixture(2)], jnp.array([0.7, 0.6])), True, False, False),
+        [_diffused("gaussian", 1), _diag_mixture(2)], jnp.array([0.7, 0.6])), True, False, True),
+    "linear_combination_full_mixture": (lambda: cj.linear_combination(
+        [_diffused("gaussian", 1), _diffused("mixture", 2)], jnp.array([0.7, 0.6])), True, False,
+        False),
     "linear_combination_columns": (lambda: cj.linear_combination(
         [_diag_mixture(1), _diag_mixture(2)], jnp.array([0.7, 0.6])), True, False, True),
     "guidance": (lambda: cj.guidance(_diffused("mixture", 2), _diffused("gaussian", 1), 2.5),
@@ -327,13 +333,14 @@ def test_model_is_abstract_and_subclassable():
     assert comp.has_log_prob and not comp.has_denoise
 
 
-def test_compose_helpers_follow_declarations():
-    """``compose.columns_native`` / ``compose.score_columns`` are ``as_model``'s declarations."""
-    from composition_jax.compose import columns_native, score_columns
-
+def test_adapted_models_keep_columns_declarations():
+    """``as_model`` keeps a model's ``columns_native`` and ``score_columns``; plain functions and
+    foreign objects without them get the vmapped default."""
     dm = _diag_mixture()
-    assert columns_native(dm) and not columns_native(_S0) and not columns_native(ForeignPlain())
+    cols = [cj.as_model(m).columns_native for m in (dm, _S0, ForeignPlain())]
+    assert cols == [True, False, False]
     X, t = jax.random.normal(jax.random.key(0), (D, 4)), jnp.asarray(0.5)
     var = SCH.alpha(t) ** 2 + SCH.sigma(t) ** 2  # _S0: the score of N(0, I) noised
-    chex.assert_trees_all_close(score_columns(_S0, X, t), -X / var, rtol=1e-5, atol=1e-6)
-    chex.assert_trees_all_close(score_columns(dm, X, t), dm.score_columns(X, t))
+    chex.assert_trees_all_close(cj.as_model(_S0).score_columns(X, t), -X / var, rtol=1e-5,
+                                atol=1e-6)
+    chex.assert_trees_all_close(cj.as_model(dm).score_columns(X, t), dm.score_columns(X, t))
