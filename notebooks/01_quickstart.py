@@ -44,19 +44,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import composition_jax as cj
+from composition_jax._notebook import Checks
 
 QUICK = os.environ.get("COMPOSITION_JAX_QUICK", "0") not in ("", "0")
 FIGURES = Path(os.environ.get("COMPOSITION_JAX_FIGURES")
                or Path(tempfile.gettempdir()) / "composition_jax_notebooks")
 FIGURES.mkdir(parents=True, exist_ok=True)
+checks = Checks("quickstart")  # a failed check prints a warning (raises in the test suite)
 
 
 def show(fig, name):
     """Show the figure (Jupyter) or save it as ``FIGURES/name.png`` (script); every plot axis
     must carry both axis labels."""
-    for ax in fig.axes:
-        if not hasattr(ax, "_colorbar"):
-            assert ax.get_xlabel() and ax.get_ylabel(), f"{name}: unlabelled axes {ax.get_title()!r}"
+    checks.labelled(fig, name)
     fig.savefig(FIGURES / f"{name}.png", dpi=80)
     if "ipykernel" in sys.modules:
         plt.show()
@@ -83,9 +83,9 @@ for name, sch in schedules.items():
     axs[0].plot(ts, a, label=name)
     axs[1].semilogy(ts, s, label=name)
     if name != "VE":
-        np.testing.assert_allclose(a**2 + s**2, 1.0, atol=1e-5)  # variance preserving
+        checks.close(a**2 + s**2, 1.0, atol=1e-5, what=f"{name}: alpha^2 + sigma^2 = 1")
     else:
-        np.testing.assert_allclose(a, 1.0)
+        checks.close(a, 1.0, what="VE: alpha = 1")
 axs[0].set(xlabel="t", ylabel="alpha(t)", title="signal coefficient")
 axs[1].set(xlabel="t", ylabel="sigma(t)", title="noise coefficient")
 axs[0].legend()
@@ -105,9 +105,11 @@ pt = cj.diffuse(g, sched)
 x = jnp.array([0.4, 0.2])
 for t in (0.01, 0.3, 0.9):
     score = pt.score(x, t)
-    np.testing.assert_allclose(score, jax.grad(pt.log_prob)(x, t), rtol=1e-4, atol=1e-5)
+    checks.close(score, jax.grad(pt.log_prob)(x, t), rtol=1e-4, atol=1e-5,
+                 what=f"t={t}: score = grad log p_t")
     a, s = sched.alpha(t), sched.sigma(t)
-    np.testing.assert_allclose(pt.denoise(x, t), (x + s**2 * score) / a, rtol=1e-4, atol=1e-5)
+    checks.close(pt.denoise(x, t), (x + s**2 * score) / a, rtol=1e-4, atol=1e-5,
+                 what=f"t={t}: denoise = Tweedie's formula")
     print(f"t={t}: log p_t(x) = {float(pt.log_prob(x, t)):+.4f}, score = {np.round(score, 4)}")
 
 # %% [markdown]
@@ -128,8 +130,8 @@ x = cj.sample(key_sample, model, sched, (N, 4), method="ode_heun", steps=STEPS, 
 
 exact = cj.composed_distribution(background, conds)  # the exact t = 0 composition
 print("exact composed mean:", exact.mean)
-np.testing.assert_allclose(exact.mean, [1.0, 0.0, 1.0, 0.0], atol=1e-6)
-np.testing.assert_allclose(exact.cov, 0.05**2 * e, rtol=1e-5, atol=1e-9)
+checks.close(exact.mean, [1.0, 0.0, 1.0, 0.0], atol=1e-6, what="C[p] mean")
+checks.close(exact.cov, 0.05**2 * e, rtol=1e-5, atol=1e-9, what="C[p] covariance")
 
 # %% [markdown]
 # ## Verifying
@@ -144,19 +146,20 @@ np.testing.assert_allclose(exact.cov, 0.05**2 * e, rtol=1e-5, atol=1e-9)
 # %%
 fc = cj.verify.factorized_conditionals(background, conds)
 print(fc)
-assert fc.holds and fc.blocks == ((0,), (2,)) and fc.background_block == (1, 3)
+checks.that(fc.holds and fc.blocks == ((0,), (2,)) and fc.background_block == (1, 3),
+            "Factorized Conditionals holds with blocks {0}, {2} and background block {1, 3}")
 
 report = cj.verify.projective(x, conds, [[0], [2]], key=key_test, background=background,
                               two_sample_n=300, num_permutations=1999)
 print(report)
-assert report.passed
+checks.that(report.passed, "the composed samples are projective")
 
 law = cj.verify.sampler_law(model, sched, method="ode_heun", steps=STEPS, grid="log_snr")
 se = np.sqrt(np.diag(np.asarray(law.cov)) / N)
 z = (np.asarray(x.mean(0)) - np.asarray(law.mean)) / se
 print("sampler law mean:", np.round(law.mean, 4), " sample mean:", np.round(x.mean(0), 4))
 print("z-scores of the sample mean against the exact sampler law:", np.round(z, 2))
-assert np.all(np.abs(z) < 5)
+checks.that(np.all(np.abs(z) < 5), "sample mean within 5 standard errors of the sampler law")
 print("variance of the sampler output / data variance:",
       np.round(np.diag(law.cov) / 0.05**2, 3), "(the final Tweedie step shrinks it slightly)")
 
@@ -173,4 +176,4 @@ axs[0].legend(fontsize=7)
 fig.suptitle("composed samples (ode_heun) vs the exact t = 0 composition")
 fig.tight_layout()
 show(fig, "01_composition")
-print("quickstart: all checks passed")
+checks.done()

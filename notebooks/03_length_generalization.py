@@ -42,19 +42,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import composition_jax as cj
+from composition_jax._notebook import Checks
 
 QUICK = os.environ.get("COMPOSITION_JAX_QUICK", "0") not in ("", "0")
 FIGURES = Path(os.environ.get("COMPOSITION_JAX_FIGURES")
                or Path(tempfile.gettempdir()) / "composition_jax_notebooks")
 FIGURES.mkdir(parents=True, exist_ok=True)
+checks = Checks("length generalization")  # a failed check prints a warning (raises in the test suite)
 
 
 def show(fig, name):
     """Show the figure (Jupyter) or save it as ``FIGURES/name.png`` (script); every plot axis
     must carry both axis labels."""
-    for ax in fig.axes:
-        if not hasattr(ax, "_colorbar"):
-            assert ax.get_xlabel() and ax.get_ylabel(), f"{name}: unlabelled axes {ax.get_title()!r}"
+    checks.labelled(fig, name)
     fig.savefig(FIGURES / f"{name}.png", dpi=80)
     if "ipykernel" in sys.modules:
         plt.show()
@@ -130,15 +130,18 @@ for k in (1, 2, 8):
     for name, bg in backgrounds.items():
         fc = cj.verify.factorized_conditionals(bg, conds[:k], [[i] for i in range(k)])
         print(f"|S| = {k}, {name:>26}: FC {'holds' if fc.holds else 'fails'}")
-        assert fc.holds == (name == "empty p_b")
+        checks.that(fc.holds == (name == "empty p_b"),
+                    f"|S| = {k}, {name}: FC holds exactly for the empty background")
 
 empty, bayes = frac["empty p_b"], frac["unconditional p_u (Bayes)"]
-assert min(empty) >= 0.99, empty  # the zoo's criterion (exact counts for every |S|)
-assert bayes[0] >= 0.99, bayes  # |S| = 1: C[p] = p_1 exactly
+checks.that(min(empty) >= 0.99,  # the report's criterion (exact counts for every |S|)
+            f"empty background: exact-count fraction >= 0.99 for every |S| (got {empty})")
+checks.that(bayes[0] >= 0.99, f"p_u, |S| = 1: C[p] = p_1 exactly (got {bayes[0]:.3f})")
 for k, (p, s) in enumerate(zip(bayes[1:], se["unconditional p_u (Bayes)"][1:]), start=2):
-    assert p + 5 * s < 0.99, (k, p)  # fails the criterion, far beyond noise
-    if k >= 3:
-        assert p + 5 * s < 0.5, (k, p)  # mostly fewer objects than requested
+    checks.that(p + 5 * s < 0.99,  # fails the criterion, far beyond noise
+                f"p_u, |S| = {k}: exact-count fraction + 5 SE below 0.99 (got {p:.3f})")
+    if k >= 3:  # mostly fewer objects than requested
+        checks.that(p + 5 * s < 0.5, f"p_u, |S| = {k}: fraction + 5 SE below 0.5 (got {p:.3f})")
 
 # %% [markdown]
 # ## Part 2: learned scores on synthetic images
@@ -172,7 +175,8 @@ if LengthGenConfig is not None and LEARNED != "skip":
     records = {r["name"]: r for r in learned["records"]}
     for r in learned["records"]:
         print(f"{r['name']:>28}: expected {r['expected']:>7}, observed {r['observed']}")
-    assert {"learned_length_empty", "learned_length_bayes"} <= set(records)
+    checks.that({"learned_length_empty", "learned_length_bayes"} <= set(records),
+                "the learned experiment reports both backgrounds")
     rows = learned["counts"]["single"]
     ks = [int(k) for k in rows["empty"]]
     fig, axs = plt.subplots(1, 2, figsize=(10, 3.4))
@@ -196,6 +200,8 @@ if LengthGenConfig is not None and LEARNED != "skip":
     fig.colorbar(im, ax=axs[1], label="intensity")
     show(fig, "03_length_learned")
     if LEARNED in ("quick", "full"):  # trained models: the theory's predictions must hold
-        assert records["learned_length_empty"]["observed"] == "success"
-        assert records["learned_length_bayes"]["observed"] == "failure"
-print("length generalization: all checks passed")
+        checks.that(records["learned_length_empty"]["observed"] == "success",
+                    "learned models, empty background: length generalization succeeds")
+        checks.that(records["learned_length_bayes"]["observed"] == "failure",
+                    "learned models, p_u background: length generalization fails")
+checks.done()

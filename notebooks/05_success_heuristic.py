@@ -39,19 +39,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import composition_jax as cj
+from composition_jax._notebook import Checks
 
 QUICK = os.environ.get("COMPOSITION_JAX_QUICK", "0") not in ("", "0")
 FIGURES = Path(os.environ.get("COMPOSITION_JAX_FIGURES")
                or Path(tempfile.gettempdir()) / "composition_jax_notebooks")
 FIGURES.mkdir(parents=True, exist_ok=True)
+checks = Checks("success heuristic")  # a failed check prints a warning (raises in the test suite)
 
 
 def show(fig, name):
     """Show the figure (Jupyter) or save it as ``FIGURES/name.png`` (script); every plot axis
     must carry both axis labels."""
-    for ax in fig.axes:
-        if not hasattr(ax, "_colorbar"):
-            assert ax.get_xlabel() and ax.get_ylabel(), f"{name}: unlabelled axes {ax.get_title()!r}"
+    checks.labelled(fig, name)
     fig.savefig(FIGURES / f"{name}.png", dpi=80)
     if "ipykernel" in sys.modules:
         plt.show()
@@ -165,10 +165,10 @@ exact_cos = {"eq17 Bayes background p_u": -1 / 7, "2-D overlapping masks": -1.0,
 for name, (cos, mc, pred, obs) in rows.items():
     off = cos[~np.eye(cos.shape[0], dtype=bool)]
     if name in exact_cos:
-        np.testing.assert_allclose(off, exact_cos[name], atol=1e-5)
+        checks.close(off, exact_cos[name], atol=1e-5, what=f"{name}: exact cosine")
     else:
-        np.testing.assert_allclose(off, 0.0, atol=1e-6)
-    assert pred == obs, (name, pred, obs)
+        checks.close(off, 0.0, atol=1e-6, what=f"{name}: cosine 0 (Lemma 8.1)")
+    checks.that(pred == obs, f"{name}: heuristic {pred} = observed {obs}")
 print("heuristic agrees with the observed verdict on every zoo tuple")
 
 # %% [markdown]
@@ -192,10 +192,10 @@ for th in thetas:
     cosines.append(float(cj.verify.mean_difference_cosines(jnp.stack([z1.mean, p2.mean]),
                                                            zb.mean)[0, 1]))
 errors, cosines = np.asarray(errors), np.asarray(cosines)
-np.testing.assert_allclose(cosines, np.sin(thetas), atol=1e-5)
+checks.close(cosines, np.sin(thetas), atol=1e-5, what="cosine = sin(theta)")
 fig, ax = plt.subplots(figsize=(5.5, 3.4))
 ax.plot(cosines, errors, "o-")
-ax.axhline(0.1, color="k", ls=":", lw=1, label="zoo floor: 0.1 sd")
+ax.axhline(0.1, color="k", ls=":", lw=1, label="decision-rule floor: 0.1 sd")
 ax.set(xlabel="cos(mu_1 - mu_b, mu_2 - mu_b)",
        ylabel="max block mean error (sd), exact",
        title="sampler output vs the intended blocks")
@@ -203,7 +203,7 @@ ax.legend(fontsize=7)
 show(fig, "05_family")
 print("cosine:", np.round(cosines, 3))
 print("error :", np.round(errors, 3))
-assert errors[0] < 0.05  # FC: only discretization error
-assert np.all(np.diff(errors) > 0)  # monotone in the cosine
-assert errors[-1] > 1.0  # far from projective
-print("success heuristic: all checks passed")
+checks.that(errors[0] < 0.05, "theta = 0 (FC): only discretization error (< 0.05 sd)")
+checks.that(np.all(np.diff(errors) > 0), "the error grows with the cosine")
+checks.that(errors[-1] > 1.0, "largest cosine: far from projective (> 1 sd)")
+checks.done()

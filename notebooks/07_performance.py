@@ -42,18 +42,19 @@ if "ipykernel" not in sys.modules:  # plain script: render off-screen
 import matplotlib.pyplot as plt
 import numpy as np
 
+from composition_jax._notebook import Checks
+
 QUICK = os.environ.get("COMPOSITION_JAX_QUICK", "0") not in ("", "0")
 FIGURES = Path(os.environ.get("COMPOSITION_JAX_FIGURES")
                or Path(tempfile.gettempdir()) / "composition_jax_notebooks")
 FIGURES.mkdir(parents=True, exist_ok=True)
+checks = Checks("performance")  # a failed check prints a warning (raises in the test suite)
 
 
 def show(fig, name):
     """Show the figure (Jupyter) or save it as ``FIGURES/name.png`` (script); every plot axis
     must carry both axis labels."""
-    for ax in fig.axes:
-        if not hasattr(ax, "_colorbar"):
-            assert ax.get_xlabel() and ax.get_ylabel(), f"{name}: unlabelled axes {ax.get_title()!r}"
+    checks.labelled(fig, name)
     fig.savefig(FIGURES / f"{name}.png", dpi=80)
     if "ipykernel" in sys.modules:
         plt.show()
@@ -114,16 +115,19 @@ print(harness.ratio_table(result))
 # (timings are reported, never asserted: they depend on the machine and its load)
 records = [r for r in result["records"] if "error" not in r]
 compare = [r for r in records if r.get("group") == "compare"]
-assert compare, "no comparison records"
+checks.that(compare, "the results hold comparison records")
 for r in records:
-    assert r["particle_steps_per_s"] > 0 and math.isfinite(r["particle_steps_per_s"])
+    checks.that(r["particle_steps_per_s"] > 0 and math.isfinite(r["particle_steps_per_s"]),
+                f"{r['impl']} {r['problem']}: positive, finite throughput")
 for r in compare:
     if "agreement" in r:
-        assert r["agreement"]["agree"], (r["impl"], r["problem"], r["agreement"])
+        checks.that(r["agreement"]["agree"],
+                    f"{r['impl']} {r['problem']}: samples the same law ({r['agreement']})")
         cj_rec = next(c for c in compare if c["impl"] == "composition_jax"
                       and c["problem"] == r["problem"] and c["method"] == r["method"])
-        np.testing.assert_allclose(r["ratio_cj_over_impl"], cj_rec["particle_steps_per_s"]
-                                   / r["particle_steps_per_s"], rtol=1e-9)
+        checks.close(r["ratio_cj_over_impl"], cj_rec["particle_steps_per_s"]
+                     / r["particle_steps_per_s"], rtol=1e-9,
+                     what=f"{r['impl']} {r['problem']}: speed-up column")
 
 # %% [markdown]
 # ## Throughput and compile time per implementation
@@ -180,4 +184,4 @@ for r in roof[:8]:
     rf = r["roofline"]
     print(f"{r['problem']:<24} {r['method']:<15} bound by {rf['binding_ceiling']:<16} "
           f"achieved {rf['fraction_of_ceiling']:.2f} of the floor")
-print("performance: all checks passed")
+checks.done()

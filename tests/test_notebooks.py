@@ -1,9 +1,11 @@
 """The notebooks in ``notebooks/`` run, check their own numbers, and stay paired.
 
 * Every ``notebooks/NN_*.py`` (jupytext percent format, the source of truth) is executed as a
-  plain script in its own process with ``COMPOSITION_JAX_QUICK=1``. Each notebook asserts its key
-  numbers (verdicts, exact composed laws, gaps, sampler laws vs samples) and checks that every
-  figure's axes are labelled; a failing assertion fails the test with the script's output. This
+  plain script in its own process with ``COMPOSITION_JAX_QUICK=1`` and
+  ``COMPOSITION_JAX_CHECKS=raise``. Each notebook checks its key numbers (verdicts, exact
+  composed laws, gaps, sampler laws vs samples) and that every figure's axes are labelled with
+  ``composition_jax._notebook.Checks``: for a reader a failed check prints a warning, here it
+  raises, and the test fails with the script's output. This
   needs none of the Jupyter packages, so it runs in the default suite on a fresh ``dev`` install.
   On Linux the processes are forked from one server process that has already imported what
   every notebook imports first (jax, numpy, scipy, matplotlib, composition_jax: ~3.5 s of CPU per
@@ -39,6 +41,7 @@ def _env(figures: Path, cache: Path) -> dict:
     env.pop("JAX_ENABLE_X64", None)  # notebooks run in JAX's default float32
     env.update(
         COMPOSITION_JAX_QUICK="1",
+        COMPOSITION_JAX_CHECKS="raise",  # a failed notebook check raises (readers get a warning)
         COMPOSITION_JAX_FIGURES=str(figures),
         MPLBACKEND="Agg",
         JAX_COMPILATION_CACHE_DIR=str(cache),
@@ -148,6 +151,44 @@ def run_notebook(jax_cache, tmp_path_factory):
 
 def test_notebooks_found():
     assert len(NOTEBOOKS) >= 7, [p.name for p in NOTEBOOKS]
+
+
+def test_notebook_checks_raise_in_tests_and_warn_for_readers(monkeypatch, capsys):
+    """The notebooks' check helper: strict (raises) under this suite, a visible warning and a
+    failed summary otherwise; "all checks passed" only when every check held."""
+    from composition_jax._notebook import CheckFailed, Checks
+
+    monkeypatch.setenv("COMPOSITION_JAX_CHECKS", "raise")
+    c = Checks("demo")
+    assert c.that(True, "holds") and c.close([1.0, 2.0], [1.0, 2.0 + 1e-9], rtol=1e-6)
+    with pytest.raises(CheckFailed, match="demo: the mean is 1"):
+        c.that(False, "the mean is 1")
+    with pytest.raises(CheckFailed, match="C\\[p\\] mean"):
+        c.close([1.0], [1.1], atol=0.01, what="C[p] mean")
+    monkeypatch.delenv("COMPOSITION_JAX_CHECKS")
+    c = Checks("demo")
+    assert not c.that(False, "the mean is 1") and c.that(1 > 0, "one is positive")
+    assert not c.done()
+    out = capsys.readouterr()
+    assert "CHECK FAILED (demo): the mean is 1" in out.out and "CHECK FAILED" in out.err
+    assert "all checks passed" not in out.out and "1 of 2 checks FAILED" in out.out
+    c = Checks("demo")
+    c.that(True, "holds")
+    assert c.done() and "demo: all checks passed" in capsys.readouterr().out
+
+
+def test_notebooks_using_checks_have_no_bare_asserts():
+    """A notebook on the check helper keeps every expectation in it: a bare ``assert`` would
+    stop a reader's notebook instead of warning."""
+    import re
+
+    for path in NOTEBOOKS:
+        text = path.read_text()
+        if "composition_jax._notebook" not in text:
+            continue
+        bad = [ln for ln in text.splitlines()
+               if re.match(r"\s*(assert\b|np\.testing\.assert_)", ln)]
+        assert not bad, f"{path.name}: use checks.that / checks.close instead of {bad}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
