@@ -1,9 +1,12 @@
 """DSM training: loss oracle on an exact network, time sampling, smoke training with Fisher
-divergence, bit-identical resumption, checkpoints (round trip, corruption, mismatch), errors."""
+divergence, bit-identical resumption, orbax checkpoints (round trip, corruption, mismatch),
+errors."""
 
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -140,7 +143,7 @@ def test_resume_is_bit_identical(key, tmp_path):
     straight, l_all = tr.train(tr.init(ki), data, 40, progress=False)
     half, l_a = tr.train(tr.init(ki), data, 23, progress=False)
     assert tr.trace_count == 1  # one compiled chunk for every call and remainder
-    path = tmp_path / "ckpt.cj"
+    path = tmp_path / "ckpt"
     tr.save(path, half)
     jax.clear_caches()
     tr2 = make()
@@ -150,54 +153,70 @@ def test_resume_is_bit_identical(key, tmp_path):
     _leaves_equal(resumed, straight)
     np.testing.assert_array_equal(np.concatenate([l_a, l_b]), l_all)
     assert int(resumed.step) == 40
-    # checkpointing during training writes the final state atomically (no temp files left)
+    # checkpointing during training: a step every 16 steps (rounded up to chunks) and the last,
+    # committed atomically (no temporary directories left), with the data's fingerprint
     tr2.train(restored, data, 17, progress=False, checkpoint_path=str(path), checkpoint_every=16)
-    _leaves_equal(tr2.restore(path), straight)
-    assert sorted(os.listdir(tmp_path)) == ["ckpt.cj"]
+    _leaves_equal(tr2.restore(path, data=data), straight)
+    _leaves_equal(tr2.restore(path, step=23), half)
+    assert training.checkpoint_steps(path) == [23, 39, 40]
+    assert sorted(os.listdir(path), key=int) == ["23", "39", "40"]
     assert training.read_checkpoint_header(path)["metadata"]["step"] == 40
+    with pytest.raises(training.CheckpointError, match="does not match this trainer in data"):
+        tr2.restore(path, data=(x + 1.0, labels))
 
 
 def test_checkpoint_round_trip_and_errors(key, tmp_path):
     net = nn.MLPScoreNet(dim=2, hidden=16, depth=1)
     params = nn.init_params(net, key)
     tree = {"params": params, "key": jax.random.split(key)[0], "step": jnp.int32(7)}
-    path = tmp_path / "p.cj"
-    training.save_checkpoint(path, tree, {"note": "x"})
+    path = tmp_path / "p"
+    training.save_checkpoint(path, tree, {"note": "x"}, step=7)
     loaded, meta = training.load_checkpoint(path, jax.eval_shape(lambda: tree))
     _leaves_equal(loaded, tree)
     assert meta == {"note": "x"}
-    blob = path.read_bytes()
-    # corrupted payload byte
-    bad = bytearray(blob)
-    bad[-40] ^= 0xFF  # the last 32 bytes are the SHA-256
-    (tmp_path / "bad.cj").write_bytes(bytes(bad))
-    with pytest.raises(training.CheckpointError, match="corrupt: SHA-256"):
-        training.load_checkpoint(tmp_path / "bad.cj", tree)
-    (tmp_path / "trunc.cj").write_bytes(blob[:-10])
-    with pytest.raises(training.CheckpointError, match="corrupt: file has"):
-        training.load_checkpoint(tmp_path / "trunc.cj", tree)
+    snapshot = {q.relative_to(path): q.read_bytes() for q in path.rglob("*") if q.is_file()}
+    (data_file,) = [q for q in snapshot if q.parts[:3] == ("7", "state", "d")]
+
+    def damaged(rel, edit):
+        bad = tmp_path / f"bad{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(path, bad)
+        (bad / rel).write_bytes(edit(snapshot[rel]))
+        return bad
+
+    # a changed byte, a truncation of the arrays' data file; a garbled integrity record
+    flip = lambda b: b[:len(b) // 2] + bytes([b[len(b) // 2] ^ 0xFF]) + b[len(b) // 2 + 1:]
+    with pytest.raises(training.CheckpointError, match="step 7 is corrupt"):
+        training.load_checkpoint(damaged(data_file, flip), tree)
+    with pytest.raises(training.CheckpointError, match="step 7 is corrupt"):
+        training.load_checkpoint(damaged(data_file, lambda b: b[:-10]), tree)
+    with pytest.raises(training.CheckpointError, match="unreadable integrity record"):
+        training.load_checkpoint(damaged(Path("7/meta/metadata"), lambda b: b"{not json"), tree)
     (tmp_path / "junk.cj").write_bytes(b"hello world")
     with pytest.raises(training.CheckpointError, match="not a composition_jax checkpoint"):
         training.load_checkpoint(tmp_path / "junk.cj", tree)
-    (tmp_path / "hdr.cj").write_bytes(blob[:8] + blob[8:16] + b"{not json" + blob[40:])
-    with pytest.raises(training.CheckpointError, match="unreadable header"):
-        training.load_checkpoint(tmp_path / "hdr.cj", tree)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(training.CheckpointError, match="holds no checkpoint"):
+        training.load_checkpoint(tmp_path / "empty", tree)
+    with pytest.raises(training.CheckpointError, match="does not exist"):
+        training.load_checkpoint(tmp_path / "nowhere", tree)
+    with pytest.raises(training.CheckpointError, match=r"has no step 3; saved steps: \[7\]"):
+        training.load_checkpoint(path, tree, step=3)
     # a different architecture (hidden 32 instead of 16)
     other = nn.init_params(nn.MLPScoreNet(dim=2, hidden=32, depth=1), key)
     with pytest.raises(training.CheckpointError, match=r"does not match the target: leaf "
                        r"params/.*bias: shape \(16,\) in file, \(32,\) expected"):
         training.load_checkpoint(path, {**tree, "params": other})
-    # a failed save leaves the previous file intact and no temporary files
-    with pytest.raises(ValueError, match="Object and structured dtypes not supported"):
-        training.save_checkpoint(path, {"x": np.array([object()])})
-    assert path.read_bytes() == blob
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")) == []
+    # a failed save (refused before anything is written) leaves the previous step intact
+    with pytest.raises(ValueError, match="leaf x: dtype object is not supported"):
+        training.save_checkpoint(path, {"x": np.array([object()])}, step=7)
+    assert {q.relative_to(path): q.read_bytes() for q in path.rglob("*")
+            if q.is_file()} == snapshot
 
 
 def test_trainer_restore_mismatch_and_errors(key, tmp_path):
     net, make = _cond_setup()
     tr = make()
-    path = tmp_path / "c.cj"
+    path = tmp_path / "c"
     tr.save(path, tr.init(key))
     other = training.DSMTrainer(nn.MLPScoreNet(dim=2, hidden=16, depth=2, num_conditions=3),
                                 cj.VPSchedule())

@@ -1,15 +1,17 @@
 """optax denoising-score-matching training, checkpoints, and score accuracy against exact scores.
 
 ``DSMTrainer`` (jitted fused steps, EMA, progress bar, exact resumption; its checkpoints record
-and check the schedule, parameterization, network and training settings), ``save_checkpoint`` /
-``load_checkpoint`` (atomic; one SHA-256 over header and payload; every leaf's path, shape and
-dtype checked; :class:`CheckpointError`, a ``ValueError``, names the first problem),
+and check the schedule, parameterization, network, training settings and data),
+``save_checkpoint`` / ``load_checkpoint`` / ``checkpoint_steps`` (orbax checkpoint directories
+with an integrity record on top: SHA-256 over the arrays and the metadata, every leaf's path,
+shape and dtype checked; :class:`CheckpointError`, a ``ValueError``, names the problem),
 ``fisher_divergence`` (per-time score error against ``cj.diffuse(dist, schedule)``).
 """
 
 from .checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
+    checkpoint_steps,
     load_checkpoint,
     read_checkpoint_header,
     save_checkpoint,
@@ -27,6 +29,7 @@ __all__ = [
     "DSMTrainer",
     "FisherReport",
     "TrainState",
+    "checkpoint_steps",
     "dsm_loss_per_example",
     "fisher_divergence",
     "load_checkpoint",

@@ -19,6 +19,7 @@ probability ``p_uncond``, so the network also learns the unconditional score).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import time
@@ -375,6 +376,7 @@ class DSMTrainer:
         progress: bool = True,
         checkpoint_path: str | None = None,
         checkpoint_every: int | None = None,
+        checkpoint_keep: int | None = None,
     ) -> tuple[TrainState, np.ndarray]:
         """Run ``num_steps`` optimizer steps from ``state``.
 
@@ -383,8 +385,11 @@ class DSMTrainer:
           data: a ``Distribution``, an array ``(N, d)`` or ``(x, labels)``.
           num_steps: number of steps (any non-negative int; chunks are padded by masking).
           progress: show a tqdm progress bar with the running loss when tqdm is installed.
-          checkpoint_path: if given, save there every ``checkpoint_every`` steps (rounded up to
-            whole chunks) and at the end.
+          checkpoint_path: if given, an orbax checkpoint directory: the state is saved there (as
+            a step of that directory, with the data's fingerprint, see :meth:`save`) every
+            ``checkpoint_every`` steps (rounded up to whole chunks) and at the end.
+          checkpoint_every: steps between checkpoints (``None``: only at the end).
+          checkpoint_keep: keep only the newest ``checkpoint_keep`` steps (``None``: all).
 
         Returns:
           ``(state, losses)`` with the per-step minibatch losses as a NumPy array ``(num_steps,)``.
@@ -394,6 +399,14 @@ class DSMTrainer:
         if not isinstance(state, TrainState):
             raise TypeError(f"state must be a TrainState, got {type(state).__name__}")
         data = self._check_data(data)
+        save = None
+        if checkpoint_path is not None:
+            fp = self.data_fingerprint(data)
+
+            def save(st):
+                meta = {"step": int(st.step), "trainer": self.config(), "data": fp}
+                save_checkpoint(checkpoint_path, st, meta, step=int(st.step),
+                                max_to_keep=checkpoint_keep)
         k = self.steps_per_call
         bar = _progress(num_steps, progress)
         losses, done, since_ckpt = [], 0, 0
@@ -412,13 +425,14 @@ class DSMTrainer:
                 rate = done * self.batch_size / (time.perf_counter() - t0)
                 print(f"dsm step {int(state.step)} loss {float(np.mean(chunk)):.4g} "
                       f"({rate:.3g} examples/s)")
-            if checkpoint_path is not None and checkpoint_every and since_ckpt >= checkpoint_every:
-                self.save(checkpoint_path, state)
+            if save is not None and checkpoint_every and since_ckpt >= checkpoint_every \
+                    and done < num_steps:
+                save(state)
                 since_ckpt = 0
         if bar is not None:
             bar.close()
-        if checkpoint_path is not None and num_steps > 0:
-            self.save(checkpoint_path, state)
+        if save is not None and num_steps > 0:
+            save(state)
         out = np.concatenate(losses) if losses else np.zeros((0,), np.float32)
         return state, out
 
@@ -427,53 +441,111 @@ class DSMTrainer:
         return self._loss(params, key, self._check_data(data), n=int(n_batches))
 
     # -- checkpoints -----------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike, state: TrainState) -> None:
-        """Atomically save ``state`` (params, EMA, optimizer state, step, key) with the
-        configuration (metadata ``{"step": ..., "trainer": self.config()}``)."""
-        meta = {"step": int(state.step), "trainer": self.config()}
-        save_checkpoint(path, state, meta)
+    def data_fingerprint(self, data: Any) -> dict:
+        """JSON identity of the training data, recorded by :meth:`save` and checked by
+        :meth:`restore`: ``{"type": "array", "shape", "dtype", "sha256"}`` for an array (after the
+        conversion to ``self.dtype``), ``{"type": "labelled", "x": ..., "labels": ...}`` for
+        ``(x, labels)``, and for a ``Distribution`` its class name, its static structure and the
+        SHA-256 of its parameter arrays."""
+        data = self._check_data(data)
 
-    def _check_config(self, path: str, meta: dict, strict: bool) -> None:
+        def arr(a):
+            h = np.ascontiguousarray(np.asarray(a))
+            return {"type": "array", "shape": list(h.shape), "dtype": str(h.dtype),
+                    "sha256": hashlib.sha256(h.tobytes()).hexdigest()}
+
+        if isinstance(data, Distribution):
+            leaves, treedef = jax.tree.flatten(data)
+            h = hashlib.sha256(str(treedef).encode())
+            for leaf in leaves:
+                a = np.ascontiguousarray(np.asarray(leaf))
+                h.update(f"{a.dtype}{a.shape}".encode())
+                h.update(a.tobytes())
+            return {"type": type(data).__name__, "dim": int(data.dim), "sha256": h.hexdigest()}
+        if isinstance(data, tuple):
+            return {"type": "labelled", "x": arr(data[0]), "labels": arr(data[1])}
+        return arr(data)
+
+    def save(self, path: str | os.PathLike, state: TrainState, *, data: Any = None,
+             max_to_keep: int | None = None) -> None:
+        """Save ``state`` (params, EMA, optimizer state, step, key) as step ``state.step`` of the
+        orbax checkpoint directory ``path``, with the metadata ``{"step", "trainer":
+        self.config()}`` and, when ``data`` is given, ``"data": self.data_fingerprint(data)``.
+
+        Args:
+          path: checkpoint directory (see :mod:`~composition_jax.training.checkpoint`).
+          state: the state to save.
+          data: the training data, recorded by fingerprint so that :meth:`restore` can refuse
+            to resume on other data.
+          max_to_keep: keep only the newest ``max_to_keep`` steps in ``path``.
+        """
+        meta = {"step": int(state.step), "trainer": self.config()}
+        if data is not None:
+            meta["data"] = self.data_fingerprint(data)
+        save_checkpoint(path, state, meta, step=int(state.step), max_to_keep=max_to_keep)
+
+    def _check_config(self, path: str, meta: dict, strict: bool, data: dict | None) -> None:
         saved = meta.get("trainer")
         if not isinstance(saved, dict):
             raise CheckpointError(
                 f"{path} holds no trainer configuration (not written by DSMTrainer.save); load it "
                 f"with load_checkpoint"
             )
-        mine = self.config()
-        for key in _MODEL_KEYS + (_TRAINING_KEYS if strict else ()):
-            if key not in saved:
-                raise CheckpointError(f"{path}: the checkpoint's trainer configuration has no "
-                                      f"{key!r}")
-            if not _same(saved[key], mine[key]):
-                hint = ("" if key in _MODEL_KEYS else
-                        " (a training setting: restore(..., strict=False) resumes with it changed, "
-                        "no longer bit-identical to an uninterrupted run)")
-                raise CheckpointError(
-                    f"{path}: checkpoint {key} {_fmt(saved[key])} != trainer's "
-                    f"{_fmt(mine[key])}{hint}"
-                )
+        mine = dict(self.config())
+        keys = _MODEL_KEYS + (_TRAINING_KEYS if strict else ())
+        if data is not None:
+            if "data" not in meta:
+                raise CheckpointError(f"{path}: the checkpoint records no training data (saved "
+                                      f"without data=); restore it without data=")
+            saved, mine, keys = {**saved, "data": meta["data"]}, {**mine, "data": data}, \
+                keys + ("data",)
+        missing = [k for k in keys if k not in saved]
+        if missing:
+            raise CheckpointError(f"{path}: the checkpoint's trainer configuration has no "
+                                  f"{missing[0]!r}")
+        differ = [k for k in keys if not _same(saved[k], mine[k])]
+        if differ:
+            lines = "; ".join(f"checkpoint {k} {_fmt(saved[k])} != trainer's {_fmt(mine[k])}"
+                              for k in differ)
+            hint = ("" if all(k in _MODEL_KEYS for k in differ) else
+                    " (training settings and data: restore(..., strict=False) without data= "
+                    "resumes with them changed, no longer bit-identical to an uninterrupted run)")
+            raise CheckpointError(
+                f"{path}: the checkpoint does not match this trainer in "
+                f"{', '.join(differ)}: {lines}{hint}"
+            )
 
-    def restore(self, path: str | os.PathLike, *, strict: bool = True) -> TrainState:
+    def restore(self, path: str | os.PathLike, *, strict: bool = True, data: Any = None,
+                step: int | None = None) -> TrainState:
         """Load a state saved by :meth:`save` for this configuration.
 
-        Checks, after the file's integrity (see :mod:`~composition_jax.training.checkpoint`): the
+        Checks, after the integrity record (see :mod:`~composition_jax.training.checkpoint`): the
         schedule (type and parameters), the parameterization, the network configuration and the
         parameter dtype; with ``strict`` also the training settings (weighting, time sampling,
-        time range, batch size, EMA, ``p_uncond``), since exact resumption needs them; then every
-        leaf's key path, shape and dtype (architecture and optimizer state). Numbers are compared
-        to float32 rounding. Optimizer hyperparameters (learning rate, ...) are not recorded.
+        time range, batch size, EMA, ``p_uncond``), since exact resumption needs them; with
+        ``data`` the fingerprint of the training data; then every leaf's key path, shape and
+        dtype (architecture and optimizer state), then the arrays against their SHA-256. Numbers
+        are compared to float32 rounding. Optimizer hyperparameters (learning rate, ...) are not
+        recorded. Single-file checkpoints of the previous format are read too.
+
+        Args:
+          path: checkpoint directory (or previous-format file).
+          strict: also check the training settings.
+          data: the data training will resume on; refused if it is not the recorded data.
+          step: the step to load (default: the latest).
 
         Raises:
-          CheckpointError: corrupt, edited or old-format file, or the first difference in
-            configuration or structure, named (``checkpoint schedule VPSchedule(...) != trainer's
-            VESchedule(...)``, ``leaf params/params/Dense_0/kernel: shape (2, 64) in file,
-            (4, 64) expected``).
+          CheckpointError: corrupt, edited or old-format checkpoint, or a configuration that
+            differs (every differing field is named: ``checkpoint schedule VPSchedule(...) !=
+            trainer's VESchedule(...)``), or another structure (the first differing leaf:
+            ``leaf params/params/Dense_0/kernel: shape (2, 64) in file, (4, 64) expected``).
         """
         name = os.fspath(path)
+        fp = None if data is None else self.data_fingerprint(data)
         target = jax.eval_shape(self.init, jax.random.key(0))
         state, _ = load_checkpoint(
-            path, target, check_metadata=lambda meta: self._check_config(name, meta, strict))
+            path, target, step=step,
+            check_metadata=lambda meta: self._check_config(name, meta, strict, fp))
         return state
 
 
