@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import chex
@@ -284,3 +285,70 @@ def test_particle_mesh_errors():
         cj.particle_mesh([])
     m = cj.particle_mesh(axis_name="p")
     assert m.axis_names == ("p",) and m.devices.size == jax.device_count()
+
+
+# --------------------------------------------------------------------------- model calls
+_CALLS = [0]
+
+
+def _count(x):
+    """Host side of one model evaluation (``jax.debug.callback``: unrolled per particle under
+    ``vmap``, so the count is of particle evaluations)."""
+    del x
+    _CALLS[0] += 1
+
+
+@pytree_dataclass
+class _CountingModel(cj.Model):
+    """``N(0, I)`` at every ``t`` (the VP prior): score ``-x``, ``log p = -|x|^2 / 2``; every
+    evaluation (``score``, ``log_prob``, ``log_prob_and_score``) reports one call to the host."""
+
+    has_log_prob = True
+
+    def score(self, x, t):
+        jax.debug.callback(_count, x)
+        return -x
+
+    def _log_prob(self, x, t):
+        jax.debug.callback(_count, x)
+        return -0.5 * jnp.sum(x * x)
+
+    def _log_prob_and_score(self, x, t):
+        jax.debug.callback(_count, x)
+        return -0.5 * jnp.sum(x * x), -x
+
+
+def _no_pilot(cls):
+    """Options of a method class that skip its pilot ensemble (the pilot's evaluations do not
+    belong to the main particles): a fixed corrector step, no step-size adaptation."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return ({"corrector_step": "fixed"} if "corrector_step" in fields else {}) | (
+        {"adapt": False} if "adapt" in fields else {})
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_model_calls_counts_the_evaluations_made(key, name):
+    """``info.model_calls`` equals the evaluations a counting model sees, per particle: every
+    registered method (rows; columns too for element-wise ones, on one tile of 8)."""
+    cls = METHODS[name]
+    method = cls(**_no_pilot(cls))
+    if getattr(method, "model_calls_per_step", None) is None:
+        pytest.skip(f"{name}: model_calls_per_step not declared yet")
+    sch, steps = SCHEDULES["vp"], 3
+    layouts = [("rows", 2)] + ([("columns", 8)] if method.elementwise else [])
+    for layout, n in layouts:
+        _CALLS[0] = 0
+        r = cj.sample(key, _CountingModel(), sch, (n, 2), method=method, steps=steps,
+                      layout=layout, return_info=True,
+                      **({"tile_size": 8} if layout == "columns" else {}))
+        jax.block_until_ready(r)
+        jax.effects_barrier()
+        per_particle, rem = divmod(_CALLS[0], n)
+        assert rem == 0, (name, layout, _CALLS[0])
+        assert int(r.info.model_calls) == per_particle == steps * method.model_calls_per_step + 1
+    if name == "ode_heun":  # without the final denoising step
+        _CALLS[0] = 0
+        r = cj.sample(key, _CountingModel(), sch, (2, 2), method=method, steps=steps,
+                      layout="rows", return_info=True, denoise_final=False)
+        jax.effects_barrier()
+        assert int(r.info.model_calls) == _CALLS[0] // 2 == steps * 2

@@ -35,18 +35,19 @@ def _diag(seed, d=3, K=2):
                               jax.vmap(jnp.diag)(jnp.asarray(v)))
 
 
+def _full():
+    cov = jnp.array([[1.0, 0.3], [0.3, 0.5]])
+    return cj.diffuse(cj.GaussianMixture(jnp.array([0.4, 0.6]), jnp.array([[1.0, 1.0],
+                                                                             [-1.0, 0.5]]),
+                                         jnp.stack([cov, 2.0 * cov]), covariance="full"), SCH)
+
+
 def _composition(d=2):
     bg, c1, c2 = (cj.diffuse(_iso(s, d), SCH) for s in (0, 1, 2))
     return cj.compose(bg, [c1, c2], weights=jnp.array([1.0, 0.7]))
 
 
-@pytest.fixture
-def small_tiles(monkeypatch):
-    """Tiles of 24 particles: several tiles and padding in every run below."""
-    monkeypatch.setattr(driver, "COLUMN_TILE", 24)
-    driver._build.cache_clear()
-    yield
-    driver._build.cache_clear()
+TILE = 24  # tile_size of the columns runs below: several tiles and padding in every run
 
 
 def _close(a, b):
@@ -61,8 +62,8 @@ def test_score_columns_equals_vmapped_score(key):
         X = 2.0 * jax.random.normal(key, (model.dim, 37))
         for t in (1e-3, 0.3, 1.0):
             _close(score_columns(model, X, t), jax.vmap(model.score, (1, None), 1)(X, t))
-    # models without a batched score fall back to vmap (full covariance, plain Gaussian)
-    g = cj.diffuse(cj.Gaussian(jnp.ones(2), jnp.array([[1.0, 0.3], [0.3, 0.5]])), SCH)
+    # models without a batched score fall back to vmap (a full-covariance mixture)
+    g = _full()
     assert not columns_native(g)
     X = jax.random.normal(key, (2, 5))
     _close(score_columns(g, X, 0.2), jax.vmap(g.score, (1, None), 1)(X, 0.2))
@@ -70,37 +71,39 @@ def test_score_columns_equals_vmapped_score(key):
 
 @pytest.mark.parametrize("method", [m for m in ("euler_maruyama", "ode_euler", "ode_heun", "ddpm",
                                                  "ddim") if cj.METHODS[m].elementwise])
-def test_columns_equal_rows(key, small_tiles, method):
+def test_columns_equal_rows(key, method):
     model = _composition()
-    kw = dict(method=method, steps=12)
+    kw = {"method": method, "steps": 12}
     a = cj.sample(key, model, SCH, (101, 2), layout="rows", **kw)
-    b = cj.sample(key, model, SCH, (101, 2), layout="columns", **kw)
+    b = cj.sample(key, model, SCH, (101, 2), layout="columns", tile_size=TILE, **kw)
     _close(a, b)
     assert np.all(np.isfinite(np.asarray(b)))
 
 
-def test_columns_batch_independent_and_x_init(key, small_tiles):
+def test_columns_batch_independent_and_x_init(key):
     model = cj.diffuse(_diag(7), SCH)
-    big = cj.sample(key, model, SCH, (70, 3), steps=8, layout="columns")
-    small = cj.sample(key, model, SCH, (9, 3), steps=8, layout="columns")
+    big = cj.sample(key, model, SCH, (70, 3), steps=8, layout="columns", tile_size=TILE)
+    small = cj.sample(key, model, SCH, (9, 3), steps=8, layout="columns", tile_size=TILE)
     _close(big[:9], small)
     x0 = jax.random.normal(jax.random.fold_in(key, 1), (30, 3))
     a = cj.sample(key, model, SCH, (30, 3), steps=8, x_init=x0, layout="rows")
-    b = cj.sample(key, model, SCH, (30, 3), steps=8, x_init=x0, layout="columns")
+    b = cj.sample(key, model, SCH, (30, 3), steps=8, x_init=x0, layout="columns",
+                  tile_size=TILE)
     _close(a, b)
 
 
-def test_columns_fallback_model_and_info(key, small_tiles):
-    g = cj.diffuse(cj.Gaussian(jnp.ones(2), jnp.array([[1.0, 0.3], [0.3, 0.5]])), SCH)
+def test_columns_fallback_model_and_info(key):
+    g = _full()
     a = cj.sample(key, g, SCH, (50, 2), steps=6, layout="rows", return_info=True)
-    b = cj.sample(key, g, SCH, (50, 2), steps=6, layout="columns", return_info=True)
+    b = cj.sample(key, g, SCH, (50, 2), steps=6, layout="columns", tile_size=TILE,
+                  return_info=True)
     _close(a.samples, b.samples)
     assert b.info.nonfinite.shape == (6,) and int(b.info.nonfinite.sum()) == 0
     assert int(b.info.nonfinite_final) == 0 and b.trajectory is None
     np.testing.assert_allclose(a.info.times, b.info.times)
 
 
-def test_columns_count_nonfinite_particles(key, small_tiles):
+def test_columns_count_nonfinite_particles(key):
     """A score that overflows for x > 1 blows up some particles; both layouts count the same
     ones (padding particles are not counted)."""
     bad = cj.as_model(lambda x, t: jnp.where(x > 1.0, jnp.float32(3e38), -x))
@@ -109,7 +112,8 @@ def test_columns_count_nonfinite_particles(key, small_tiles):
                                               return_info=True, denoise_final=False))
     with pytest.warns(cj.NonFiniteWarning, match="particles are non-finite"):
         b = jax.block_until_ready(cj.sample(key, bad, SCH, (50, 2), steps=4, layout="columns",
-                                              return_info=True, denoise_final=False))
+                                            tile_size=TILE, return_info=True,
+                                            denoise_final=False))
     assert int(a.info.nonfinite[-1]) > 0
     np.testing.assert_array_equal(a.info.nonfinite, b.info.nonfinite)
 
@@ -117,10 +121,12 @@ def test_columns_count_nonfinite_particles(key, small_tiles):
 def test_auto_layout_choice():
     comp = _composition()
     g = cj.diffuse(cj.Gaussian(jnp.zeros(2), jnp.eye(2)), SCH)
+    readme = cj.compose(g, [comp.conditionals[0]])  # Gaussian background, mixture conditional
     choose = driver.choose_layout
     em = cj.EulerMaruyama()
     assert choose("auto", em, comp, 2, None, False) == "columns"
-    assert choose("auto", em, g, 2, None, False) == "rows"  # not native
+    assert choose("auto", em, readme, 2, None, False) == "columns"
+    assert choose("auto", em, _full(), 2, None, False) == "rows"  # not native
     assert choose("auto", em, comp, 2, 5, False) == "rows"  # trajectory
     assert choose("auto", em, comp, 2, None, True) == "rows"  # checkify
     assert choose("auto", cj.AnnealedMALA(), comp, 2, None, False) == "rows"

@@ -155,22 +155,15 @@ def test_vmap_reports_once_over_the_batch(key):
     assert rec == []
 
 
-def test_columns_layout_one_warning_for_all_tiles(key, monkeypatch):
-    from composition_jax.samplers import driver
-
-    monkeypatch.setattr(driver, "COLUMN_TILE", 24)  # 50 particles: 3 tiles and padding
-    driver._build.cache_clear()
-    try:
-        _, rec = _recorded(lambda: cj.sample(key, BAD, SCH, (50, 2), layout="columns", **KW),
-                           cj.NonFiniteWarning)
-        assert len(rec) == 1 and "50 of 50 particles" in str(rec[0].message)
-        _, rec = _recorded(lambda: cj.sample(key, BAD, SCH, (50, 2), layout="columns",
-                                            return_info=True, **KW), cj.NonFiniteWarning)
-        assert len(rec) == 1 and "after step" in str(rec[0].message)
-        with pytest.raises(cj.NonFiniteError, match="50 of 50"):
-            cj.sample(key, BAD, SCH, (50, 2), layout="columns", nonfinite="raise", **KW)
-    finally:
-        driver._build.cache_clear()
+def test_columns_layout_one_warning_for_all_tiles(key):
+    kw = dict(KW, layout="columns", tile_size=24)  # 50 particles: 3 tiles and padding
+    _, rec = _recorded(lambda: cj.sample(key, BAD, SCH, (50, 2), **kw), cj.NonFiniteWarning)
+    assert len(rec) == 1 and "50 of 50 particles" in str(rec[0].message)
+    _, rec = _recorded(lambda: cj.sample(key, BAD, SCH, (50, 2), return_info=True, **kw),
+                       cj.NonFiniteWarning)
+    assert len(rec) == 1 and "after step" in str(rec[0].message)
+    with pytest.raises(cj.NonFiniteError, match="50 of 50"):
+        cj.sample(key, BAD, SCH, (50, 2), nonfinite="raise", **kw)
 
 
 def test_record_every_counts_final_samples(key):

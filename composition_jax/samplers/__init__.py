@@ -8,7 +8,6 @@ from .driver import (
     NonFiniteWarning,
     SampleInfo,
     SampleResult,
-    as_model,
     particle_mesh,
     sample,
 )
@@ -49,13 +48,12 @@ __all__ = [
     "SampleResult",
     "SamplerMethod",
     "SamplerState",
-    "as_model",
     "particle_mesh",
     "register_method",
     "sample",
+    "time_grid",
+]
 
 from .smc import SMCResult, smc_sample  # noqa: E402  (sequential Monte Carlo)
 
 __all__ += ["SMCResult", "smc_sample"]
-    "time_grid",
-]

@@ -16,9 +16,9 @@ Design:
 * One run, two bodies, chosen once from declarations (:func:`choose_layout`): rows (particles
   ``(n, d)``, ``method.step`` vmapped) or particle-minor tiles (``method.transition`` on
   ``(d, B)`` tiles with ``model.score_columns``) for element-wise methods. Both share the time
-  grid, the keys, the final denoising and the non-finite accounting. Call path to the score:
-  ``sample -> _run -> _rows_body -> one_step -> method.step -> method.transition ->
-  model.score``.
+  grid, the keys, the final denoising, the non-finite accounting and :class:`SampleInfo`. The
+  tile size ``B`` is a policy of the backend (:func:`tile_plan`): cache-sized tiles on CPU, one
+  memory-bounded tile per device on GPU/TPU; the samples do not depend on it.
 * Memory ``O(n d)``: only the current particles are carried; ``record_every=k`` keeps every
   ``k``-th state through a nested scan.
 * ``mesh=``: particles are sharded along the mesh's batch axis for the whole run with
@@ -58,7 +58,7 @@ from .noise import draw_normals, draw_uniforms
 
 __all__ = [
     "CompositionWarning", "NonFiniteError", "NonFiniteWarning", "SampleInfo", "SampleResult",
-    "as_model", "particle_mesh", "sample",
+    "particle_mesh", "sample",
 ]
 
 class SampleInfo(NamedTuple):
@@ -71,6 +71,12 @@ class SampleInfo(NamedTuple):
       acceptance: ``(steps,)`` mean Metropolis acceptance probability per level (MCMC methods),
         else ``None``.
       step_size: ``(steps,)`` mean MCMC step size per level, else ``None``.
+      model_calls: ``()`` int, evaluations of the model per particle over the run:
+        ``steps * method.model_calls_per_step`` (score, ``log_prob_and_score`` or one column
+        of ``score_columns``; predictor, correctors and Metropolis moves included) plus one
+        for the final denoising step (``model.denoise`` or the Tweedie formula) when
+        ``denoise_final``. The pilot ensemble of tuned methods (``n_pilot`` particles, see
+        ``method.tune``) is not included: its cost does not grow with ``n``.
     """
 
     times: jax.Array
@@ -78,6 +84,7 @@ class SampleInfo(NamedTuple):
     nonfinite_final: jax.Array
     acceptance: Any = None
     step_size: Any = None
+    model_calls: Any = None
 
 
 class SampleResult(NamedTuple):
@@ -107,6 +114,7 @@ class _Config:
     has_x_init: bool
     layout: str = "rows"
     nonfinite: str = "warn"  # "ignore" also when check=True (checkify reports it)
+    tile: int = 0  # columns layout: the most particles per tile (tile_plan); 0 for rows
 
 
 # --------------------------------------------------------------------------------- trust
@@ -397,7 +405,7 @@ def _check_int(v, name, lo=1):
 
 _DRIVER_OPTIONS = (
     "grid", "rho", "denoise_final", "record_every", "return_info", "check", "mesh", "batch_axis",
-    "x_init", "dtype", "layout", "nonfinite",
+    "x_init", "dtype", "layout", "tile_size", "nonfinite",
 )
 
 
@@ -440,11 +448,54 @@ def check_model_shape(model: Any, d: int, dtype: Any) -> None:
 
 
 # --------------------------------------------------------------------------------- driver
-# Particles per tile of the columns layout, and the largest d for which layout="auto" picks it
-# (measured on XLA:CPU, benchmarks/: at d = 2 the columns layout is 1.5-2.5x faster; by
-# d = 64 the (K x d) matmuls dominate and both layouts are equal).
-COLUMN_TILE = 16384
+# The largest d for which layout="auto" picks the columns layout (measured on XLA:CPU,
+# benchmarks/: at d = 2 the columns layout is 1.5-2.5x faster; by d = 64 the (K x d) matmuls
+# dominate and both layouts are equal).
 COLUMN_MAX_D = 32
+#: CPU policy of the columns layout: particles per tile, so that a tile's state, noise and
+#: score intermediates stay in a core's caches while it runs through all steps.
+COLUMN_TILE = 16384
+#: GPU/TPU policy of the columns layout: bytes of state and normals per tile. One tile per
+#: device holds every particle unless that exceeds this budget; the score's own intermediates
+#: (e.g. a mixture's ``(K, B)`` logits) come on top.
+COLUMN_TILE_BYTES = 1 << 30
+
+
+def _platform(mesh: Any) -> str:
+    """The platform the run executes on: the mesh's devices, else JAX's default backend."""
+    if mesh is not None:
+        return mesh.devices.flat[0].platform
+    return jax.default_backend()
+
+
+def tile_plan(platform: str, d: int, num_normals: int, dtype: Any) -> int:
+    """The most particles per tile of the columns layout on ``platform`` (``tile_size=None``).
+
+    ``"cpu"``: :data:`COLUMN_TILE` (cache-sized tiles, run one after the other by ``lax.map``).
+    Accelerators (``"gpu"``, ``"tpu"``, ...): as many particles as fit in
+    :data:`COLUMN_TILE_BYTES` of state and normals, ``itemsize * d * (2 + num_normals)`` bytes
+    per particle (the state before and after a step and the step's normals), a multiple of 8;
+    in practice one tile per device, so the device runs every particle in each kernel instead
+    of ``n / COLUMN_TILE`` sequential tiles of small kernels.
+    """
+    if platform == "cpu":
+        return COLUMN_TILE
+    per_particle = jnp.dtype(dtype).itemsize * d * (2 + num_normals)
+    return max(8, COLUMN_TILE_BYTES // per_particle // 8 * 8)
+
+
+def _check_tile_size(tile_size: Any, layout: str) -> int | None:
+    if tile_size is None:
+        return None
+    if isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer)) \
+            or tile_size < 1:
+        raise ValueError(f"tile_size must be None or an int >= 1, got {tile_size!r}")
+    if layout == "rows":
+        raise ValueError(
+            f"tile_size={tile_size} applies to layout='columns' (particle-minor tiles); it was "
+            "given with layout='rows'"
+        )
+    return int(tile_size)
 
 
 def _constrainer(cfg: _Config):
@@ -478,9 +529,19 @@ def _run(key, model, schedule, x_init, cfg: _Config):
             nonfinite_final=jnp.sum(~finite).astype(jnp.int32),
             acceptance=per_step.get("acceptance"),
             step_size=per_step.get("step_size"),
+            model_calls=_model_calls(cfg),
         )
         out = SampleResult(x, info, traj)
     return _finish(out, x, per_step["nonfinite"] if cfg.return_info else None, times, cfg)
+
+
+def _model_calls(cfg: _Config):
+    """``SampleInfo.model_calls``: ``()`` int32, or ``None`` for a method that does not
+    declare ``model_calls_per_step``."""
+    per_step = getattr(cfg.method, "model_calls_per_step", None)
+    if per_step is None:
+        return None
+    return jnp.int32(cfg.steps * int(per_step) + int(cfg.denoise_final))
 
 
 def _rows_body(cfg: _Config, model, schedule, key, keys, times, x_init):
@@ -543,11 +604,12 @@ def _rows_body(cfg: _Config, model, schedule, key, keys, times, x_init):
     return state.position, per_step, traj
 
 
-def _tiles(n: int, devices: int) -> tuple[int, int, int]:
-    """``(B, T, n_pad)``: tile size (a multiple of 8, at most about ``COLUMN_TILE``), tiles per
-    device, padded particle count (padding below ``8 T`` particles per device)."""
+def _tiles(n: int, devices: int, tile: int) -> tuple[int, int, int]:
+    """``(B, T, n_pad)``: tile size ``B`` (the particles per device split evenly into
+    ``T = ceil(n_per_device / tile)`` tiles, rounded up to a multiple of 8), tiles per device,
+    padded particle count (padding below ``8 T`` particles per device)."""
     per_dev = -(-n // devices)
-    T = -(-per_dev // COLUMN_TILE)
+    T = -(-per_dev // tile)
     B = -(-per_dev // T)
     B = -(-B // 8) * 8
     return B, T, devices * T * B
@@ -576,7 +638,7 @@ def _columns_body(cfg: _Config, model, schedule, key, keys, times, x_init):
         jnp.arange(cfg.steps))
     kp_init = jnp.stack(noise.key_pair(jax.random.fold_in(k_init, 0)))
     n_dev = 1 if cfg.mesh is None else cfg.mesh.shape[cfg.batch_axis]
-    B, T, n_pad = _tiles(n, n_dev)
+    B, T, n_pad = _tiles(n, n_dev, cfg.tile)
     view = _ScoreColumns(model.score_columns)
     prior_std = jnp.asarray(schedule.prior_std, dtype)
 
@@ -711,6 +773,7 @@ def sample(
     x_init: Any = None,
     dtype: Any = None,
     layout: str = "auto",
+    tile_size: int | None = None,
     **options: Any,
 ) -> Any:
     r"""Draw ``shape = (n, d)`` samples by integrating a reverse-time sampler.
@@ -765,12 +828,18 @@ def sample(
       x_init: optional initial particles ``(n, d)`` at ``t_max``.
       dtype: floating dtype (default ``x_init``'s, else JAX's default float).
       layout: ``"rows"`` (particles ``(n, d)``, ``method.step`` vmapped),
-        ``"columns"`` (particle-minor ``(d, B)`` tiles of ``COLUMN_TILE`` particles, each tile
-        through all steps with ``method.transition`` and the model's batched
-        ``score_columns``; methods with ``elementwise`` set, no ``record_every``/``check``) or
-        ``"auto"`` (columns when allowed, ``d <= COLUMN_MAX_D`` and the model declares
-        ``columns_native``: mixtures with diagonal covariances and their compositions). Same
-        samples either way (the noise of particle ``j`` is the same stream); only speed differs.
+        ``"columns"`` (particle-minor ``(d, B)`` tiles, each tile through all steps with
+        ``method.transition`` and the model's batched ``score_columns``; methods with
+        ``elementwise`` set, no ``record_every``/``check``) or ``"auto"`` (columns when
+        allowed, ``d <= COLUMN_MAX_D`` and the model declares ``columns_native``: mixtures
+        with diagonal covariances and their compositions). Same samples either way (the noise
+        of particle ``j`` is the same stream); only speed differs.
+      tile_size: the most particles per tile of the columns layout (rounded up to a multiple
+        of 8; tiles run one after the other on each device). ``None`` (default): the
+        backend's policy, :func:`tile_plan` -- ``COLUMN_TILE = 16384`` on CPU (cache-sized),
+        one tile per device on GPU/TPU unless state and normals exceed ``COLUMN_TILE_BYTES``
+        (1 GiB). The samples do not depend on it. An error with ``layout="rows"``; unused
+        when ``layout="auto"`` picks rows.
       **options: options of a method given by name (the fields of its class): ``eta`` (ddim);
         ``snr``, ``n_corrector``, ``corrector_step`` (``"snr"`` or ``"fixed"``), ``n_pilot``
         (predictor_corrector); ``mcmc_steps``, ``step_size``, ``target_accept``, ``adapt``,
@@ -801,8 +870,8 @@ def sample(
         when the numbers are traced, or when its exact mixture would exceed 4096 components.
 
     Raises:
-      ValueError: bad ``shape``/``steps``/``t_min``/``grid``/``method``/``nonfinite``/option
-        values, or a model whose score has the wrong shape.
+      ValueError: bad ``shape``/``steps``/``t_min``/``grid``/``method``/``nonfinite``/
+        ``layout``/``tile_size``/option values, or a model whose score has the wrong shape.
       TypeError: a ``key`` that is not a PRNG key, unknown options (or options next to a
         method object), a Metropolis method on a model without ``log_prob``.
       NonFiniteError: non-finite samples with ``nonfinite="raise"`` (eager call).
@@ -855,9 +924,13 @@ def sample(
         batch_axis = mesh.axis_names[0] if batch_axis is None else batch_axis
         if batch_axis not in mesh.axis_names:
             raise ValueError(f"batch_axis {batch_axis!r} not in mesh axes {mesh.axis_names}")
+    tile_size = _check_tile_size(tile_size, layout)
     layout = choose_layout(layout, method, model, d, record_every, bool(check))
+    if layout == "columns" and tile_size is None:
+        tile_size = tile_plan(_platform(mesh), d, method.num_normals, dtype)
     cfg = _Config(
         layout=layout,
+        tile=tile_size if layout == "columns" else 0,
         method=method,
         shape=(n, d),
         steps=steps,
