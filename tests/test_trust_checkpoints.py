@@ -250,6 +250,15 @@ def test_swapped_record_and_foreign_arrays_are_refused(key, tmp_path):
     shutil.copytree(tmp_path / "b" / "0" / "state", swap / "0" / "state")
     with pytest.raises(Err, match="step 0 is corrupt"):
         training.load_checkpoint(swap, a)
+    # arrays of the same structure and shapes, other values: only the array digest sees it
+    training.save_checkpoint(tmp_path / "c", {"w": jnp.ones((2, 4)), "s": jnp.int32(1)})
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tmp_path / "a", mixed)
+    shutil.rmtree(mixed / "0" / "state")
+    shutil.copytree(tmp_path / "c" / "0" / "state", mixed / "0" / "state")
+    with pytest.raises(Err, match="step 0 is corrupt: SHA-256 of the restored arrays does not "
+                                  "match the integrity record"):
+        training.load_checkpoint(mixed, a)
     b_digest = json.loads(_record_file(tmp_path / "b", 0).read_text())["arrays_sha256"]
     _edit_record(swap, 0, lambda r: r.update(arrays_sha256=b_digest), rehash=True)
     with pytest.raises(Err, match="step 0 is corrupt"):
