@@ -20,6 +20,7 @@ from .schedules import RectifiedFlowSchedule
 from .samplers import SampleInfo, SampleResult, particle_mesh, sample, time_grid
 from .samplers import CompositionWarning, NonFiniteError, NonFiniteWarning
 from .samplers.smc import SMCResult, smc_sample
+from .samplers.likelihood import LikelihoodInfo, log_likelihood
 from .samplers import (
     DDIM,
     DDPM,
@@ -110,6 +111,8 @@ __all__ = [
     "verify",
     "FactorMixture",
     "MixtureOfModels",
-]
     "SMCResult",
     "smc_sample",
+    "LikelihoodInfo",
+    "log_likelihood",
+]

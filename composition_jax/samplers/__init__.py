@@ -55,5 +55,6 @@ __all__ = [
 ]
 
 from .smc import SMCResult, smc_sample  # noqa: E402  (sequential Monte Carlo)
+from .likelihood import LikelihoodInfo, log_likelihood  # noqa: E402  (PF-ODE likelihoods)
 
-__all__ += ["SMCResult", "smc_sample"]
+__all__ += ["SMCResult", "smc_sample", "LikelihoodInfo", "log_likelihood"]
