@@ -128,11 +128,15 @@ def test_mismatched_configuration_is_refused_naming_every_field(trained, tmp_pat
         training.load_checkpoint(path, target)
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's loop
-def test_every_file_corruption_is_refused_or_harmless(tmp_path):
-    """Each file of a step directory deleted, truncated to half, or with its middle byte
-    flipped: the load raises ``CheckpointError`` or returns bit-identical arrays and metadata,
-    never another exception and never other values."""
+def _flip(i):
+    return lambda b: b[:i] + bytes([b[i] ^ 0x01]) + b[i + 1:] if i < len(b) else b
+
+
+def _corruption_sweep(tmp_path, edits):
+    """Apply every ``(name, edit(size) -> (bytes -> bytes) or None for deletion)`` to every file
+    of a saved step, one at a time: the load raises ``CheckpointError`` or returns bit-identical
+    arrays and metadata, never another exception and never other values. Returns
+    ``{(file, name): "refused" | "harmless"}`` and the files that must always be refused."""
     tree = {"w": jnp.arange(6.0, dtype=jnp.float32).reshape(2, 3), "s": jnp.int32(7),
             "k": jax.random.key(2)}
     base = tmp_path / "base"
@@ -143,18 +147,14 @@ def test_every_file_corruption_is_refused_or_harmless(tmp_path):
         q for q in files if q.parts[1:] in (("state", "manifest.ocdbt"), ("state", "_METADATA"),
                                              ("meta", "metadata"))}
     assert len(always_refused) == 4, files
-
-    def flip(b):
-        i = len(b) // 2
-        return b[:i] + bytes([b[i] ^ 0x01]) + b[i + 1:]
-
     outcomes = {}
     for rel in files:
-        for what, edit in (("deleted", None), ("halved", lambda b: b[: len(b) // 2]),
-                           ("flipped", flip)):
+        size = (base / rel).stat().st_size
+        for what, make in edits:
             work = tmp_path / "work"
             shutil.rmtree(work, ignore_errors=True)
             shutil.copytree(base, work)
+            edit = make(size)
             if edit is None:
                 (work / rel).unlink()
             else:
@@ -169,9 +169,47 @@ def test_every_file_corruption_is_refused_or_harmless(tmp_path):
             _assert_states_equal(back, tree)
             assert meta == {"note": "x"}
             outcomes[rel, what] = "harmless"
-    for rel in always_refused:
-        for what in ("deleted", "halved", "flipped"):
+    return outcomes, always_refused
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's loop
+def test_every_file_corruption_is_refused_or_harmless(tmp_path):
+    """Each file of a step directory deleted, truncated to half, or with its middle byte
+    flipped; the array data, manifest, array metadata and integrity record always refused."""
+    edits = [("deleted", lambda n: None), ("halved", lambda n: lambda b: b[: n // 2]),
+             ("flipped", lambda n: _flip(n // 2))]
+    outcomes, always = _corruption_sweep(tmp_path, edits)
+    for rel in always:
+        for what, _ in edits:
             assert outcomes[rel, what] == "refused", (rel, what)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_file_corruption_sweep_dense(tmp_path):
+    """As above with 16 truncation lengths and 16 flipped bytes (two bit positions) per file."""
+    edits = [("deleted", lambda n: None)]
+    for j in range(16):
+        edits.append((f"cut{j}", lambda n, j=j: lambda b: b[: j * n // 16]))
+        for bit in (0x01, 0x80):
+            edits.append((f"flip{j}^{bit:#x}",
+                          lambda n, j=j, bit=bit: lambda b, i=j * n // 16: b[:i] + bytes(
+                              [b[i] ^ bit]) + b[i + 1:] if i < len(b) else b))
+    outcomes, always = _corruption_sweep(tmp_path, edits)
+    assert all(outcomes[rel, "deleted"] == "refused" for rel in always)
+    assert all(outcomes[rel, f"cut{j}"] == "refused" for rel in always for j in range(16))
+
+
+def test_sharded_target_restores_with_its_sharding(tmp_path):
+    """A target leaf's sharding is the restored array's (one CPU device here)."""
+    mesh = jax.make_mesh((1,), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
+    sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("x"))
+    tree = {"w": jax.device_put(jnp.arange(4.0, dtype=jnp.float32), sh)}
+    training.save_checkpoint(tmp_path / "s", tree)
+    back, _ = training.load_checkpoint(
+        tmp_path / "s", {"w": jax.ShapeDtypeStruct((4,), jnp.float32, sharding=sh)})
+    assert back["w"].sharding == sh
+    chex.assert_trees_all_equal(back, tree)
 
 
 def test_same_step_is_replaced_and_max_to_keep(tmp_path, monkeypatch):

@@ -105,8 +105,12 @@ class CheckpointError(ValueError):
 
 def _ocp():
     """orbax.checkpoint, imported on first use (it adds about a second to the import)."""
-    import orbax.checkpoint as ocp
-
+    try:
+        import orbax.checkpoint as ocp
+    except ImportError as e:  # pragma: no cover - orbax-checkpoint is a dependency
+        raise ImportError(
+            "training checkpoints need orbax-checkpoint: pip install 'orbax-checkpoint>=0.12.8'"
+        ) from e
     return ocp
 
 
