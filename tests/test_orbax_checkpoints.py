@@ -212,6 +212,10 @@ def test_sharded_target_restores_with_its_sharding(tmp_path):
     chex.assert_trees_all_equal(back, tree)
 
 
+def _boom(_):
+    raise RuntimeError("disk full")
+
+
 def test_same_step_is_replaced_and_max_to_keep(tmp_path, monkeypatch):
     path = tmp_path / "r"
     for s in (1, 2, 3):
@@ -223,10 +227,7 @@ def test_same_step_is_replaced_and_max_to_keep(tmp_path, monkeypatch):
     np.testing.assert_array_equal(training.load_checkpoint(path, target, step=2)[0]["w"],
                                   [2.0, 2.0])
     # a save that fails midway puts the replaced step back
-    def boom(_):
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr(ckpt, "_nest", boom)
+    monkeypatch.setattr(ckpt, "_nest", _boom)
     with pytest.raises(RuntimeError, match="disk full"):
         training.save_checkpoint(path, {"w": jnp.full((2,), 99.0)}, step=3)
     monkeypatch.undo()
@@ -255,13 +256,19 @@ def test_loading_writes_nothing(trained, tmp_path):
     assert snapshot() == before
 
 
-def test_format2_file_still_loads_and_is_replaced_on_save(trained, tmp_path):
+def test_format2_file_still_loads_and_is_replaced_on_save(trained, tmp_path, monkeypatch):
     tr, state = trained
     old = tmp_path / "old.ckpt"
     _write_v2(old, state, {"step": 6, "trainer": tr.config()})
     _assert_states_equal(tr.restore(old), state)
     assert training.checkpoint_steps(old) == [6]
     assert training.read_checkpoint_header(old)["format_version"] == 2
+    blob = old.read_bytes()
+    monkeypatch.setattr(ckpt, "_nest", _boom)  # a failed save puts the file back
+    with pytest.raises(RuntimeError, match="disk full"):
+        tr.save(old, state)
+    monkeypatch.undo()
+    assert old.read_bytes() == blob and sorted(q.name for q in tmp_path.iterdir()) == ["old.ckpt"]
     tr.save(old, state)  # the file becomes a checkpoint directory
     assert old.is_dir() and training.checkpoint_steps(old) == [6]
     _assert_states_equal(tr.restore(old), state)

@@ -314,9 +314,9 @@ def save_checkpoint(
     the orbax checkpoint directory ``path``.
 
     The integrity record (fingerprint, key implementations, SHA-256 of the arrays and of the
-    record) is written next to the arrays. An existing checkpoint of the same step is replaced:
-    it is moved aside, and restored if the new save fails, so a failure never loses it. A file of
-    the previous single-file format at ``path`` is replaced by the directory.
+    record) is written next to the arrays. An existing checkpoint of the same step is replaced,
+    and a file of the previous single-file format at ``path`` is replaced by the directory: what
+    is replaced is moved aside first and put back if the new save fails.
 
     Args:
       path: the checkpoint directory (created if missing).
@@ -368,29 +368,35 @@ def save_checkpoint(
     canon["sha256"] = _record_digest(canon)
 
     path = Path(path)
+    old_file = aside = None
     if _is_legacy_file(path):
         with open(path, "rb") as f:
             if f.read(len(MAGIC)) != MAGIC:
                 raise CheckpointError(f"{path} is a file that is not a composition_jax checkpoint; "
                                       f"refusing to replace it")
-        path.unlink()
-    path.mkdir(parents=True, exist_ok=True)
-    aside = None
-    if (path / str(step)).exists():
+        old_file = path.with_name(f".{path.name}.replaced-{uuid.uuid4().hex[:8]}")
+        os.replace(path, old_file)
+    elif (path / str(step)).exists():
         aside = path / f".replaced-{step}-{uuid.uuid4().hex[:8]}"
         os.replace(path / str(step), aside)
     ocp = _ocp()
     try:
+        path.mkdir(parents=True, exist_ok=True)
         with _manager(path, write=True, keep=max_to_keep) as m:
             m.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(_nest(to_save)), meta=ocp.args.JsonSave(canon)),
                 force=True)
             m.wait_until_finished()
-    except BaseException:
+    except BaseException:  # put back what this save replaced
+        if old_file is not None:
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(old_file, path)
         if aside is not None:
             shutil.rmtree(path / str(step), ignore_errors=True)
             os.replace(aside, path / str(step))
         raise
+    if old_file is not None:
+        old_file.unlink()
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
 
