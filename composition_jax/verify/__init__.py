@@ -10,6 +10,7 @@ from . import stats
 from .factorized import FCResult, factorized_conditionals
 from .gap import GapResult, composition_gap
 from .heuristics import mean_difference_cosines
+from .locality import LocalityReport, score_locality
 from .projective import BlockReport, ProjectiveReport, TestOutcome, projective
 from .same_law import SameLawReport, same_law
 from .sampler_law import sampler_law  # the function (binds over the submodule attribute)
@@ -18,6 +19,7 @@ __all__ = [
     "BlockReport",
     "FCResult",
     "GapResult",
+    "LocalityReport",
     "ProjectiveReport",
     "TestOutcome",
     "composition_gap",
@@ -25,6 +27,7 @@ __all__ = [
     "mean_difference_cosines",
     "projective",
     "sampler_law",
+    "score_locality",
     "SameLawReport",
     "same_law",
     "scenarios",
