@@ -47,6 +47,8 @@ from . import verify
 from .distributions import FactorMixture
 from .mixture_of_models import MixtureOfModels
 from .velocity import VelocityModel, convert_prediction, from_velocity, to_velocity
+from .samplers.methods import DPMSolver2M, DPMSolver2S
+from .distributions.nonlinear import NonlinearPushforward, affine_coupling_map
 
 __version__ = "0.1.0"
 
@@ -77,6 +79,8 @@ __all__ = [
     "PredictorCorrector",
     "AnnealedMALA",
     "AnnealedHMC",
+    "DPMSolver2M",
+    "DPMSolver2S",
     "METHODS",
     "register_method",
     "nn",
@@ -115,4 +119,6 @@ __all__ = [
     "smc_sample",
     "LikelihoodInfo",
     "log_likelihood",
+    "NonlinearPushforward",
+    "affine_coupling_map",
 ]

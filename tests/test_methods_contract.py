@@ -26,6 +26,7 @@ class DampedEulerMaruyama(cj.SamplerMethod):
     damping: float = 0.5
     elementwise: ClassVar[bool] = True
     num_normals: ClassVar[int] = 1
+    model_calls_per_step: ClassVar[int] = 1
 
     def __post_init__(self):
         d = self.damping
@@ -56,6 +57,8 @@ D = 2
 MODEL = cj.diffuse(cj.Gaussian(jnp.array([1.0, -0.5]), jnp.array([[1.0, 0.3], [0.3, 0.5]])), SCH)
 #: another valid option value per method (instances with it must differ)
 OTHER = {"ddim": {"eta": 0.3}, "predictor_corrector": {"corrector_step": "fixed"},
+         "ode_euler": {"s_churn": 1.0}, "ode_heun": {"s_noise": 1.003},
+         "dpm_solver_2m": {"lower_order_final": False},
          "annealed_mala": {"mcmc_steps": 3}, "annealed_hmc": {"n_leapfrog": 2},
          NEW: {"damping": 1.0}}
 SMALL = {"predictor_corrector": {"n_pilot": 16}, "annealed_mala": {"n_pilot": 16},
@@ -98,6 +101,7 @@ def test_instances_are_hashable_frozen_values(name):
     assert isinstance(a.affine_exact, bool)
     assert type(a.num_normals) is int and a.num_normals >= 0
     assert type(a.num_uniforms) is int and a.num_uniforms >= 0
+    assert type(a.model_calls_per_step) is int and a.model_calls_per_step >= 1
 
 
 @functools.lru_cache(maxsize=None)
@@ -209,3 +213,53 @@ def test_new_method_registered_outside_samples_in_both_layouts(key):
         cj.register_method(NEW, DampedEulerMaruyama)
     with pytest.raises(ValueError, match="damping"):
         cj.sample(key, MODEL, SCH, (4, D), method=NEW, damping=2.0)
+
+
+class _CountingModel(cj.Model):
+    """``MODEL`` whose every evaluation (score, log_prob, log_prob_and_score, denoise) runs a
+    host callback at RUN time, so evaluations inside ``lax.scan``/``fori_loop`` bodies count
+    once per iteration."""
+
+    has_log_prob = True
+    has_denoise = True
+    dim = D
+
+    def __init__(self):
+        self.calls = 0
+
+    def _tick(self):
+        def inc():
+            self.calls += 1
+
+        jax.debug.callback(inc)
+
+    def score(self, x, t):
+        self._tick()
+        return MODEL.score(x, t)
+
+    def _log_prob(self, x, t):
+        self._tick()
+        return MODEL.log_prob(x, t)
+
+    def _log_prob_and_score(self, x, t):
+        self._tick()
+        return MODEL.log_prob_and_score(x, t)
+
+    def _denoise(self, x, t):
+        self._tick()
+        return MODEL.denoise(x, t)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_model_calls_per_step_counts_the_evaluations_of_one_step(name, key):
+    """``model_calls_per_step`` equals the model evaluations one jitted ``step`` makes, counted
+    at run time (for every registered method and a second option value)."""
+    for m in [_method(name)] + ([_method(name, **OTHER[name])] if name in OTHER else []):
+        times, p = _params(m)
+        x, z, u = _inputs(m, key)
+        state = m.init(x, times[0])
+        cm = _CountingModel()
+        out = jax.jit(lambda st: m.step(cm, SCH, st, times[0], times[1], z, u, p)[0])(state)
+        jax.block_until_ready(out)
+        jax.effects_barrier()
+        assert cm.calls == m.model_calls_per_step, (m, cm.calls, m.model_calls_per_step)

@@ -45,6 +45,37 @@ reverse step goes from ``t`` to ``s = t_next < t``; ``alpha_{t|s} = alpha_t / al
   deterministic, so the exact law is available).
 * :class:`AnnealedMALA` / :class:`AnnealedHMC`: Euler-Maruyama predictor then Metropolis moves
   that leave ``p_s`` exactly invariant (:mod:`.mcmc`); they need ``model.log_prob``.
+* :class:`DPMSolver2M` / :class:`DPMSolver2S`: DPM-Solver++ (Lu et al. 2022, arXiv 2211.01095),
+  the second-order multistep (Alg. 2) and single-step (Alg. 1 with ``r_1 = 1/2``) solvers of
+  the probability-flow ODE in data-prediction form, in ``lambda = log(alpha / sigma)``
+  (``= schedule.log_snr / 2``); any schedule. With ``h = lambda_s - lambda_t`` and
+  ``x0_hat = (x + sigma_t^2 s(x, t)) / alpha_t`` the first-order step (DDIM with ``eta = 0``) is
+  ``x_s = (sigma_s / sigma_t) x - alpha_s expm1(-h) x0_hat``; 2M replaces ``x0_hat`` by
+  ``(1 + 1/(2r)) x0_hat - 1/(2r) x0_hat_prev`` with ``r = h_prev / h`` (the previous step's
+  denoised estimate is carried in the state); 2S evaluates the denoiser a second time at the
+  log-SNR midpoint ``lambda_t + h/2`` and steps with it.
+
+EDM stochastic churn (Karras et al. 2022, Alg. 2, lines 5-6; options ``s_churn``, ``s_tmin``,
+``s_tmax``, ``s_noise`` of :class:`ODEEuler`, :class:`ODEHeun` and :class:`DDIM`, named as in
+k-diffusion's ``sample_euler``/``sample_heun``). EDM's noise level is the noise-to-signal ratio
+``r_t = sigma_t / alpha_t = exp(-lambda_t)`` of the scaled variable ``y = x / alpha_t`` (the VE
+form of any schedule: ``y_t = x_0 + r_t eps``). Before step ``i``, with ``N = steps``,
+``gamma_i = min(s_churn / N, sqrt(2) - 1)`` if ``s_tmin <= r_{t_i} <= s_tmax`` else ``0``;
+``r_hat = (1 + gamma_i) r_{t_i}``, ``t_hat`` the time with ``r_{t_hat} = r_hat``
+(``schedule.t_from_log_snr``), and
+
+``x_hat = alpha_{t_hat} (x / alpha_{t_i} + sqrt(r_hat^2 - r_{t_i}^2) s_noise z)``,
+
+i.e. ``y_hat = y + sqrt(r_hat^2 - r^2) s_noise z``. With ``s_noise = 1`` this is exactly the
+forward transition ``x_{t_hat} | x_{t_i}`` (``alpha_{t_hat|t_i} x + sigma_{t_hat|t_i} z``), so
+it maps ``p_{t_i}`` to ``p_{t_hat}``; the method's own deterministic step then goes from
+``t_hat`` to ``t_{i+1}``. ``gamma_i`` depends on ``N``, so it is computed per level by
+``tune`` from the time grid and passed to ``transition(..., gamma=)``; one extra normal per step
+(the last row). Churned instances declare ``elementwise = False`` (the particle-minor layout
+does not pass per-level parameters), so ``layout="auto"`` runs them in rows.
+
+``model_calls_per_step`` (every method): model evaluations (``score``, ``denoise``,
+``log_prob_and_score``) per particle and step -- the cost unit to compare methods at equal cost.
 
 All of these are approximate samplers of ``p_{t_min}`` whose discretization error vanishes as
 ``steps -> inf``.
@@ -74,6 +105,9 @@ __all__ = [
     "METHODS",
     "AnnealedHMC",
     "AnnealedMALA",
+    "DPMSolver2M",
+    "DPMSolver2S",
+    "DPMState",
     "EmptyInfo",
     "EulerMaruyama",
     "MCMCInfo",
@@ -127,6 +161,8 @@ class SamplerMethod(abc.ABC):
       normals, reading the model only through ``model.score``; ``None`` for methods that are
       not a transition (Metropolis);
     * ``num_normals``, ``num_uniforms``: ints, per particle and step;
+    * ``model_calls_per_step``: int, model evaluations (``score``, ``denoise``, ``log_prob``,
+      ``log_prob_and_score``: one each) per particle and step (not counting a pilot's);
     * ``tune(model, schedule, key, times, d, dtype)``: per-level parameters (a pytree with
       leading axis ``steps``) computed BEFORE the main run from a pilot ensemble of fixed size
       drawn from ``key``, or ``None``.
@@ -159,6 +195,12 @@ class SamplerMethod(abc.ABC):
     @abc.abstractmethod
     def num_normals(self) -> int:
         """Standard normal vectors ``(d,)`` consumed per particle and step."""
+
+    @property
+    @abc.abstractmethod
+    def model_calls_per_step(self) -> int:
+        """Model evaluations (``score``, ``denoise``, ``log_prob_and_score``) per particle and
+        step: the cost of a step in the unit that dominates for neural models."""
 
     #: ``transition(model, schedule, x, normals, t, t_next) -> x_next`` (a method), or ``None``.
     transition: ClassVar[Any] = None
@@ -232,12 +274,90 @@ def _pf_velocity(model, schedule, x, t):
     return schedule.drift_coeff(t) * x - 0.5 * schedule.g2(t) * model.score(x, t)
 
 
+def _check_churn(m):
+    """Validate the EDM churn options of ``m`` (``s_churn``, ``s_tmin``, ``s_tmax``,
+    ``s_noise``)."""
+    for name in ("s_churn", "s_tmin", "s_tmax", "s_noise"):
+        v = getattr(m, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+            raise ValueError(f"{name} must be a float >= 0, got {v!r}")
+    if not m.s_tmax >= m.s_tmin:
+        raise ValueError(f"s_tmax must be >= s_tmin = {m.s_tmin}, got {m.s_tmax!r}")
+    if m.s_churn > 0:
+        # the per-level gamma comes from tune, which the particle-minor body does not pass
+        object.__setattr__(m, "elementwise", False)
+
+
+def churn_gammas(schedule, times, s_churn, s_tmin, s_tmax):
+    """Per-level churn ``gamma_i = min(s_churn / N, sqrt(2) - 1)`` where
+    ``s_tmin <= sigma_{t_i} / alpha_{t_i} <= s_tmax``, else 0 (Karras et al. 2022, Alg. 2);
+    ``times (N + 1,)`` -> ``(N,)``."""
+    n = times.shape[0] - 1
+    r = jnp.exp(-0.5 * jax.vmap(schedule.log_snr)(times[:-1]))
+    g = min(s_churn / n, 2.0**0.5 - 1.0)
+    inside = (r >= s_tmin) & (r <= s_tmax)
+    return jnp.where(inside, jnp.asarray(g, times.dtype), jnp.zeros((), times.dtype))
+
+
+def churn(schedule, x, z, t, gamma, s_noise):
+    """EDM churn in the scaled variable ``y = x / alpha``: ``(x_hat, t_hat)`` with
+    ``r_{t_hat} = (1 + gamma) r_t`` and ``x_hat = alpha_{t_hat} (x / alpha_t +
+    sqrt(r_hat^2 - r_t^2) s_noise z)`` (module docstring). ``gamma = 0`` returns ``(x, t)``."""
+    lam = schedule.log_snr(t)
+    t_hat = schedule.t_from_log_snr(lam - 2.0 * jnp.log1p(gamma)).astype(jnp.result_type(t))
+    t_hat = jnp.where(gamma > 0, t_hat, t)
+    a_t, a_hat = schedule.alpha(t), schedule.alpha(t_hat)
+    r_t = schedule.sigma(t) / a_t
+    noise = a_hat * r_t * jnp.sqrt(gamma * (2.0 + gamma)) * s_noise
+    return (a_hat / a_t) * x + noise * z, t_hat
+
+
+class _Churned(SamplerMethod):
+    """Shared EDM churn options of the deterministic samplers (module docstring)."""
+
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = float("inf")
+    s_noise: float = 1.0
+
+    @property
+    def _base_normals(self) -> int:
+        return 0
+
+    @property
+    def num_normals(self) -> int:
+        return self._base_normals + (1 if self.s_churn > 0 else 0)
+
+    def _churn(self, schedule, x, normals, t, gamma):
+        if self.s_churn == 0:
+            return x, t
+        if gamma is None:
+            raise ValueError(
+                f"{type(self).__name__}(s_churn={self.s_churn}) needs this level's churn "
+                "gamma= (from tune; it depends on the number of steps)"
+            )
+        return churn(schedule, x, normals[-1], t, gamma, self.s_noise)
+
+    def step(self, model, schedule, state, t, t_next, normals, uniforms, params=None):
+        del uniforms
+        x = self.transition(model, schedule, state.position, normals, t, t_next, params)
+        return SamplerState(x), EmptyInfo()
+
+    def tune(self, model, schedule, key, times, d, dtype):
+        """Per-level churn ``gamma (steps,)`` (:func:`churn_gammas`), or ``None`` without churn."""
+        del model, key, d, dtype
+        if self.s_churn == 0:
+            return None
+        return churn_gammas(schedule, times, self.s_churn, self.s_tmin, self.s_tmax)
+
+
 # ------------------------------------------------------------------------- methods
 class EulerMaruyama(SamplerMethod):
     """Reverse-SDE Euler-Maruyama (weak order 1). One normal per step."""
 
     elementwise: ClassVar[bool] = True
     num_normals: ClassVar[int] = 1
+    model_calls_per_step: ClassVar[int] = 1
 
     def transition(self, model, schedule, x, normals, t, t_next):
         dt = t - t_next
@@ -251,23 +371,35 @@ class EulerMaruyama(SamplerMethod):
 _em = EulerMaruyama().transition
 
 
-class ODEEuler(SamplerMethod):
-    """Probability-flow ODE, explicit Euler (order 1). Deterministic."""
+class ODEEuler(_Churned):
+    """Probability-flow ODE, explicit Euler (order 1). Deterministic unless ``s_churn > 0``
+    (EDM churn, Karras et al. 2022 Alg. 2 with Euler steps; module docstring)."""
 
     elementwise: ClassVar[bool] = True
-    num_normals: ClassVar[int] = 0
+    model_calls_per_step: ClassVar[int] = 1
 
-    def transition(self, model, schedule, x, normals, t, t_next):
+    def __post_init__(self):
+        _check_churn(self)
+
+    def transition(self, model, schedule, x, normals, t, t_next, gamma=None):
+        """``gamma``: this level's churn (needed when ``s_churn > 0``)."""
+        x, t = self._churn(schedule, x, normals, t, gamma)
         return x + (t_next - t) * _pf_velocity(model, schedule, x, t)
 
 
-class ODEHeun(SamplerMethod):
-    """Probability-flow ODE, Heun's explicit trapezoidal rule (order 2). Deterministic."""
+class ODEHeun(_Churned):
+    """Probability-flow ODE, Heun's explicit trapezoidal rule (order 2). Deterministic unless
+    ``s_churn > 0`` (EDM churn, Karras et al. 2022 Alg. 2; module docstring)."""
 
     elementwise: ClassVar[bool] = True
-    num_normals: ClassVar[int] = 0
+    model_calls_per_step: ClassVar[int] = 2
 
-    def transition(self, model, schedule, x, normals, t, t_next):
+    def __post_init__(self):
+        _check_churn(self)
+
+    def transition(self, model, schedule, x, normals, t, t_next, gamma=None):
+        """``gamma``: this level's churn (needed when ``s_churn > 0``)."""
+        x, t = self._churn(schedule, x, normals, t, gamma)
         h = t_next - t
         v1 = _pf_velocity(model, schedule, x, t)
         v2 = _pf_velocity(model, schedule, x + h * v1, t_next)
@@ -280,6 +412,7 @@ class DDPM(SamplerMethod):
 
     elementwise: ClassVar[bool] = True
     num_normals: ClassVar[int] = 1
+    model_calls_per_step: ClassVar[int] = 1
 
     def transition(self, model, schedule, x, normals, t, t_next):
         a_ts, s2_ts = _sigma2_between(schedule, t, t_next)
@@ -288,22 +421,28 @@ class DDPM(SamplerMethod):
         return mean + jnp.sqrt(var) * normals[0]
 
 
-class DDIM(SamplerMethod):
-    """DDIM with stochasticity ``eta`` in ``[0, 1]`` (``0``: deterministic, ``1``: DDPM)."""
+class DDIM(_Churned):
+    """DDIM with stochasticity ``eta`` in ``[0, 1]`` (``0``: deterministic, ``1``: DDPM);
+    optional EDM churn before each step (``s_churn``; module docstring)."""
 
     eta: float = 0.0
     elementwise: ClassVar[bool] = True
+    model_calls_per_step: ClassVar[int] = 1
 
     def __post_init__(self):
         eta = self.eta
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 1:
             raise ValueError(f"eta must be a float in [0, 1], got {eta!r}")
+        _check_churn(self)
 
     @property
-    def num_normals(self) -> int:
+    def _base_normals(self) -> int:
         return 0 if self.eta == 0 else 1
 
-    def transition(self, model, schedule, x, normals, t, t_next):
+    def transition(self, model, schedule, x, normals, t, t_next, gamma=None):
+        """``gamma``: this level's churn (needed when ``s_churn > 0``; the churn uses the last
+        normal row, the DDIM noise the first)."""
+        x, t = self._churn(schedule, x, normals, t, gamma)
         eta = self.eta
         a_ts, s2_ts = _sigma2_between(schedule, t, t_next)
         s2_t, s2_s = schedule.sigma2(t), schedule.sigma2(t_next)
@@ -338,6 +477,10 @@ class PredictorCorrector(SamplerMethod):
 
     @property
     def num_normals(self) -> int:
+        return 1 + self.n_corrector
+
+    @property
+    def model_calls_per_step(self) -> int:
         return 1 + self.n_corrector
 
     @property
@@ -442,6 +585,12 @@ class _Annealed(SamplerMethod):
     def _n_leapfrog(self) -> int:
         return 0
 
+    @property
+    def model_calls_per_step(self) -> int:
+        """Predictor score, ``log_prob_and_score`` at the chain's start, then one per proposal
+        (MALA) or per leapfrog step (HMC)."""
+        return 2 + self.mcmc_steps * max(1, self._n_leapfrog)
+
     def init(self, x, t):
         del t
         return MCMCState(x)
@@ -484,6 +633,110 @@ class AnnealedHMC(_Annealed):
         return self.n_leapfrog
 
 
+# ------------------------------------------------------------------------- DPM-Solver++
+def _half_lambda(schedule, t):
+    """``lambda_t = log(alpha_t / sigma_t)`` (half the schedule's log-SNR)."""
+    return 0.5 * schedule.log_snr(t)
+
+
+def _x0_hat(model, schedule, x, t):
+    """Data prediction ``(x + sigma_t^2 s(x, t)) / alpha_t`` (Tweedie; score only, so it runs
+    on the particle-minor view of the model too)."""
+    return (x + schedule.sigma2(t) * model.score(x, t)) / schedule.alpha(t)
+
+
+def _dpm_first_order(schedule, x, x0, t, t_next, h):
+    """``x_s = (sigma_s / sigma_t) x - alpha_s expm1(-h) x0`` (Lu et al. 2022, Eq. 9 with a
+    constant data prediction: DDIM with ``eta = 0``)."""
+    return (schedule.sigma(t_next) / schedule.sigma(t)) * x - schedule.alpha(t_next) * jnp.expm1(
+        -h) * x0
+
+
+class DPMSolver2S(SamplerMethod):
+    r"""DPM-Solver++(2S) (Lu et al. 2022, Alg. 1 with ``r_1 = 1/2``; k-diffusion's
+    ``sample_dpmpp_2s_ancestral`` with ``eta = 0``): single-step second order in
+    ``lambda = log(alpha/sigma)``. With ``h = lambda_s - lambda_t`` and ``t_mid`` the time of
+    ``lambda_t + h/2``: ``u = (sigma_mid/sigma_t) x - alpha_mid expm1(-h/2) x0_hat(x, t)`` and
+    ``x_s = (sigma_s/sigma_t) x - alpha_s expm1(-h) x0_hat(u, t_mid)``. Deterministic, two model
+    calls per step, weak (and strong) order 2; self-starting, so no warm-up and no lower-order
+    final step are needed (k-diffusion lowers the order only for a step to ``sigma = 0``, which
+    never occurs here: ``t_min > 0``, then the final Tweedie step)."""
+
+    elementwise: ClassVar[bool] = True
+    num_normals: ClassVar[int] = 0
+    model_calls_per_step: ClassVar[int] = 2
+
+    def transition(self, model, schedule, x, normals, t, t_next):
+        lam_t, lam_s = _half_lambda(schedule, t), _half_lambda(schedule, t_next)
+        h = lam_s - lam_t
+        t_mid = schedule.t_from_log_snr(2.0 * (lam_t + 0.5 * h)).astype(jnp.result_type(t))
+        u = _dpm_first_order(schedule, x, _x0_hat(model, schedule, x, t), t, t_mid, 0.5 * h)
+        return _dpm_first_order(schedule, x, _x0_hat(model, schedule, u, t_mid), t, t_next, h)
+
+
+class DPMState(NamedTuple):
+    """State of :class:`DPMSolver2M`: the particle ``position (d,)`` and the previous step's
+    data prediction ``denoised (d,)`` (zeros before the first step)."""
+
+    position: jax.Array
+    denoised: jax.Array
+
+
+class DPMSolver2M(SamplerMethod):
+    r"""DPM-Solver++(2M) (Lu et al. 2022, Alg. 2; k-diffusion's ``sample_dpmpp_2m``): multistep
+    second order in ``lambda = log(alpha/sigma)``, one model call per step. Step ``i``:
+    ``D_i = x0_hat(x, t_i)``, ``h = lambda_{i+1} - lambda_i``, ``r = h_{i-1} / h`` and
+    ``x_{i+1} = (sigma_{i+1}/sigma_i) x - alpha_{i+1} expm1(-h) ((1 + 1/(2r)) D_i -
+    D_{i-1} / (2r))``. The first step is first order (``D_i`` alone: DDIM with ``eta = 0``, the
+    warm-up: no ``D_{-1}`` yet); with ``lower_order_final`` (default) the last step is first
+    order too when ``steps < 10`` (the reference implementation's rule, which stabilizes very
+    few steps). ``D_{i-1}`` is carried in the state (:class:`DPMState`); the per-level order
+    and previous time come from :meth:`tune` (the time grid). Weak order 2."""
+
+    lower_order_final: bool = True
+    num_normals: ClassVar[int] = 0
+    model_calls_per_step: ClassVar[int] = 1
+
+    def __post_init__(self):
+        if not isinstance(self.lower_order_final, bool):
+            raise TypeError(f"lower_order_final must be a bool, got {self.lower_order_final!r}")
+
+    @property
+    def affine_exact(self) -> bool:
+        return True
+
+    def init(self, x, t):
+        del t
+        return DPMState(x, jnp.zeros_like(x))
+
+    def tune(self, model, schedule, key, times, d, dtype):
+        """Per level: ``(t_prev, second)``: the previous grid time (``t_0`` at level 0) and
+        whether the step is second order (``1.0``) or first order (``0.0``)."""
+        del model, schedule, key, d, dtype
+        n = times.shape[0] - 1
+        second = jnp.ones((n,), times.dtype).at[0].set(0.0)
+        if self.lower_order_final and n < 10:
+            second = second.at[-1].set(0.0)
+        t_prev = jnp.concatenate([times[:1], times[:-2]])
+        return t_prev, second
+
+    def step(self, model, schedule, state, t, t_next, normals, uniforms, params=None):
+        del normals, uniforms
+        if params is None:
+            raise ValueError("DPMSolver2M.step needs this level's params (from tune)")
+        t_prev, second = params
+        x, d_prev = state.position, state.denoised
+        lam_t, lam_s = _half_lambda(schedule, t), _half_lambda(schedule, t_next)
+        h = lam_s - lam_t
+        d_now = _x0_hat(model, schedule, x, t)
+        h_last = lam_t - _half_lambda(schedule, t_prev)
+        r = jnp.where(second > 0, h_last / h, 1.0)
+        c = second * 0.5 / r
+        d_eff = (1.0 + c) * d_now - c * d_prev
+        x = _dpm_first_order(schedule, x, d_eff, t, t_next, h)
+        return DPMState(x, d_now), EmptyInfo()
+
+
 # ------------------------------------------------------------------------- registry
 #: String aliases of ``cj.sample(..., method=...)``: name -> method class.
 METHODS: dict[str, type[SamplerMethod]] = {
@@ -495,6 +748,8 @@ METHODS: dict[str, type[SamplerMethod]] = {
     "predictor_corrector": PredictorCorrector,
     "annealed_mala": AnnealedMALA,
     "annealed_hmc": AnnealedHMC,
+    "dpm_solver_2m": DPMSolver2M,
+    "dpm_solver_2s": DPMSolver2S,
 }
 
 

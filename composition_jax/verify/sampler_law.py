@@ -9,7 +9,15 @@ sampler runs -- so the law and the sampler cannot drift apart -- and propagates
 ``m' = P m + q``,   ``C' = P C P^T + Q Q^T``
 
 over the same time grid from the prior ``N(0, prior_std^2 I)`` at ``t_max`` (or ``init``), then
-through the same final Tweedie step. The result is exact (up to float rounding; run with
+through the same final Tweedie step.
+
+Methods with per-level parameters from ``tune`` that do not depend on a pilot (EDM churn's
+``gamma_i``, DPM-Solver++(2M)'s orders) or with a state beyond the position (2M carries the
+previous denoised estimate) are propagated through ``method.init`` / ``method.step`` instead:
+the flattened state ``S`` (position and carried vectors) is jointly Gaussian, ``S' = P S + q +
+Q z`` with ``P, Q, q`` from differentiating ``step`` at this level's parameters, and the law of
+the position is read off at the end. Stateless methods without parameters keep the
+``transition`` path above (bit-identical results). The result is exact (up to float rounding; run with
 ``jax_enable_x64`` for float64) whenever the score is affine; for a non-affine score it is
 meaningless. Sample moments of ``cj.sample`` must match it within ``k sigma / sqrt(n)``: this
 catches every sign, noise-scaling and off-by-one error in the driver and its randomness, and
@@ -22,6 +30,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 
 from ..distributions import Gaussian
 from ..models import as_model
@@ -32,19 +41,61 @@ from ..samplers.methods import SamplerMethod, denoise, resolve_method
 __all__ = ["sampler_law"]
 
 
-def _affine(f, d, m, dtype):
-    """``(q, P, Q)`` of ``f(x, z) = P x + Q vec(z) + q``; ``z`` has shape ``(m, d)``."""
-    x0, z0 = jnp.zeros((d,), dtype), jnp.zeros((m, d), dtype)
+def _affine(f, d, m, dtype, n=None):
+    """``(q, P, Q)`` of ``f(x, z) = P x + Q vec(z) + q``; ``x`` has size ``n`` (default
+    ``d``), ``z`` shape ``(m, d)``."""
+    n = d if n is None else n
+    x0, z0 = jnp.zeros((n,), dtype), jnp.zeros((m, d), dtype)
     q = f(x0, z0)
+    out = q.shape[0]
     P = jax.jacfwd(f, 0)(x0, z0)
-    Q = jax.jacfwd(f, 1)(x0, z0).reshape(d, m * d) if m else jnp.zeros((d, 0), dtype)
+    Q = jax.jacfwd(f, 1)(x0, z0).reshape(out, m * d) if m else jnp.zeros((out, 0), dtype)
     return q, P, Q
+
+
+def _propagate_states(model, schedule, m0, C0, times, params, method, denoise_final):
+    d, dtype = m0.shape[0], m0.dtype
+    m_norm, steps = method.num_normals, times.shape[0] - 1
+    state0 = method.init(jnp.zeros((d,), dtype), times[0])
+    flat0, unravel = ravel_pytree(state0)
+    n = flat0.shape[0]
+    q, P, _ = _affine(lambda x, z: ravel_pytree(method.init(x, times[0]))[0], d, 0, dtype)
+    mean, cov = P @ m0 + q, P @ C0 @ P.T
+    no_u = jnp.zeros((method.num_uniforms,), dtype)
+
+    def body(carry, i):
+        mean, cov = carry
+        t, s = times[i], times[i + 1]
+        p_i = None if params is None else jax.tree.map(lambda a: a[i], params)
+
+        def f(v, z):
+            new, _ = method.step(model, schedule, unravel(v), t, s, z, no_u, p_i)
+            return ravel_pytree(new)[0]
+
+        q, P, Q = _affine(f, d, m_norm, dtype, n)
+        mean = P @ mean + q
+        cov = P @ cov @ P.T + Q @ Q.T
+        return (mean, 0.5 * (cov + cov.T)), None
+
+    (mean, cov), _ = jax.lax.scan(body, (mean, cov), jnp.arange(steps))
+    q, P, _ = _affine(lambda v, z: unravel(v).position, d, 0, dtype, n)
+    mean, cov = P @ mean + q, P @ cov @ P.T
+    if denoise_final:
+        f = lambda x, z: denoise(model, schedule, x, times[-1])
+        q, P, _ = _affine(f, d, 0, dtype)
+        mean = P @ mean + q
+        cov = P @ cov @ P.T
+    return mean, 0.5 * (cov + cov.T)
 
 
 def _propagate(model, schedule, m0, C0, *, method, steps, t_min, grid, rho, denoise_final):
     d, dtype = m0.shape[0], m0.dtype
     m_norm = method.num_normals
     times = time_grid(schedule, steps, t_min, grid, rho=rho, dtype=dtype)
+    # affine-exact methods tune from the grid alone (no pilot): the key is unused
+    params = method.tune(model, schedule, jax.random.key(0), times, d, dtype)
+    if params is not None or method.transition is None:
+        return _propagate_states(model, schedule, m0, C0, times, params, method, denoise_final)
 
     def body(carry, i):
         mean, cov = carry
