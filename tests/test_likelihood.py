@@ -108,7 +108,7 @@ def test_hutchinson_is_unbiased_within_its_standard_error(key):
     mix = _mixture(4, seed=1)
     p = cj.diffuse(mix, SCH)
     x = _noised_points(mix, key, 6, 0.05)
-    kw = dict(steps=40, t_min=0.05)
+    kw = {"steps": 40, "t_min": 0.05}
     exact = np.asarray(log_likelihood(p, SCH, x, **kw))
     info = log_likelihood(p, SCH, x, trace="hutchinson", key=jax.random.key(7), n_probes=64,
                           return_info=True, **kw)

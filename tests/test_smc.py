@@ -121,7 +121,7 @@ def test_score_form_converges_to_log_prob_form():
     model = _tilt(2.0)
     rms = []
     for steps in (40, 160):
-        kw = dict(steps=steps, ess_threshold=0.0, final_resample=False, return_info=True)
+        kw = {"steps": steps, "ess_threshold": 0.0, "final_resample": False, "return_info": True}
         a = smc.smc_sample(jax.random.key(0), model, SCH, (400, 1), weights="log_prob", **kw)
         b = smc.smc_sample(jax.random.key(0), model, SCH, (400, 1), weights="score", **kw)
         np.testing.assert_allclose(np.asarray(a.samples), np.asarray(b.samples), atol=1e-5)
@@ -153,7 +153,7 @@ def test_resampling_is_unbiased(scheme):
 # ----------------------------------------------------------------------------- reproducibility
 def test_same_key_and_n_same_output_eager_and_jit():
     model = _tilt(4.0)
-    kw = dict(steps=30, mcmc_steps=1, return_info=True)
+    kw = {"steps": 30, "mcmc_steps": 1, "return_info": True}
     a = smc.smc_sample(jax.random.key(3), model, SCH, (300, 1), **kw)
     b = smc.smc_sample(jax.random.key(3), model, SCH, (300, 1), **kw)
     c = jax.jit(lambda k, m: smc.smc_sample(k, m, SCH, (300, 1), **kw))(jax.random.key(3), model)
@@ -318,3 +318,16 @@ def test_log_normalizer_matches_exact(case):
     z, se = _mean_se(r.log_normalizer)
     print(case, "log Z", z, "+-", se, "exact", exact)
     assert abs(z - exact) < 3 * se, (z, exact, se)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smc_weights_tilt", "smc_shear", "likelihood_pf_ode",
+                                  "score_locality_eq17"])
+def test_zoo_scenarios_minimal(name):
+    import json
+
+    from composition_jax import zoo
+
+    r = zoo.run_scenario(name, zoo.Config.for_mode("minimal"))
+    json.dumps(r.to_dict())
+    assert r.observed == r.expected == "success", r.reasons

@@ -117,7 +117,7 @@ def score_locality(model: Any, x: Any, t: Any, blocks: Sequence[Sequence[int]]
     if x.ndim != 2 or not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"x must be a floating array (n, d), got shape {tuple(x.shape)} and "
                          f"dtype {x.dtype}")
-    n, d = x.shape
+    _n, d = x.shape
     blocks = _check_blocks(blocks, d)
     t_arr = jnp.asarray(t, x.dtype)
     if t_arr.ndim > 1:
