@@ -12,9 +12,11 @@ gives the mixture weights (``softmax`` of the log-integrals), the component mean
 covariances ``Λ^{-1}``. Everything goes through eigendecompositions (the inputs' stored
 ``eigh`` factors and one ``eigh`` of each ``Λ``): no explicit inverse of an input covariance.
 
-Structure is kept where it exists: ``Product`` inputs sharing a block structure are composed
-block by block (cost additive), and ``LinearPushforward`` inputs sharing one matrix and shift are
-composed in the base space and pushed forward (Lemma 6.2: ``C[A# p] = A# C[p]``).
+Structure is kept where it exists, as each family decides (``Distribution._compose_parts``):
+``Product`` (and ``FactorMixture``) inputs sharing a block structure are composed block by block
+(cost additive), and ``LinearPushforward`` inputs sharing one matrix and shift are composed in the
+base space and pushed forward (Lemma 6.2: ``C[A# p] = A# C[p]``). The mixture form of an input is
+its own answer too (``Distribution.as_gaussian_mixture``): no switch over families here.
 """
 
 from __future__ import annotations

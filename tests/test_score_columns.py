@@ -67,9 +67,9 @@ def _factor_mixture(seed, covariance):
                             _f32(covs[covariance]))
 
 
-def _rotation(d, seed):
-    q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(d, d)))
-    return _f32(q)
+def _rotation(angle):
+    c, s = math.cos(angle), math.sin(angle)
+    return _f32([[c, -s], [s, c]])  # not symmetric: A and A^T differ
 
 
 def _families():
@@ -89,14 +89,14 @@ def _families():
         "mixture_full": (make_case("mixture").dist, False),
         "empirical": (emp, False),
         # blocks interleaved, so the reassembly permutation is exercised
-        "product": (cj.Product((g1, _iso_mixture(4, d=2)), ((1,), (0, 2))), True),
+        "product": (cj.Product((g1, _iso_mixture(4, d=2)), ((1,), (2, 0))), True),
         "product_with_empirical": (cj.Product((g1, emp), ((2,), (0, 1))), False),
         "pushforward_gaussian": (cj.LinearPushforward(g3, a3, _f32([1.0, -2.0, 0.5])), True),
         # A S A^T is not diagonal: a full-covariance mixture, no batched form
         "pushforward_mixture": (cj.LinearPushforward(_iso_mixture(5, d=3), a3), False),
         # orthogonal, not block-diagonal over the product: the base's columns score, rotated
         "pushforward_orthogonal": (cj.LinearPushforward(cj.Product((m1, g1), ((0,), (1,))),
-                                                        _rotation(2, 6), _f32([3.0, -1.0])), True),
+                                                        _rotation(0.6), _f32([3.0, -1.0])), True),
         # block-diagonal over the product: a product of per-block pushforwards
         "pushforward_block_diagonal": (cj.LinearPushforward(
             cj.Product((m1, g1), ((0,), (1,))), _f32(np.diag([2.0, -0.5])), _f32([1.0, 1.0])),
@@ -139,8 +139,8 @@ def test_score_columns_equals_vmapped_score(name, key):
 def test_gaussian_score_columns_far_from_origin(d):
     """Mean 1e4 from the origin, particles within a few standard deviations of it, tiny ``t``:
     the columns score matches a float64 reference within the backward-stable bound
-    ``C eps (rho / v_min + |s|)`` with ``rho = |x| + a |m|`` (``C = 16 d``); an expanded quadratic
-    would lose ``eps |x|^2 / v``, ~1e8 times more."""
+    ``C eps (rho / v_min + |s|)`` with ``rho = |x| + a |m|`` (``C = 2``; measured 0.13): the
+    rounding of ``a m`` is the only error that grows with the offset."""
     rng = np.random.default_rng(d)
     cov = _spd(rng, d, lo=0.05)
     mean = 1e4 + rng.normal(size=d)
@@ -155,7 +155,7 @@ def test_gaussian_score_columns_far_from_origin(d):
         ref = -np.linalg.solve(S, X.astype(np.float64) - a * mean64[:, None])
         rho = np.max(np.abs(X)) + a * np.max(np.abs(mean64))
         vmin = np.linalg.eigvalsh(S)[0]
-        tol = 16 * d * EPS32 * (rho / vmin + np.max(np.abs(ref)))
+        tol = 2 * EPS32 * (rho / vmin + np.max(np.abs(ref)))  # measured: <= 0.13 eps (...)
         assert np.max(np.abs(got - ref)) <= tol, (t, np.max(np.abs(got - ref)), tol)
 
 
@@ -177,7 +177,7 @@ def test_auto_layout_takes_columns_for_a_gaussian_background(key, monkeypatch):
     real = driver.choose_layout
     monkeypatch.setattr(driver, "choose_layout",
                         lambda *a, **k: chosen.append(real(*a, **k)) or chosen[-1])
-    n, steps = 300, 40
+    n, steps = 128, 16
     run = {lay: np.asarray(cj.sample(key, model, sched, (n, 2), steps=steps, layout=lay))
            for lay in ("auto", "columns", "rows")}
     assert chosen == ["columns", "columns", "rows"]
@@ -207,13 +207,13 @@ def test_as_gaussian_mixture_per_family():
     mix = FAMILIES["mixture_diag"][0]
     assert mix.as_gaussian_mixture() is mix
     # a product: the Cartesian product of the factors' components, same moments
-    prod = FAMILIES["product"][0]  # N(0.5, 0.7) on coordinate 1, a 2-d mixture on (0, 2)
+    prod = FAMILIES["product"][0]  # N(0.5, 0.7) on coordinate 1, a 2-d mixture on (2, 0)
     pm = prod.as_gaussian_mixture()
     assert pm.num_components == 1 * 3
     m2, c2 = (np.asarray(v, np.float64) for v in prod.factors[1].moments())
-    mean = np.array([m2[0], 0.5, m2[1]])
+    mean = np.array([m2[1], 0.5, m2[0]])
     cov = np.zeros((3, 3))
-    cov[np.ix_([0, 2], [0, 2])] = c2
+    cov[np.ix_([2, 0], [2, 0])] = c2
     cov[1, 1] = 0.7
     for got, want in zip(_mixture_moments(pm), (mean, cov)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -372,8 +372,8 @@ def test_new_family_needs_only_its_own_file(key):
         np.testing.assert_allclose(a, b, rtol=1e-6)
     # the exact law of the sampler (affine score): the same as for the Gaussian
     law_p = cj.verify.sampler_law(cj.compose(p, [cj.diffuse(cond, sched)]), sched,
-                                  method="euler_maruyama", steps=20)
+                                  method="euler_maruyama", steps=8)
     law_q = cj.verify.sampler_law(cj.compose(q, [cj.diffuse(cond, sched)]), sched,
-                                  method="euler_maruyama", steps=20)
+                                  method="euler_maruyama", steps=8)
     np.testing.assert_allclose(law_p.mean, law_q.mean, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(law_p.cov, law_q.cov, rtol=1e-4, atol=1e-5)
