@@ -48,6 +48,7 @@ from .distributions import FactorMixture
 from .mixture_of_models import MixtureOfModels
 from .velocity import VelocityModel, convert_prediction, from_velocity, to_velocity
 from .samplers.methods import DPMSolver2M, DPMSolver2S
+from .distributions.nonlinear import NonlinearPushforward, affine_coupling_map
 
 __version__ = "0.1.0"
 
@@ -118,4 +119,6 @@ __all__ = [
     "smc_sample",
     "LikelihoodInfo",
     "log_likelihood",
+    "NonlinearPushforward",
+    "affine_coupling_map",
 ]

@@ -7,6 +7,7 @@ from .factor_mixture import FactorMixture
 from .gaussian import Gaussian, GaussianMixture
 from .product import Product, normalize_blocks
 from .pushforward import LinearPushforward
+from .nonlinear import NonlinearPushforward, affine_coupling_map
 
 __all__ = [
     "Diffused",
@@ -19,4 +20,6 @@ __all__ = [
     "Product",
     "diffuse",
     "normalize_blocks",
+    "NonlinearPushforward",
+    "affine_coupling_map",
 ]
