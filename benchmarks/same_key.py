@@ -2,7 +2,8 @@
 
 For every sampler method, both layouts (rows; particle-minor columns where the method is
 element-wise), VP and VE schedules, a Gaussian and a mixture background and a plain diffused
-mixture, in d = 2 and d = 3, this script draws ``n = 64`` samples with the same fixed key from
+mixture, in d = 2 or d = 3 (alternating over the schedule/model pairs; both with ``--full``),
+this script draws ``n = 64`` samples with the same fixed key from
 the code of a git revision (default ``a5644f0``, the last commit before the model-protocol /
 typed-methods redesign) and from the current working tree, each in its own process, and
 compares them element by element:
@@ -62,16 +63,18 @@ SCHEDULES = ("VP", "VE")
 DIMS = (2, 3)
 
 
-def cases():
-    """``(case id, method name, layout, schedule, model, d)`` for every comparison."""
+def cases(full: bool = False):
+    """``(case id, method name, layout, schedule, model, d)`` for every comparison: every
+    method, layout, schedule and model, with ``d`` alternating between 2 and 3 over the
+    (schedule, model) pairs (each pair in both dimensions with ``full``)."""
     out = []
-    for d in DIMS:
-        for sch in SCHEDULES:
-            for model in MODELS:
+    for i, sch in enumerate(SCHEDULES):
+        for j, model in enumerate(MODELS):
+            for d in DIMS if full else (DIMS[(i + j) % 2],):
                 for name, (_, _, elementwise) in METHODS.items():
                     for layout in ("rows", "columns") if elementwise else ("rows",):
-                        out.append((f"{name}|{layout}|{sch}|{model}|d={d}", name, layout, sch,
-                                    model, d))
+                        out.append((f"{name}|{layout}|{sch}|{model}|d={d}", name, layout,
+                                    sch, model, d))
     return out
 
 
@@ -106,7 +109,7 @@ def _models(cj, jnp, d):
     return {"gauss-bg": (gauss, [c1, c2]), "mix-bg": (bg, [c1, c2]), "mixture": (full, None)}
 
 
-def worker(out_dir: str, expect_root: str) -> None:
+def worker(out_dir: str, expect_root: str, full: bool) -> None:
     """Run every case with the ``composition_jax`` found first on ``sys.path`` (checked to be
     the one under ``expect_root``); ``out_dir/<i>.npy`` per case (written as it finishes, so a
     run cut short keeps what it did), ``out_dir/meta.json`` at the end."""
@@ -126,7 +129,7 @@ def worker(out_dir: str, expect_root: str) -> None:
     built = {}
     errors = {}
     key = jax.random.key(SEED)
-    all_cases = cases()
+    all_cases = cases(full)
     for j, (cid, name, layout, sch_name, model_name, d) in enumerate(all_cases):
         if j % 16 == 0:
             print(f"  {root.name}: case {j} of {len(all_cases)}", file=sys.stderr, flush=True)
@@ -175,20 +178,20 @@ def compare(a: np.ndarray, b: np.ndarray, max_ulps: int) -> tuple[str, int, floa
     return verdict, worst, float(absdiff.max()), frac
 
 
-def _start_worker(root: Path, out: Path) -> subprocess.Popen:
+def _start_worker(root: Path, out: Path, full: bool) -> subprocess.Popen:
     out.mkdir()
     env = dict(os.environ, PYTHONPATH=str(root))
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(out), "--root",
-           str(root)]
+           str(root)] + (["--full"] if full else [])
     return subprocess.Popen(cmd, env=env, cwd=tempfile.gettempdir())
 
 
-def _load(out: Path) -> tuple[dict, dict]:
+def _load(out: Path, full: bool) -> tuple[dict, dict]:
     """``({case id: samples}, meta)`` of a worker's output directory (what it finished)."""
     meta_path = out / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"errors": {}}
     arrays = {}
-    for j, c in enumerate(cases()):
+    for j, c in enumerate(cases(full)):
         f = out / f"{j}.npy"
         if f.exists():
             arrays[c[0]] = np.load(f)
@@ -207,11 +210,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="also write the markdown table to this file")
     p.add_argument("--jobs", type=int, default=2, choices=(1, 2),
                    help="run the two sides at the same time (2, default) or one after the other")
+    p.add_argument("--full", action="store_true",
+                   help="every (schedule, model) pair in both d = 2 and d = 3 (192 cases; "
+                        "default: d alternates, 96 cases)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--root", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        worker(args.worker, args.root)
+        worker(args.worker, args.root, args.full)
         return 0
 
     signal.signal(signal.SIGTERM, _on_sigterm)  # clean up the worktree when killed
@@ -223,7 +229,7 @@ def main(argv=None) -> int:
         try:
             outs = (Path(tmp) / "old", Path(tmp) / "new")
             for root, out in zip((tree, REPO), outs):
-                procs.append(_start_worker(root, out))
+                procs.append(_start_worker(root, out, args.full))
                 if args.jobs == 1:
                     procs[-1].wait()
             for proc in procs:
@@ -235,7 +241,7 @@ def main(argv=None) -> int:
                     proc.wait()
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
                            check=False)
-        sides = [_load(out) for out in outs]
+        sides = [_load(out, args.full) for out in outs]
         failed = [p.returncode for p in procs if p.returncode]
 
     (old, old_meta), (new, new_meta) = sides
@@ -252,7 +258,7 @@ def main(argv=None) -> int:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     counts = {"identical": 0, "rounding": 0, "DIFFERS": 0, "error": 0}
-    for cid, *_ in cases():
+    for cid, *_ in cases(args.full):
         fields = cid.split("|")
         if cid not in old_meta["errors"] and cid not in old:
             old_meta["errors"][cid] = "not run (worker stopped)"
@@ -268,7 +274,7 @@ def main(argv=None) -> int:
         counts[verdict] += 1
         lines.append("| " + " | ".join(fields) + f" | {verdict} | {ulps} | {diff:.3g} | "
                      f"{frac:.3g} |")
-    lines += ["", ", ".join(f"{k}: {v}" for k, v in counts.items()) + f" (of {len(cases())})"]
+    lines += ["", ", ".join(f"{k}: {v}" for k, v in counts.items()) + f" (of {len(cases(args.full))})"]
     table = "\n".join(lines)
     print(table)
     if args.out:

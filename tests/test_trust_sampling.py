@@ -240,6 +240,32 @@ def test_no_closed_form_or_traced_weights_are_silent(key):
         jax.block_until_ready(run(jnp.array([-1.0]), key))  # traced weights: no check
 
 
+def test_composition_check_any_family_and_size_cap():
+    """The check asks the families themselves (their Gaussian-mixture form): a narrow
+    background to the power -1 under two 40-component mixtures (1600 components) is flagged;
+    with 70 components each the exact law (4900 components, beyond the check's 4096) is not
+    computed: silent, although ``composed_distribution`` raises for it. ``warn_if_no_law`` is
+    the check ``cj.sample`` runs (no sampler is compiled here)."""
+    from composition_jax.samplers.driver import warn_if_no_law
+
+    narrow = cj.diffuse(cj.Gaussian(jnp.zeros(2), 0.01 * jnp.eye(2)), SCH)
+
+    def mix(k):
+        ang = jnp.linspace(0.0, 2.0 * jnp.pi, k, endpoint=False)
+        means = 3.0 * jnp.stack([jnp.cos(ang), jnp.sin(ang)], -1)
+        return cj.diffuse(cj.GaussianMixture(jnp.full((k,), 1.0 / k), means,
+                                             jnp.stack([jnp.eye(2)] * k)), SCH)
+
+    with pytest.warns(cj.CompositionWarning, match="not normalizable"):
+        warn_if_no_law(cj.compose(narrow, [mix(40), mix(40)]))
+    big = cj.compose(narrow, [mix(70), mix(70)])
+    with pytest.raises(ValueError, match="not normalizable"):
+        cj.composed_distribution(narrow.dist, [c.dist for c in big.conditionals])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", cj.CompositionWarning)
+        warn_if_no_law(big)
+
+
 def test_composition_check_is_cached(key, monkeypatch):
     from composition_jax.samplers import driver
 

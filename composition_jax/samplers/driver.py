@@ -264,26 +264,11 @@ def check_key(key: Any, name: str = "key") -> None:
 
 
 # Exact-law check of compositions (Python time, once per model: cached on the identity of the
-# arrays involved, which JAX never mutates).
+# arrays involved, which JAX never mutates), skipped when the exact product mixture would have
+# more than _MAX_LAW_COMPONENTS components (its cost).
 _MAX_LAW_COMPONENTS = 4096
 _LAW_CACHE: OrderedDict = OrderedDict()
 _LAW_CACHE_SIZE = 32
-
-
-def _n_components(dist: Any) -> int | None:
-    """Components of ``dist`` seen as one Gaussian mixture; ``None`` for other families."""
-    from ..distributions import Gaussian, GaussianMixture, LinearPushforward, Product
-
-    if isinstance(dist, Gaussian):
-        return 1
-    if isinstance(dist, GaussianMixture):
-        return int(dist.means.shape[0])
-    if isinstance(dist, LinearPushforward):
-        return _n_components(dist.closed if dist.closed is not None else dist.base)
-    if isinstance(dist, Product):
-        ks = [_n_components(f) for f in dist.factors]
-        return None if any(k is None for k in ks) else math.prod(ks)
-    return None
 
 
 def _law_tree(model: Any):
@@ -305,7 +290,8 @@ def _law_tree(model: Any):
 
 def _law_inputs(kind: str, dists: list, w: Any):
     """``(background, conditionals, weights)`` for ``composed_distribution``, or ``None`` when
-    the numbers are traced, the law is not a composition, or it would cost too much."""
+    the numbers are traced, an input has no Gaussian-mixture form, or the exact law would have
+    more than ``_MAX_LAW_COMPONENTS`` components."""
     from .._checks import is_concrete
     from ..distributions import Gaussian
 
@@ -321,35 +307,32 @@ def _law_inputs(kind: str, dists: list, w: Any):
                 return None
             w = w / s
         w = w[1:]
-    bg, conds = dists[0], dists[1:]
     exps = [1.0 - float(w.sum())] + [float(v) for v in w]
     size = 1
     for d, e in zip(dists, exps):
-        k = _n_components(d)
-        if k is None:
+        # the family's own Gaussian-mixture form (None: none, or too many components)
+        mix = d.as_gaussian_mixture(_MAX_LAW_COMPONENTS)
+        if mix is None:
             return None
-        size *= k ** max(0, math.ceil(e - 1e-6))
+        size *= mix.num_components ** max(0, math.ceil(e - 1e-6))
         if size > _MAX_LAW_COMPONENTS:  # the exact product mixture would cost too much
             return None
-    return bg, list(conds), w
+    return dists[0], list(dists[1:]), w
 
 
 def _law_problem(tree: tuple) -> str | None:
     """Why the exact ``t = 0`` law does not exist (the ``ValueError`` of
     ``composed_distribution``), or ``None`` (it exists, has no closed form, or is unknown)."""
-    try:
-        args = _law_inputs(*tree)
-    except Exception:  # noqa: BLE001 - a diagnostic never breaks sampling
-        return None
-    if args is None:
-        return None
     from .._compose_exact import composed_distribution
 
-    bg, conds, w = args
     try:
         # evaluated now, also when cj.sample is being traced by the caller's jit (the numbers
         # are concrete; without this the operations would be staged and their values unknown)
         with jax.ensure_compile_time_eval():
+            args = _law_inputs(*tree)
+            if args is None:
+                return None
+            bg, conds, w = args
             composed_distribution(bg, conds, jnp.asarray(w, jnp.result_type(float)))
     except ValueError as e:
         return str(e) if "not normalizable" in str(e) else None
@@ -381,7 +364,7 @@ def warn_if_no_law(model: Any, stacklevel: int = 3) -> None:
     """Warn (:class:`CompositionWarning`) when ``model`` composes ``cj.diffuse`` families with
     concrete weights whose exact ``t = 0`` law does not exist. Silent when there is no closed
     form, when numbers are traced, or when the exact product mixture would exceed
-    ``_MAX_LAW_COMPONENTS`` components. Never changes the samples."""
+    ``_MAX_LAW_COMPONENTS`` (4096) components. Never changes the samples."""
     tree = _law_tree(model)
     if tree is None:
         return
