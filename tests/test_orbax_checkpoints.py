@@ -9,7 +9,8 @@
   does not read); the array data, the OCDBT manifest, the array metadata and the integrity record
   are always refused;
 * saving the same step again replaces it (and a failed save puts the old one back); ``max_to_keep``;
-  loading writes nothing; a format-2 file still loads and is replaced by a directory on save.
+  the asynchronous writer commits every step; loading writes nothing; a target's sharding is
+  kept; a format-2 file still loads and is replaced by a directory on save.
 """
 
 from __future__ import annotations
@@ -238,6 +239,27 @@ def test_same_step_is_replaced_and_max_to_keep(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="metadata must be JSON-serializable"):
         training.save_checkpoint(path, {"w": jnp.zeros(2)}, {"f": object()}, step=4)
     assert training.checkpoint_steps(path) == [2, 3]
+
+
+def test_async_writer_commits_every_step(tmp_path):
+    """Steps started in the background are all committed by the end of the ``with`` block,
+    each bit-identical to what was passed; re-saving a pending step replaces it."""
+    trees = [{"w": jnp.full((3,), float(s), jnp.float32), "k": jax.random.key(s)}
+             for s in range(4)]
+    with training.CheckpointWriter(tmp_path / "a", max_to_keep=3) as w:
+        for s, t in enumerate(trees):
+            w.save(t, {"s": s}, step=s)
+        w.save(trees[0], {"s": "again"}, step=3)  # step 3 may still be in flight
+    assert training.checkpoint_steps(tmp_path / "a") == [1, 2, 3]
+    target = jax.eval_shape(lambda: trees[0])
+    for s in (1, 2):
+        back, meta = training.load_checkpoint(tmp_path / "a", target, step=s)
+        _assert_states_equal(back, trees[s])
+        assert meta == {"s": s}
+    back, meta = training.load_checkpoint(tmp_path / "a", target)
+    _assert_states_equal(back, trees[0])
+    assert meta == {"s": "again"}
+    assert sorted(q.name for q in (tmp_path / "a").iterdir()) == ["1", "2", "3"]
 
 
 def test_loading_writes_nothing(trained, tmp_path):

@@ -165,6 +165,7 @@ def test_resume_is_bit_identical(key, tmp_path):
         tr2.restore(path, data=(x + 1.0, labels))
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's loop
 def test_checkpoint_round_trip_and_errors(key, tmp_path):
     net = nn.MLPScoreNet(dim=2, hidden=16, depth=1)
     params = nn.init_params(net, key)

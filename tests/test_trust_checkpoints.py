@@ -404,6 +404,7 @@ def test_cache_folder_is_per_user(monkeypatch, tmp_path):
     assert (_common.cache_dir().stat().st_mode & 0o777) == 0o700
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's loop
 def test_untrusted_cache_folder_is_ignored(trained, monkeypatch, tmp_path):
     """A self-consistent entry in a folder others can write (or another user owns) is not
     trusted: the model is retrained, with a warning, and nothing is written there."""

@@ -2,7 +2,8 @@
 
 ``DSMTrainer`` (jitted fused steps, EMA, progress bar, exact resumption; its checkpoints record
 and check the schedule, parameterization, network, training settings and data),
-``save_checkpoint`` / ``load_checkpoint`` / ``checkpoint_steps`` (orbax checkpoint directories
+``save_checkpoint`` / ``CheckpointWriter`` (asynchronous) / ``load_checkpoint`` /
+``checkpoint_steps`` (orbax checkpoint directories
 with an integrity record on top: SHA-256 over the arrays and the metadata, every leaf's path,
 shape and dtype checked; :class:`CheckpointError`, a ``ValueError``, names the problem),
 ``fisher_divergence`` (per-time score error against ``cj.diffuse(dist, schedule)``).
@@ -11,6 +12,7 @@ shape and dtype checked; :class:`CheckpointError`, a ``ValueError``, names the p
 from .checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
+    CheckpointWriter,
     checkpoint_steps,
     load_checkpoint,
     read_checkpoint_header,
@@ -26,6 +28,7 @@ __all__ = [
     "TIME_SAMPLINGS",
     "WEIGHTINGS",
     "CheckpointError",
+    "CheckpointWriter",
     "DSMTrainer",
     "FisherReport",
     "TrainState",

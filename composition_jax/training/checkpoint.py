@@ -72,7 +72,7 @@ import struct
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import jax
 import jax.numpy as jnp
@@ -82,6 +82,7 @@ from flax import serialization
 __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
+    "CheckpointWriter",
     "checkpoint_steps",
     "load_checkpoint",
     "read_checkpoint_header",
@@ -241,13 +242,11 @@ def _is_legacy_file(path: Path) -> bool:
     return path.is_file()
 
 
-def _manager(path: Path, *, write: bool, keep: int | None = None):
-    """A synchronous CheckpointManager on ``path``; for reading (``write=False``) it creates
-    nothing (orbax's ``read_only`` mode would log a warning on every open)."""
+def _reader(path: Path):
+    """A CheckpointManager on ``path`` that creates nothing (orbax's ``read_only`` mode would log
+    a warning on every open)."""
     ocp = _ocp()
-    policy = None if keep is None else ocp.checkpoint_managers.LatestN(keep)
-    options = ocp.CheckpointManagerOptions(
-        create=write, enable_async_checkpointing=False, preservation_policy=policy)
+    options = ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False)
     return ocp.CheckpointManager(path, options=options, item_names=_ITEMS)
 
 
@@ -265,7 +264,7 @@ def _open_for_reading(path: Path):
     if not path.is_dir():  # pragma: no cover - files go to the single-file reader
         raise CheckpointError(f"{path} is not a checkpoint directory")
     try:
-        return _manager(path, write=False)
+        return _reader(path)
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{path} is not a readable checkpoint directory ({_brief(e)})") \
             from None
@@ -302,40 +301,11 @@ def _pick_step(m, path: Path, step: int | None) -> int:
 
 
 # -- save ----------------------------------------------------------------------------------------
-def save_checkpoint(
-    path: str | os.PathLike,
-    tree: Any,
-    metadata: dict | None = None,
-    *,
-    step: int = 0,
-    max_to_keep: int | None = None,
-) -> None:
-    """Save ``tree`` (a pytree of arrays) and JSON-serializable ``metadata`` as step ``step`` of
-    the orbax checkpoint directory ``path``.
-
-    The integrity record (fingerprint, key implementations, SHA-256 of the arrays and of the
-    record) is written next to the arrays. An existing checkpoint of the same step is replaced,
-    and a file of the previous single-file format at ``path`` is replaced by the directory: what
-    is replaced is moved aside first and put back if the new save fails.
-
-    Args:
-      path: the checkpoint directory (created if missing).
-      tree: a pytree of arrays (typed PRNG keys allowed); leaves of object or structured dtype
-        are refused before anything is written.
-      metadata: JSON-serializable mapping stored in the record.
-      step: non-negative step number, the name of the step directory.
-      max_to_keep: keep only the newest ``max_to_keep`` steps (``None``: keep all).
-
-    Raises:
-      ValueError: unsupported leaves, non-JSON metadata, a bad ``step`` or ``max_to_keep``.
-      CheckpointError: ``path`` is a file that is not a checkpoint of this library.
-    """
+def _prepare(tree: Any, metadata: dict | None, step: Any) -> tuple[int, dict, dict]:
+    """Validate; return ``(step, nested dict of arrays to save, JSON record)``."""
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
         raise ValueError(f"step must be a non-negative int, got {step!r}")
     step = int(step)
-    if max_to_keep is not None and (isinstance(max_to_keep, bool) or
-                                    not isinstance(max_to_keep, int) or max_to_keep < 1):
-        raise ValueError(f"max_to_keep must be a positive int or None, got {max_to_keep!r}")
     fingerprint = tree_fingerprint(tree)
     parts = _leaf_parts(tree)
     key_impls: dict[str, str] = {}
@@ -362,43 +332,169 @@ def save_checkpoint(
         "arrays_sha256": _arrays_digest(hashed),
     }
     try:  # what JsonSave writes and reads back (field order kept; the digest sorts keys)
-        canon = json.loads(json.dumps(record, allow_nan=True))
+        record = json.loads(json.dumps(record, allow_nan=True))
     except (TypeError, ValueError) as e:
         raise ValueError(f"metadata must be JSON-serializable: {e}") from None
-    canon["sha256"] = _record_digest(canon)
+    record["sha256"] = _record_digest(record)
+    return step, _nest(to_save), record
 
-    path = Path(path)
-    old_file = aside = None
-    if _is_legacy_file(path):
-        with open(path, "rb") as f:
-            if f.read(len(MAGIC)) != MAGIC:
-                raise CheckpointError(f"{path} is a file that is not a composition_jax checkpoint; "
-                                      f"refusing to replace it")
-        old_file = path.with_name(f".{path.name}.replaced-{uuid.uuid4().hex[:8]}")
-        os.replace(path, old_file)
-    elif (path / str(step)).exists():
-        aside = path / f".replaced-{step}-{uuid.uuid4().hex[:8]}"
-        os.replace(path / str(step), aside)
-    ocp = _ocp()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with _manager(path, write=True, keep=max_to_keep) as m:
-            m.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_nest(to_save)), meta=ocp.args.JsonSave(canon)),
-                force=True)
-            m.wait_until_finished()
-    except BaseException:  # put back what this save replaced
-        if old_file is not None:
-            shutil.rmtree(path, ignore_errors=True)
-            os.replace(old_file, path)
-        if aside is not None:
-            shutil.rmtree(path / str(step), ignore_errors=True)
-            os.replace(aside, path / str(step))
-        raise
-    if old_file is not None:
-        old_file.unlink()
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
+
+class CheckpointWriter:
+    """Writes the steps of one orbax checkpoint directory through one open
+    ``CheckpointManager``, asynchronously by default.
+
+    :meth:`save` returns once the arrays are on the host and the integrity record is computed;
+    orbax writes the step in a background thread (committed atomically: written under a
+    temporary name, renamed when complete), so training continues meanwhile. :meth:`wait` (or
+    leaving the ``with`` block, or :meth:`close`) blocks until every pending step is committed and
+    raises a failed write's error. Saving a step that exists replaces it, and a file of the
+    previous single-file format at ``path`` is replaced by the directory; what is replaced is
+    moved aside first, deleted once the new step is committed, put back if its write fails.
+
+    Args:
+      path: the checkpoint directory (created on the first save).
+      max_to_keep: keep only the newest ``max_to_keep`` steps (``None``: keep all).
+      use_async: write in the background (``False``: :meth:`save` returns when committed).
+
+    Example:
+      >>> with CheckpointWriter(path) as w:          # doctest: +SKIP
+      ...     for step in range(0, 1000, 100):
+      ...         state = train_some_more(state)
+      ...         w.save(state, {"note": "..."}, step=step)
+    """
+
+    def __init__(self, path: str | os.PathLike, *, max_to_keep: int | None = None,
+                 use_async: bool = True):
+        if max_to_keep is not None and (isinstance(max_to_keep, bool) or
+                                        not isinstance(max_to_keep, int) or max_to_keep < 1):
+            raise ValueError(f"max_to_keep must be a positive int or None, got {max_to_keep!r}")
+        self.path = Path(path)
+        self.max_to_keep = max_to_keep
+        self.use_async = bool(use_async)
+        self._manager = None
+        self._replaced: list[tuple[Path, Path]] = []  # (moved-aside copy, where it belongs)
+
+    def _open(self):
+        if self._manager is None:
+            ocp = _ocp()
+            policy = None if self.max_to_keep is None else \
+                ocp.checkpoint_managers.LatestN(self.max_to_keep)
+            options = ocp.CheckpointManagerOptions(
+                create=True, enable_async_checkpointing=self.use_async,
+                preservation_policy=policy)
+            self._manager = ocp.CheckpointManager(self.path, options=options, item_names=_ITEMS)
+        return self._manager
+
+    def save(self, tree: Any, metadata: dict | None = None, *, step: int) -> None:
+        """Start writing ``tree`` (a pytree of arrays, typed PRNG keys allowed) and
+        JSON-serializable ``metadata`` as step ``step``.
+
+        Raises:
+          ValueError: leaves of object or structured dtype, non-JSON metadata, a bad ``step``
+            (refused before anything is written).
+          CheckpointError: ``path`` is a file that is not a checkpoint of this library.
+        """
+        step, nested, record = _prepare(tree, metadata, step)
+        path = self.path
+        if self._manager is not None and step in self._manager.all_steps():
+            self.wait()  # this writer's own write of that step may be in flight
+        if _is_legacy_file(path):
+            with open(path, "rb") as f:
+                if f.read(len(MAGIC)) != MAGIC:
+                    raise CheckpointError(f"{path} is a file that is not a composition_jax "
+                                          f"checkpoint; refusing to replace it")
+            aside = path.with_name(f".{path.name}.replaced-{uuid.uuid4().hex[:8]}")
+            os.replace(path, aside)
+            self._replaced.append((aside, path))
+        elif (path / str(step)).exists():
+            aside = path / f".replaced-{step}-{uuid.uuid4().hex[:8]}"
+            os.replace(path / str(step), aside)
+            self._replaced.append((aside, path / str(step)))
+            if self._manager is not None:
+                self._manager.reload()
+        ocp = _ocp()
+        try:
+            self._open().save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(nested), meta=ocp.args.JsonSave(record)), force=True)
+            if not self.use_async:
+                self.wait()
+        except BaseException:
+            self._put_back()
+            raise
+
+    def _put_back(self) -> None:
+        for aside, where in reversed(self._replaced):
+            if where.is_dir():
+                shutil.rmtree(where, ignore_errors=True)
+            elif where.exists():
+                where.unlink()
+            os.replace(aside, where)
+        self._replaced.clear()
+
+    def wait(self) -> None:
+        """Block until every started step is committed; raise a failed write's error (what it
+        replaced is put back)."""
+        if self._manager is None:
+            return
+        try:
+            self._manager.wait_until_finished()
+        except BaseException:
+            self._put_back()
+            raise
+        for aside, _ in self._replaced:
+            if aside.is_dir():
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                aside.unlink(missing_ok=True)
+        self._replaced.clear()
+
+    def close(self) -> None:
+        """:meth:`wait`, then release the manager."""
+        try:
+            self.wait()
+        finally:
+            if self._manager is not None:
+                self._manager.close()
+                self._manager = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    tree: Any,
+    metadata: dict | None = None,
+    *,
+    step: int = 0,
+    max_to_keep: int | None = None,
+) -> None:
+    """Save ``tree`` (a pytree of arrays) and JSON-serializable ``metadata`` as step ``step`` of
+    the orbax checkpoint directory ``path``; returns when the step is committed (a synchronous
+    :class:`CheckpointWriter`).
+
+    The integrity record (fingerprint, key implementations, SHA-256 of the arrays and of the
+    record) is written next to the arrays. An existing checkpoint of the same step is replaced,
+    and a file of the previous single-file format at ``path`` is replaced by the directory: what
+    is replaced is moved aside first and put back if the new save fails.
+
+    Args:
+      path: the checkpoint directory (created if missing).
+      tree: a pytree of arrays (typed PRNG keys allowed); leaves of object or structured dtype
+        are refused before anything is written.
+      metadata: JSON-serializable mapping stored in the record.
+      step: non-negative step number, the name of the step directory.
+      max_to_keep: keep only the newest ``max_to_keep`` steps (``None``: keep all).
+
+    Raises:
+      ValueError: unsupported leaves, non-JSON metadata, a bad ``step`` or ``max_to_keep``.
+      CheckpointError: ``path`` is a file that is not a checkpoint of this library.
+    """
+    with CheckpointWriter(path, max_to_keep=max_to_keep, use_async=False) as w:
+        w.save(tree, metadata, step=step)
 
 
 # -- load ----------------------------------------------------------------------------------------

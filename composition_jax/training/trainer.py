@@ -34,7 +34,7 @@ from .._pytree import pytree_dataclass, replace
 from ..distributions.base import Distribution
 from ..nn.model import PARAMETERIZATIONS, ScoreNetModel, _check_network, init_params
 from ..schedules import Schedule
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, CheckpointWriter, load_checkpoint, save_checkpoint
 from .dsm import TIME_SAMPLINGS, WEIGHTINGS, dsm_loss_per_example, sample_times
 
 __all__ = ["DSMTrainer", "TrainState"]
@@ -387,7 +387,10 @@ class DSMTrainer:
           progress: show a tqdm progress bar with the running loss when tqdm is installed.
           checkpoint_path: if given, an orbax checkpoint directory: the state is saved there (as
             a step of that directory, with the data's fingerprint, see :meth:`save`) every
-            ``checkpoint_every`` steps (rounded up to whole chunks) and at the end.
+            ``checkpoint_every`` steps (rounded up to whole chunks) and at the end. The saves
+            are asynchronous (training continues while orbax writes, see
+            :class:`~composition_jax.training.checkpoint.CheckpointWriter`); ``train`` returns
+            once every step is committed.
           checkpoint_every: steps between checkpoints (``None``: only at the end).
           checkpoint_keep: keep only the newest ``checkpoint_keep`` steps (``None``: all).
 
@@ -399,14 +402,17 @@ class DSMTrainer:
         if not isinstance(state, TrainState):
             raise TypeError(f"state must be a TrainState, got {type(state).__name__}")
         data = self._check_data(data)
-        save = None
-        if checkpoint_path is not None:
-            fp = self.data_fingerprint(data)
-
+        if checkpoint_path is None:
+            return self._train(state, data, num_steps, progress, None, checkpoint_every)
+        fp = self.data_fingerprint(data)
+        with CheckpointWriter(checkpoint_path, max_to_keep=checkpoint_keep) as writer:
             def save(st):
                 meta = {"step": int(st.step), "trainer": self.config(), "data": fp}
-                save_checkpoint(checkpoint_path, st, meta, step=int(st.step),
-                                max_to_keep=checkpoint_keep)
+                writer.save(st, meta, step=int(st.step))
+
+            return self._train(state, data, num_steps, progress, save, checkpoint_every)
+
+    def _train(self, state, data, num_steps, progress, save, checkpoint_every):
         k = self.steps_per_call
         bar = _progress(num_steps, progress)
         losses, done, since_ckpt = [], 0, 0
