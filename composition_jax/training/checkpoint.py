@@ -24,12 +24,14 @@ its configuration there), ``arrays_sha256`` and ``sha256``:
 * ``sha256`` is the SHA-256 of the canonical JSON (sorted keys) of every other field of the
   record, ``arrays_sha256`` included: one digest covers the metadata and, through it, the arrays.
 
-What orbax brings, and what is exercised here: orbax's atomic step directories (written under a
-temporary name and renamed when complete), sharded arrays (a target whose leaves carry a
-``sharding`` restores with it) and multi-host writing. This module runs orbax single process,
-arrays on one device (CPU in the tests), synchronously (``save_checkpoint`` returns when the step
-is committed). The integrity record needs every array fully addressable by the saving process;
-a multi-host run would need a per-shard record, which is not implemented.
+What orbax brings, and what of it is exercised here: atomic step directories (written under a
+temporary name, renamed when complete), asynchronous writes (:class:`CheckpointWriter`, which
+the trainer's periodic checkpoints use; :func:`save_checkpoint` is its synchronous form),
+sharded arrays (a target whose leaves carry a ``sharding`` restores with it) and multi-host
+writing. The tests run orbax in a single process with every array on one CPU device (a sharded
+target is tested on a one-device mesh only). The integrity record needs every array fully
+addressable by the saving process, so multi-host saving (orbax's reason for per-process files)
+would need a per-shard record, which is not implemented.
 
 Loading
 -------
@@ -57,9 +59,10 @@ Files of the previous format
 Format 2 was a single file ``b"CJAXCKPT" | uint64 header length | header (JSON) | payload (flax
 msgpack) | SHA-256 of everything before it``. It is still *read* (never written): a path that is a
 file goes to that reader, which keeps its checks (whole-file digest, header fields, fingerprint,
-decoded payload), so models already in a parameter cache keep loading instead of being retrained
-(the learned experiments train for minutes). :func:`save_checkpoint` onto such a file replaces it
-by a checkpoint directory. Format 1 (header outside the hash) is refused.
+decoded payload), so models already in a parameter cache keep loading instead of being
+retrained; the reader is small and its checks are the strongest of the three formats (one digest
+over every byte). :func:`save_checkpoint` onto such a file replaces it by a checkpoint directory.
+Format 1 (header outside the hash) is refused.
 """
 
 from __future__ import annotations
