@@ -302,10 +302,7 @@ def _scatter_figures(res, plt, folder: Path) -> list[str]:
     c = spec["coords"] if spec else "x"
     axis_label = (lambda j: f"x[{j}]") if c == "x" else (lambda j: f"z[{j}] = (A x)[{j}]")
     target = _projective_target_2d(spec) if spec else None
-    if "target_mean" in res.metrics:  # exact C[p] (mask scenarios); else the plotted target
-        cmean = np.asarray(res.metrics["target_mean"], float)
-        ccov = np.asarray(res.metrics["target_cov"], float)
-    elif "target" in p:
+    if "target" in p:  # the exact t = 0 composition C[p], in the plotted coordinates
         cmean, ccov = (np.asarray(a, float) for a in p["target"])
     else:
         cmean = ccov = None
