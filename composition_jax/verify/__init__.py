@@ -9,7 +9,7 @@ from typing import Any
 from . import stats
 from .factorized import FCResult, factorized_conditionals
 from .gap import GapResult, composition_gap
-from .heuristics import mean_difference_cosines
+from .heuristics import mean_difference_cosines, sampler_disagreement
 from .locality import LocalityReport, score_locality
 from .projective import BlockReport, ProjectiveReport, TestOutcome, projective
 from .same_law import SameLawReport, same_law
@@ -30,6 +30,7 @@ __all__ = [
     "score_locality",
     "SameLawReport",
     "same_law",
+    "sampler_disagreement",
     "scenarios",
     "stats",
 ]

@@ -12,7 +12,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-__all__ = ["mean_difference_cosines"]
+__all__ = ["mean_difference_cosines", "sampler_disagreement"]
 
 
 def mean_difference_cosines(means: Any, background_mean: Any) -> jnp.ndarray:
@@ -56,3 +56,79 @@ def mean_difference_cosines(means: Any, background_mean: Any) -> jnp.ndarray:
     c = jnp.clip(u @ u.T, -1.0, 1.0)
     c = 0.5 * (c + c.T)
     return jnp.where(jnp.eye(m.shape[0], dtype=bool), jnp.ones((), dt), c)
+
+
+def sampler_disagreement(samples: Any, *, alpha: float = 0.01, floor: float = 0.04) -> dict:
+    r"""Do several samplers' endpoints for the SAME composed model disagree? A diagnostic of a
+    composition that is not a diffusion path (claim 26; Bradley et al. 2025, Section 7).
+
+    Under Factorized Conditionals the summed noised scores are the exact scores of
+    ``N_t[C[p]]`` (Theorem 5.3), so every consistent reverse-diffusion sampler (reverse SDE,
+    probability-flow ODE, predictor-corrector) targets the same law and their endpoints agree up
+    to discretization. When FC fails, ``C[p^t]`` is not a diffusion path and the samplers
+    integrate different (inconsistent) dynamics: their endpoints differ. The diagnostic compares
+    every pair ``(a, b)`` of samplers coordinate-wise:
+
+    * means: ``z = (xbar_a - xbar_b) / sqrt(v_a / n_a + v_b / n_b)`` (two-sample z, their standard
+      errors);
+    * standard deviations: ``z = (s_a - s_b) / sqrt(s_a^2 / (2 n_a) + s_b^2 / (2 n_b))`` (the
+      normal-theory standard error of a sample sd);
+
+    with a two-sided normal p-value, Bonferroni over all pairs, coordinates and the two moments.
+    A difference counts when it is significant at ``alpha`` AND larger than ``floor`` pooled
+    standard deviations (the discretization bias of consistent samplers, see
+    :mod:`composition_jax.zoo.rules`, is below ``0.02`` sd at the zoo's step counts).
+
+    Args:
+      samples: ``{name: (n_name, d) array}`` of at least two samplers' outputs.
+      alpha: family-wise level.
+      floor: smallest difference, in pooled standard deviations, that counts.
+
+    Returns:
+      ``{"disagree": bool, "max_abs_z": float, "max_effect_sd": float, "worst": str, "pairs":
+      {"a vs b": {"mean_diff": [...], "mean_z": [...], "sd_diff": [...], "sd_z": [...]}}}``.
+
+    Raises:
+      ValueError: fewer than two samplers, or samples of different dimensions.
+    """
+    import itertools
+    import math
+
+    import numpy as np
+    from scipy.stats import norm
+
+    if not isinstance(samples, dict) or len(samples) < 2:
+        raise ValueError("samples must be a dict of at least two samplers' (n, d) outputs")
+    arrs = {k: np.asarray(v, np.float64) for k, v in samples.items()}
+    dims = {k: v.shape for k, v in arrs.items()}
+    if any(v.ndim != 2 or v.shape[0] < 2 for v in arrs.values()) or len(
+            {v.shape[1] for v in arrs.values()}) != 1:
+        raise ValueError(f"samples must be (n, d) arrays of one dimension d, got {dims}")
+    d = next(iter(arrs.values())).shape[1]
+    pairs = list(itertools.combinations(arrs, 2))
+    m = 2 * d * len(pairs)
+    out, best = {}, (0.0, 0.0, "")
+    disagree = False
+    for a, b in pairs:
+        xa, xb = arrs[a], arrs[b]
+        na, nb = xa.shape[0], xb.shape[0]
+        ma, mb, sa, sb = xa.mean(0), xb.mean(0), xa.std(0, ddof=1), xb.std(0, ddof=1)
+        pooled = np.sqrt(0.5 * (sa**2 + sb**2))
+        zm = (ma - mb) / np.sqrt(sa**2 / na + sb**2 / nb)
+        zs = (sa - sb) / np.sqrt(sa**2 / (2 * na) + sb**2 / (2 * nb))
+        for z, diff, what in ((zm, ma - mb, "mean"), (zs, sa - sb, "sd")):
+            p = 2 * norm.sf(np.abs(z))
+            eff = np.abs(diff) / pooled
+            hit = (p < alpha / m) & (eff > floor)
+            disagree = disagree or bool(hit.any())
+            j = int(np.argmax(np.abs(z)))
+            if abs(z[j]) > best[0]:
+                best = (float(abs(z[j])), float(eff[j]), f"{a} vs {b}: {what} of coordinate {j}")
+        out[f"{a} vs {b}"] = {"mean_diff": np.round(ma - mb, 5).tolist(),
+                              "mean_z": np.round(zm, 2).tolist(),
+                              "sd_diff": np.round(sa - sb, 5).tolist(),
+                              "sd_z": np.round(zs, 2).tolist()}
+    return {"disagree": disagree, "max_abs_z": round(best[0], 3),
+            "max_effect_sd": round(best[1], 4), "worst": best[2], "alpha": alpha,
+            "floor": floor, "num_comparisons": m, "pairs": out,
+            "threshold_z": round(float(norm.isf(alpha / (2 * m))), 3) if m else math.inf}

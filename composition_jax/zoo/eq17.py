@@ -22,7 +22,9 @@ from ._common import (
     Outcome,
     activity,
     check_projective,
+    check_same_law,
     cosines,
+    exact_composition,
     fc,
     gap,
     sample_model,
@@ -75,12 +77,15 @@ def _run(cfg: Config, key: jax.Array, background: str, s0: float = 0.05):
     k_gap, k_s = jax.random.split(key)
     metrics["composition_gap"] = gap(bg, cS, sch, cfg, k_gap)
     model = eq17_model(sch, conds, empty, background, S)
+    exact = exact_composition(bg, cS)  # Gaussian for the empty background; None for p_u
     per, plots = {}, {"heatmaps": {}}
     for i, m in enumerate(STANDARD_SAMPLERS):
         ks, kv = jax.random.split(jax.random.fold_in(k_s, i))
         x = sample_model(cfg, ks, model, sch, D8, m)
         rep, mat = check_projective(cfg, kv, x, cS, blocks, background=empty)
-        per[m] = {**summarize(rep, mat), **activity(x, S), "_material": mat}
+        joint, mat_j = check_same_law(cfg, jax.random.fold_in(kv, 1), x, exact)
+        per[m] = {**summarize(rep, mat), **activity(x, S), "joint_law": joint,
+                  "_material": mat + mat_j}
         plots["heatmaps"][m] = x[:64]
     return metrics, per, plots
 

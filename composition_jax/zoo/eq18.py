@@ -26,7 +26,9 @@ from ._common import (
     Outcome,
     activity,
     check_projective,
+    check_same_law,
     cosines,
+    exact_composition,
     fc,
     gap,
     sample_model,
@@ -105,14 +107,28 @@ def _run(cfg: Config, key: jax.Array, background: str, q: float = 0.5, s0: float
     metrics["composition_gap"] = (gap(bg, cS, sch, cfg, k_gap) if cfg.mode == "full" else
                                   {"available": False, "why": "computed in full mode only"})
     model = eq18_model(sch, q, s0, background, S)
+    exact = exact_composition(bg, cS) if background == "clutter" else None
     per, plots = {}, {"heatmaps": {}}
     for i, m in enumerate(STANDARD_SAMPLERS):
         ks, kv = jax.random.split(jax.random.fold_in(k_s, i))
         x = sample_model(cfg, ks, model, sch, D8, m)
-        # the intended scene: objects on S, q-clutter elsewhere (background block vs clutter p_b)
-        rep, mat = check_projective(cfg, kv, x, cS, blocks, background=pb)
+        if background == "clutter":
+            # the intended scene: objects on S, q-clutter elsewhere (background block vs p_b),
+            # and the joint law against the exact C[p] (Theorem 5.3: blocks independent)
+            rep, mat = check_projective(cfg, kv, x, cS, blocks, background=pb)
+            joint, mat_j = check_same_law(cfg, jax.random.fold_in(kv, 1), x, exact)
+            mat = mat + mat_j
+            extra = {"joint_law": joint}
+        else:
+            # Definition 4.1 constrains the conditional blocks only; the background block is
+            # measured as its own effect (not part of the verdict)
+            rep, mat = check_projective(cfg, kv, x, cS, blocks)
+            xb = x[:, rest]
+            rb, mb = check_projective(cfg, jax.random.fold_in(kv, 1), xb,
+                                      [pb.marginal(rest)], [list(range(len(rest)))])
+            extra = {"background_block": {**summarize(rb, mb), "projective": not mb}}
         cond_only = [r for r in mat if r.startswith("conditional")]
-        per[m] = {**summarize(rep, mat), **activity(x, S),
+        per[m] = {**summarize(rep, mat), **activity(x, S), **extra,
                   "frac_active_off_S": float((x[:, rest] > 0.5).mean()),
                   "conditional_blocks_projective": not cond_only, "_material": mat}
         plots["heatmaps"][m] = x[:64]
@@ -141,25 +157,51 @@ def clutter_background(cfg: Config, key: jax.Array) -> Outcome:
 
 
 @scenario("eq18_clutter_bayes", expected="failure",
-          title="8-D cluttered, Bayes background p_u",
-          description="Eq. (18) with the Bayes background p_u: S is active but the clutter "
-                      "statistics off S are distorted (~0.37 active instead of q = 0.5)")
+          title="8-D cluttered, Bayes background p_u (sampler-dependent)",
+          description="Eq. (18) with p_u: not Factorized Conditionals; judged on the conditional "
+                      "blocks (Definition 4.1): the mean on S is right but reverse diffusion "
+                      "misses the S law (ode_heun grossly), and the clutter off S is distorted")
 def clutter_bayes(cfg: Config, key: jax.Array) -> Outcome:
-    """Eq. (18) with ``p_u``: the conditional blocks come out right, but the background block's
-    clutter statistics are distorted -> failure under the stated criterion."""
+    """Eq. (18) with ``p_u``, judged by Definition 4.1 on the conditional blocks only.
+
+    At ``t = 0``, ``p_u(x) = p_b(x) #ones(x) / (8 q)`` up to exponentially small overlaps, so
+    ``C[p] = [FC composition] x (8 q / #ones)^(k-1)``: every coordinate of ``S`` is exactly
+    ``N(1, s0^2)`` (the conditional blocks are projective) and only the clutter off ``S`` is
+    reweighted towards fewer objects (about 0.37 active instead of ``q = 0.5``). But FC fails, so
+    the summed noised scores are not a diffusion path (Section 7): no sampler is guaranteed to
+    reach ``C[p]``, and the outcome on ``S`` depends on the sampler (claim 26). Measured at the
+    zoo's sizes (200 steps): ``ode_heun`` misses ``S`` (KS ``D ~ 0.16``, std ``~0.08`` instead of
+    0.05, mean 0.97); Euler--Maruyama and the predictor-corrector put the mean on ``S`` at 1.00
+    (as Figure 12, right, shows) with a spread about 9 % too large (variance +19 %), above the
+    floors. Expected: ``"failure"`` -- the verdict needs every standard sampler to produce the
+    projective composition on ``S``, and the theory gives no reason that they would; the mean
+    activation on ``S`` (the paper's by-eye criterion) is reported per sampler, as is the
+    background distortion (its own effect, not part of the verdict).
+    """
     metrics, per, plots = _run(cfg, key, "bayes")
     observed, reasons = verdict(per)
-    cond_ok = all(per[m]["conditional_blocks_projective"] for m in STANDARD_SAMPLERS)
+    q = metrics["q"]
     reasons.insert(0, "theory: p_u(x) = p_b(x) #ones(x)/(8q), so C[p] = [FC composition] x "
-                      "(8q/#ones)^(k-1): S is still active but patterns with fewer clutter ones "
-                      "are favoured (t = 0 target: ~0.37 active off S for q = 0.5, not 0.5); FC "
-                      "fails (exact check: " + ("holds" if metrics["factorized_conditionals"][
-                          "holds"] else "fails") + "). Criterion (same as the clutter "
-                      "background): conditional blocks match p_i|M_i AND background block "
-                      "matches the clutter law")
-    reasons.append(f"conditional blocks projective for every sampler: {cond_ok}")
-    reasons.append("active fraction off S per sampler: " + ", ".join(
-        f"{m}={per[m]['frac_active_off_S']:.3f}" for m in STANDARD_SAMPLERS))
-    metrics["conditional_blocks_projective"] = cond_ok
+                      "(8q/#ones)^(k-1): at t = 0 each S coordinate is exactly N(1, s0^2) "
+                      "(projective on S, Definition 4.1) and only the clutter off S is "
+                      "reweighted; FC fails (exact check: " + ("holds" if metrics[
+                          "factorized_conditionals"]["holds"] else "fails") + "), so reverse "
+                      "diffusion is not guaranteed to reach C[p] and the outcome on S is "
+                      "sampler-dependent. Criterion: the conditional blocks only")
+    reasons.append("per sampler on S (mean / std, data std " + f"{metrics['s0']}): " + ", ".join(
+        f"{m}={per[m]['mean_on_S']:.3f}/{per[m]['std_on_S']:.3f} "
+        f"({'projective' if per[m]['conditional_blocks_projective'] else 'not projective'})"
+        for m in STANDARD_SAMPLERS))
+    reasons.append("background distortion (own effect, not in the verdict): active fraction off "
+                   "S " + ", ".join(f"{m}={per[m]['frac_active_off_S']:.3f}"
+                                    for m in STANDARD_SAMPLERS)
+                   + f" instead of q = {q} (Figure 12, right: ~0.33)")
+    metrics["conditional_blocks_projective"] = {m: per[m]["conditional_blocks_projective"]
+                                                for m in STANDARD_SAMPLERS}
+    metrics["sampler_dependent"] = len(set(metrics["conditional_blocks_projective"].values())) > 1
+    metrics["background_distortion"] = {
+        m: {"frac_active_off_S": per[m]["frac_active_off_S"], "q": q,
+            "max_ks_D": per[m]["background_block"]["worst_effects"].get("max_ks_D")}
+        for m in STANDARD_SAMPLERS}
     metrics["samplers"] = strip(per)
     return Outcome(observed, metrics, reasons, plots)

@@ -4,22 +4,56 @@ composition (Definition 4.1 of Bradley et al. 2025), and the observed verdict of
 **Material rejections.** A sampler's output is *projective* when no test of
 :func:`~composition_jax.verify.projective` at family-wise level :data:`ALPHA` (Bonferroni over all
 its tests) rejects *materially*: a rejection counts only when its effect size also exceeds a
-floor (:data:`EFFECT_FLOORS`): Kolmogorov distance ``D > 0.05``, Mahalanobis mean error ``> 0.1``
-(a tenth of a standard deviation), relative covariance error
-``|S - Sigma|_F / |Sigma|_F > 0.2``, unbiased ``MMD^2 > 0.01``, sliced ``W_2 > 0.1``.
+floor (:data:`EFFECT_FLOORS`). Where the exact ``t = 0`` composition ``C[p]`` has a closed form
+(:func:`~composition_jax.composed_distribution`) and Theorem 5.3 (or its feature-space form)
+says the samplers reach it, the JOINT law is tested too, with
+:func:`~composition_jax.verify.same_law` (Holm at :data:`ALPHA` over MMD, energy distance, the
+exact mean chi-square and the Wald covariance test), under the same floors; its material
+rejections count like the block tests'.
 
-The floors make the verdict about the *law* and not about ``n``: at large ``n`` the tests resolve
-the samplers' discretization bias, which is not what the theory is about. They sit above the
-discretization bias of the exactly Factorized-Conditionals cases (measured with
-:func:`~composition_jax.verify.sampler_law` for Gaussians: ``< 0.03`` standard deviations) and
-well below every failure the theory predicts (Bayes background, eq. (17): mean error ``> 10`` sd;
-overlapping masks: ``0.5`` sd; weights ``w != 1``: ``> 0.5`` sd; sheared feature space, Section 7:
-``~0.2`` sd).
+**Floors: tight, and justified by the exact discretization bias.** The floors make the verdict
+about the *law* and not about ``n``: at large ``n`` the tests resolve the samplers' own bias,
+which is not what the theory is about. Each floor is the largest bias of the zoo's samplers on
+the affine-score (Gaussian) Factorized-Conditionals cases of the zoo -- ``weights_w1``,
+``disjoint_masks``, ``feature_rotation``, ``feature_block_diagonal``, ``eq17_empty_background``
+-- at the zoo's step counts (200 and 1000 steps, ``t_min = 1e-4``, log-SNR grid, VP schedule),
+computed EXACTLY with :func:`~composition_jax.verify.sampler_law` for ``euler_maruyama`` and
+``ode_heun`` (the sampler's output law is Gaussian; the effect is evaluated between that law and
+the exact ``C[p]``: Kolmogorov distance of 1-D marginals, Mahalanobis mean error, relative
+Frobenius covariance error, closed-form Gaussian-kernel ``MMD^2`` at the median bandwidth,
+energy coefficient by Monte Carlo with common random numbers), times a factor
+:data:`FLOOR_FACTOR` = 2, rounded up. ``predictor_corrector`` (its step is tuned on a pilot,
+so it has no affine-exact law) was measured by Monte Carlo (``n = 1e5``): variance error 2.7 %
+(``weights_w1``), within the bound below. :func:`floors` returns the table.
+
+==========================  ========  ====================================================
+effect (name)               floor     largest exact bias (case, sampler, steps)
+==========================  ========  ====================================================
+``max_ks_D``                0.011     0.0054 (weights_w1 / feature_rotation, ode_heun, 200)
+``mahalanobis_mean_error``  0.04      0.0190 (feature_rotation joint, ode_heun, 200)
+``relative_cov_error``      0.06      0.0281 (eq17_empty_background, euler_maruyama, 200)
+``mmd2_unbiased``           1e-4      4e-5   (2-D cases, ode_heun)
+``energy_coefficient``      1.2e-4    6e-5   (disjoint_masks joint, ode_heun)
+``sliced_w2``               0.04      (not used by the zoo; set to the mean-error floor)
+==========================  ========  ====================================================
+
+The ``ode_heun`` mean bias (~0.013-0.019 sd) does not shrink with the step count: it is the
+prior mismatch at ``t = 1`` (the VP ``alpha(1) = e^{-5.05}`` is not 0), carried deterministically
+by the ODE; the Euler--Maruyama variance bias is first order in the step (2.8 % at 200 steps,
+0.2 % at 1000). With these floors a sampler with a 10 % variance error (relative covariance
+error 0.10 > 0.06) is flagged, which ``tests/test_calibration.py`` checks at the paper-size
+``n = 10000``; the former floors (``D > 0.05``, relative covariance ``> 0.2``) let an 18 %
+variance error through. Every failure the theory predicts is far above them (Bayes background,
+eq. (17): mean error ``> 10`` sd; overlapping masks: ``0.5`` sd; weights ``w != 1``: ``> 0.5``
+sd; sheared feature space, Section 7: ``~0.25`` sd).
 
 **Verdict.** A scenario's observed verdict is ``"success"`` iff the output of every standard
-sampler (:data:`STANDARD_SAMPLERS`) is projective; scenario-specific criteria (e.g. exact-count
-fractions for length generalization) are stated by the scenario. Nothing is hard-coded: the
-verdict is computed from the samples.
+sampler (:data:`STANDARD_SAMPLERS`) has no material rejection; scenario-specific criteria (e.g.
+exact-count fractions for length generalization, the conditional blocks only for
+``eq18_clutter_bayes``) are stated by the scenario. Nothing is hard-coded: the verdict is
+computed from the samples. The family-wise false-positive rate of this rule on exact samples is
+measured in ``tests/test_calibration.py`` (at most ``ALPHA`` by construction, since a material
+rejection is a rejection).
 """
 
 from __future__ import annotations
@@ -34,19 +68,57 @@ __all__ = [
     "negligible_rejections",
     "summarize",
     "verdict",
+    "FLOOR_FACTOR",
+    "FLOOR_BIAS",
+    "floors",
+    "material_joint",
 ]
 
 ALPHA = 0.01
 """Family-wise level of every projective test (Bonferroni over the report's tests)."""
 
-EFFECT_FLOORS = {
-    "max_ks_D": 0.05,
-    "mahalanobis_mean_error": 0.1,
-    "relative_cov_error": 0.2,
-    "mmd2_unbiased": 0.01,
-    "sliced_w2": 0.1,
+FLOOR_FACTOR = 2.0
+"""Each floor is at most this factor times the largest exact discretization bias it absorbs."""
+
+FLOOR_BIAS = {
+    "max_ks_D": (0.0054, "weights_w1 / feature_rotation, ode_heun, 200 steps"),
+    "mahalanobis_mean_error": (0.0190, "feature_rotation (joint law), ode_heun, 200 steps"),
+    "relative_cov_error": (0.0281, "eq17_empty_background, euler_maruyama, 200 steps"),
+    "mmd2_unbiased": (4e-5, "2-D Gaussian cases, ode_heun, 200 steps"),
+    "energy_coefficient": (6e-5, "disjoint_masks (joint law), ode_heun, 200 steps"),
+    "sliced_w2": (0.0190, "not used by the zoo; the mean-error bias in sd units"),
 }
-"""Smallest effect size (by the test's ``effect_name``) for which a rejection is material."""
+"""The largest exact bias of the zoo's samplers on its affine-score Factorized-Conditionals
+cases, per effect (computed with :func:`~composition_jax.verify.sampler_law`; see the module
+docstring and ``tests/test_calibration.py``, which recomputes it)."""
+
+EFFECT_FLOORS = {
+    "max_ks_D": 0.011,
+    "mahalanobis_mean_error": 0.04,
+    "relative_cov_error": 0.06,
+    "mmd2_unbiased": 1e-4,
+    "energy_coefficient": 1.2e-4,
+    "sliced_w2": 0.04,
+}
+"""Smallest effect size (by the test's ``effect_name``) for which a rejection is material:
+``FLOOR_FACTOR`` times :data:`FLOOR_BIAS`, rounded up."""
+
+
+def floors() -> list[dict]:
+    """The decision rule's floors with their justification: one row per effect name with the
+    floor, the largest exact discretization bias it absorbs, where that bias occurs, and the
+    ratio floor / bias (at most :data:`FLOOR_FACTOR` up to rounding)."""
+    return [{"effect": k, "floor": v, "bias": FLOOR_BIAS[k][0], "where": FLOOR_BIAS[k][1],
+             "ratio": round(v / FLOOR_BIAS[k][0], 2)} for k, v in EFFECT_FLOORS.items()]
+
+
+def material_joint(report: Any, floors: dict | None = None) -> list[str]:
+    """Material rejections of a :class:`~composition_jax.verify.same_law.SameLawReport` (joint
+    law against the exact ``C[p]``): rejected components whose effect exceeds its floor."""
+    floors = EFFECT_FLOORS if floors is None else floors
+    return [f"joint law: {c.name} p={c.p_value:.2g}, {c.effect_name}={c.effect_size:.3g}"
+            for c in report.components
+            if c.rejected and c.effect_size > floors.get(c.effect_name, 0.0)]
 
 STANDARD_SAMPLERS = ("euler_maruyama", "ode_heun", "predictor_corrector")
 """The reverse-diffusion samplers whose outputs decide a scenario's verdict."""

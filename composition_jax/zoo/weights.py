@@ -16,7 +16,16 @@ from ..compose import compose, composed_distribution
 from ..distributions import diffuse
 from ..schedules import VPSchedule
 from ..verify.sampler_law import sampler_law
-from ._common import Config, Outcome, check_projective, gap, gaussian, sample_model, strip
+from ._common import (
+    Config,
+    Outcome,
+    check_projective,
+    check_same_law,
+    gap,
+    gaussian,
+    sample_model,
+    strip,
+)
 from .registry import scenario
 from .rules import STANDARD_SAMPLERS, summarize, verdict
 
@@ -35,8 +44,11 @@ def _run(cfg: Config, key: jax.Array, w: float) -> Outcome:
         x = sample_model(cfg, ks, model, sch, 1, m)
         rep, mat = check_projective(cfg, kv, x, [p1], [[0]])
         _, mat_t = check_projective(cfg, jax.random.fold_in(kv, 1), x, [tilted], [[0]])
+        # the joint law against the exact t = 0 composition (the tilt; p_1 itself at w = 1)
+        joint, mat_j = check_same_law(cfg, jax.random.fold_in(kv, 2), x, tilted)
         per[m] = {**summarize(rep, mat), "mean": float(x.mean()), "var": float(x.var()),
-                  "matches_tilted_target": not mat_t, "_material": mat}
+                  "matches_tilted_target": not mat_t, "joint_law": joint,
+                  "_material": mat + mat_j}
     lm, lc = sampler_law(model, sch, method="euler_maruyama", steps=cfg.steps, t_min=cfg.t_min,
                          grid=cfg.grid, dim=1, as_moments=True)
     law = {"mean": float(lm[0]), "var": float(lc[0, 0])}
