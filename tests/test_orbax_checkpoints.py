@@ -236,6 +236,10 @@ def test_same_step_is_replaced_and_max_to_keep(tmp_path, monkeypatch):
     assert sorted(q.name for q in path.iterdir()) == ["2", "3"]
     with pytest.raises(ValueError, match="step must be a non-negative int"):
         training.save_checkpoint(path, {"w": jnp.zeros(2)}, step=-1)
+    with pytest.raises(ValueError, match="tree has no array leaves"):
+        training.save_checkpoint(path, {"w": {}}, step=4)
+    with pytest.raises(ValueError, match="tree must be a container of arrays"):
+        training.save_checkpoint(path, jnp.zeros(2), step=4)
     with pytest.raises(ValueError, match="metadata must be JSON-serializable"):
         training.save_checkpoint(path, {"w": jnp.zeros(2)}, {"f": object()}, step=4)
     assert training.checkpoint_steps(path) == [2, 3]

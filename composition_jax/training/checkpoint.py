@@ -234,6 +234,8 @@ def _nest(named: list[tuple[tuple[str, ...], Any]]) -> dict:
 
 def _leaf_parts(tree: Any) -> list[tuple[tuple[str, ...], Any]]:
     pairs = jax.tree_util.tree_flatten_with_path(tree)[0]
+    if not pairs:
+        raise ValueError("tree has no array leaves: nothing to checkpoint")
     if len(pairs) == 1 and pairs[0][0] == ():
         raise ValueError("tree must be a container of arrays (dict, dataclass, tuple, ...), "
                          "got a single array")
