@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import re
 import time
 from typing import Any
 
@@ -451,8 +452,8 @@ class DSMTrainer:
         """JSON identity of the training data, recorded by :meth:`save` and checked by
         :meth:`restore`: ``{"type": "array", "shape", "dtype", "sha256"}`` for an array (after the
         conversion to ``self.dtype``), ``{"type": "labelled", "x": ..., "labels": ...}`` for
-        ``(x, labels)``, and for a ``Distribution`` its class name, its static structure and the
-        SHA-256 of its parameter arrays."""
+        ``(x, labels)``, and for a ``Distribution`` its class name, dimension and the SHA-256 of its
+        static structure and parameter arrays."""
         data = self._check_data(data)
 
         def arr(a):
@@ -462,7 +463,8 @@ class DSMTrainer:
 
         if isinstance(data, Distribution):
             leaves, treedef = jax.tree.flatten(data)
-            h = hashlib.sha256(str(treedef).encode())
+            # the static structure, without object addresses (they differ between processes)
+            h = hashlib.sha256(re.sub(r" at 0x[0-9a-fA-F]+", "", str(treedef)).encode())
             for leaf in leaves:
                 a = np.ascontiguousarray(np.asarray(leaf))
                 h.update(f"{a.dtype}{a.shape}".encode())
