@@ -108,10 +108,12 @@ for name, row in errors.items():
 # ## EDM churn
 # Heun with churn (`cj.ODEHeun(s_churn=2.0)`, Karras et al. 2022, Alg. 2) re-injects noise
 # before each step, in the scaled variable $x/\alpha$ with EDM's $\sigma = \sigma_t / \alpha_t$.
-# It costs no extra model call but an extra normal per step; with a fixed `s_churn` the
-# churn/ODE splitting is first order (measured in `tests/test_churn.py`), so at these budgets it
-# trails plain Heun on an exact score. Its use is robustness: it forgets errors of the start
-# (the prior's mismatch when $\alpha(t_{max}) > 0$) and of the score along the way.
+# It costs no extra model call but one normal per step. With `s_noise = 1` the churn is exactly
+# the forward transition from $t$ to the noisier $\hat t$, so for an exact score it adds no error
+# and Heun keeps its order 2 (measured in `tests/test_churn.py`); each ODE step is longer
+# ($\hat t \to t_{i+1}$), so at a given budget its error is somewhat larger than plain Heun's
+# on an exact score. Its use is robustness: the re-injected noise forgets errors of the start
+# (the prior's mismatch when $\alpha(t_{max}) > 0$) and of an approximate score along the way.
 
 # %%
 checks.done()

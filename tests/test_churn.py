@@ -108,15 +108,15 @@ def test_churned_sample_moments_match_exact_law(sch_name, key):
 @pytest.mark.x64
 @pytest.mark.parametrize(
     "method,lo,hi",
-    [(cj.ODEHeun(s_churn=1.0), 0.8, 1.3),
+    [(cj.ODEHeun(s_churn=1.0), 1.7, 2.5),
      pytest.param(cj.ODEEuler(s_churn=1.0), 0.8, 1.3, marks=pytest.mark.slow),
      pytest.param(cj.DDIM(s_churn=1.0), 0.8, 1.3, marks=pytest.mark.slow)],
 )
 def test_churned_weak_order(method, lo, hi):
-    """With a fixed s_churn, gamma = s_churn / N: the churn noise per step is O(1/N) in
-    variance, and the churn-then-ODE splitting is first order in it. Measured (VP, uniform grid,
-    25/50/100 steps): Heun with churn has weak order 1 (the second-order ODE step does not help:
-    the error is that of the noise/ODE splitting)."""
+    """With s_noise = 1 the churn is the exact forward transition p_t -> p_t_hat (see
+    test_churn_maps_p_t_to_p_t_hat_exactly): for an exact score it adds no error to the
+    marginals, so the churned sampler keeps the weak order of its ODE step (measured, VP,
+    uniform grid, 25/50/100 steps: Heun 2.0, Euler and DDIM 1)."""
     order, errs = fitted_order(cj.VPSchedule(), method, grid="uniform")
     print(f"{method}: errors {errs}, fitted weak order {order:.3f}")
     assert lo <= order <= hi
