@@ -41,7 +41,8 @@ def _noised_points(dist, key, n, t):
 
 
 @pytest.mark.x64
-@pytest.mark.parametrize("d", [2, pytest.param(5, marks=pytest.mark.slow), 8])
+@pytest.mark.parametrize("d", [2, pytest.param(5, marks=pytest.mark.slow),
+                               pytest.param(8, marks=pytest.mark.slow)])
 def test_mixture_pf_ode_likelihood_is_exact(key, d):
     """200 Heun steps, exact trace: within 1e-2 nats of log p_{t_min} (measured: <= 2e-3)."""
     mix = _mixture(d)
@@ -105,9 +106,13 @@ def test_non_fc_gap_equals_exact_sampler_error(key):
 
 
 def test_hutchinson_is_unbiased_within_its_standard_error(key):
-    mix = _mixture(4, seed=1)
-    p = cj.diffuse(mix, SCH)
-    x = _noised_points(mix, key, 6, 0.05)
+    """4-D Gaussian with a full covariance (off-diagonal Jacobian: the estimator has variance);
+    64 probes per point; every estimate within 4 of its standard errors of the exact trace."""
+    c = jnp.array([[1.0, 0.5, 0.2, 0.0], [0.5, 0.8, -0.3, 0.1], [0.2, -0.3, 0.6, 0.2],
+                   [0.0, 0.1, 0.2, 0.4]])
+    g = cj.Gaussian(jnp.array([1.0, -0.5, 0.3, 2.0]), c)
+    p = cj.diffuse(g, SCH)
+    x = _noised_points(g, key, 6, 0.05)
     kw = {"steps": 40, "t_min": 0.05}
     exact = np.asarray(log_likelihood(p, SCH, x, **kw))
     info = log_likelihood(p, SCH, x, trace="hutchinson", key=jax.random.key(7), n_probes=64,
@@ -115,14 +120,11 @@ def test_hutchinson_is_unbiased_within_its_standard_error(key):
     est, se = np.asarray(info.log_prob), np.asarray(info.stderr)
     assert np.all(se > 0) and np.all(se < 1.0)
     assert np.all(np.abs(est - exact) < 4 * se), (est, exact, se)  # 4 SE per point
-    # point i's probes depend only on (key, i): a prefix of the points gives the same numbers
-    head = log_likelihood(p, SCH, x[:2], trace="hutchinson", key=jax.random.key(7), n_probes=64,
-                          **kw)
-    np.testing.assert_allclose(np.asarray(head), est[:2], rtol=1e-6)
-    one = log_likelihood(p, SCH, x[0], **kw)
-    assert one.shape == () and abs(float(one) - exact[0]) < 1e-5
-    jitted = jax.jit(lambda m, y: log_likelihood(m, SCH, y, **kw))(p, x)
-    np.testing.assert_allclose(np.asarray(jitted), exact, rtol=1e-6, atol=1e-6)
+    # point i's probes depend only on (key, i): the first point alone gives the same number
+    one = log_likelihood(p, SCH, x[0], trace="hutchinson", key=jax.random.key(7), n_probes=64,
+                         **kw)
+    assert one.shape == ()
+    np.testing.assert_allclose(float(one), est[0], rtol=1e-6)
 
 
 def test_errors_name_the_argument():

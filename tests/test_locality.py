@@ -43,6 +43,10 @@ def test_gaussian_composition_matches_closed_form_precision():
         off = np.sqrt(2 * np.sum(lam[np.ix_([0, 1], [2])] ** 2) / np.sum(lam * lam))
         np.testing.assert_allclose(float(r.off_block_ratio[k]), off, rtol=1e-4)
         assert off > 0.05
+    one = score_locality(model, x, float(ts[1]), blocks)  # one time: a scalar report
+    assert one.block_norms.shape == (2, 2) and one.off_block_ratio.shape == ()
+    np.testing.assert_allclose(np.asarray(one.block_norms), np.asarray(r.block_norms[1]),
+                               rtol=1e-6)
 
 
 def test_eq17_empty_is_block_local_and_bayes_is_not():
@@ -57,11 +61,6 @@ def test_eq17_empty_is_block_local_and_bayes_is_not():
     # float rounding only (measured: exactly 0)
     assert np.all(np.asarray(r_e.off_block_ratio) < 1e-6), r_e.off_block_ratio
     assert np.all(np.asarray(r_b.off_block_ratio) > 1e-2), r_b.off_block_ratio  # 0.66 .. 0.01
-    # one time: scalar report
-    one = score_locality(eq17_model(SCH, conds, empty, "bayes", list(S_DEFAULT)), x, 0.2, blocks)
-    assert one.block_norms.shape == (8, 8)
-    np.testing.assert_allclose(float(one.off_block_ratio), float(r_b.off_block_ratio[1]),
-                               rtol=1e-5)
 
 
 def test_errors_name_the_argument():

@@ -92,7 +92,9 @@ def _models_2d():
     }
 
 
-@pytest.mark.parametrize("name", ["compose", "linear_combination", "nested"])
+@pytest.mark.parametrize("name", ["compose",
+                                  pytest.param("linear_combination", marks=pytest.mark.slow),
+                                  pytest.param("nested", marks=pytest.mark.slow)])
 def test_fk_rate_is_the_feynman_kac_pde_rate(name):
     """fk_rate (scores only, the divergence cancelled analytically) equals the general rate
     computed from the exact log_prob's time derivative and the score's Jacobian trace."""
@@ -114,6 +116,7 @@ def test_fk_rate_is_the_feynman_kac_pde_rate(name):
     assert np.abs(h_ref).max() > 0.1  # a non-trivial rate (not a diffusion path)
 
 
+@pytest.mark.slow
 def test_score_form_converges_to_log_prob_form():
     """Without resampling both forms move the same particles with the same noise; their final
     log-weights differ by the time discretization of the score form, which shrinks like
@@ -144,8 +147,8 @@ def test_resampling_is_unbiased(scheme):
     assert counts[:, 2].max() == 0  # zero weight is never drawn
     m, se = _mean_se(counts)
     expect = n * np.asarray(w)
-    ok = se > 0
-    assert np.all(np.abs(m - expect)[ok] < 5 * se[ok]), (m, expect, se)  # 5 SE
+    # 5 SE (an index whose count never varies must have exactly its expected count)
+    assert np.all(np.abs(m - expect) <= 5 * se + 1e-9), (m, expect, se)
     if scheme == "systematic":  # each count is floor(n W) or ceil(n W)
         assert np.all(counts >= np.floor(expect) - 1e-9) and np.all(counts <= np.ceil(expect))
 
@@ -153,11 +156,11 @@ def test_resampling_is_unbiased(scheme):
 # ----------------------------------------------------------------------------- reproducibility
 def test_same_key_and_n_same_output_eager_and_jit():
     model = _tilt(4.0)
-    kw = {"steps": 30, "mcmc_steps": 1, "return_info": True}
-    a = smc.smc_sample(jax.random.key(3), model, SCH, (300, 1), **kw)
-    b = smc.smc_sample(jax.random.key(3), model, SCH, (300, 1), **kw)
-    c = jax.jit(lambda k, m: smc.smc_sample(k, m, SCH, (300, 1), **kw))(jax.random.key(3), model)
-    d = smc.smc_sample(jax.random.key(4), model, SCH, (300, 1), **kw)
+    kw = {"steps": 20, "return_info": True}
+    a = smc.smc_sample(jax.random.key(3), model, SCH, (200, 1), **kw)
+    b = smc.smc_sample(jax.random.key(3), model, SCH, (200, 1), **kw)
+    c = jax.jit(lambda k, m: smc.smc_sample(k, m, SCH, (200, 1), **kw))(jax.random.key(3), model)
+    d = smc.smc_sample(jax.random.key(4), model, SCH, (200, 1), **kw)
     for field in ("samples", "log_weights", "log_normalizer", "ess", "resampled"):
         np.testing.assert_array_equal(np.asarray(getattr(a, field)), np.asarray(getattr(b, field)))
         np.testing.assert_array_equal(np.asarray(getattr(a, field)), np.asarray(getattr(c, field)))
