@@ -9,9 +9,9 @@ typed-methods redesign) and from the current working tree, each in its own proce
 compares them element by element:
 
 * ``identical``: every float32 bit equal (NaNs compare equal to NaNs);
-* ``rounding``: max distance ``<= --max-ulps`` units in the last place of float32 (default 64,
-  i.e. a relative difference below ~8e-6): a different order of the same floating-point
-  operations, propagated through the run;
+* ``rounding``: every difference at most ``--max-ulps`` (default 64) float32 units in the last
+  place of the largest ``|coordinate|`` (about ``64 * 4.8e-7 = 3e-5`` for samples of size ~5): a
+  different order of the same floating-point operations, propagated through the run;
 * ``DIFFERS``: anything else (a different algorithm, different noise, or a rounding difference
   that flipped a discrete event such as a Metropolis accept/reject decision: the table gives the
   fraction of particles that moved by more than the tolerance).
@@ -23,7 +23,8 @@ accept are passed (the method as a string plus options, ``layout=``, ``steps=``)
 
 Usage::
 
-    python benchmarks/same_key.py [--rev a5644f0] [--max-ulps 64] [--out table.md]
+    python benchmarks/same_key.py [--rev a5644f0] [--max-ulps 64] [--out table.md] [--keep DIR]
+    python benchmarks/same_key.py --compare DIR     # the table again from kept samples
 
 Exit status: 0 when no case differs beyond the threshold, 1 otherwise, 2 when a case failed to
 run on one side.
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -155,25 +157,23 @@ def worker(out_dir: str, expect_root: str, full: bool) -> None:
 
 
 # ------------------------------------------------------------------------- comparison
-def _ordered(a: np.ndarray) -> np.ndarray:
-    """float32 -> int64 keys whose differences count representable floats between values."""
-    i = a.astype(np.float32).view(np.int32).astype(np.int64)
-    return np.where(i < 0, -(i & 0x7FFFFFFF), i)
-
-
-def compare(a: np.ndarray, b: np.ndarray, max_ulps: int) -> tuple[str, int, float, float]:
-    """``(verdict, max ulps, max |a - b|, fraction of particles beyond max_ulps)``."""
+def compare(a: np.ndarray, b: np.ndarray, max_ulps: int) -> tuple[str, float, float, float]:
+    """``(verdict, max |a - b| in ulps of the samples' scale, max |a - b|, fraction of particles
+    beyond max_ulps)``. The scale's ulp is the float32 spacing at the largest ``|a|``: a
+    difference is measured against the precision of the largest coordinate, so coordinates
+    near 0 (whose own ulps are tiny) do not inflate it."""
     if a.shape != b.shape:
-        return "DIFFERS", -1, float("inf"), 1.0
+        return "DIFFERS", float("inf"), float("inf"), 1.0
     both_nan = np.isnan(a) & np.isnan(b)
     if np.array_equal(a.view(np.uint32)[~both_nan], b.view(np.uint32)[~both_nan]):
-        return "identical", 0, 0.0, 0.0
-    ulps = np.abs(_ordered(a) - _ordered(b))
-    ulps = np.where(both_nan, 0, ulps)
+        return "identical", 0.0, 0.0, 0.0
     with np.errstate(invalid="ignore"):
         absdiff = np.where(both_nan, 0.0, np.abs(a.astype(np.float64) - b))
-    frac = float(np.mean(np.any(ulps > max_ulps, axis=-1)))
-    worst = int(ulps.max())
+    absdiff = np.where(np.isnan(absdiff), np.inf, absdiff)
+    ulp = float(np.spacing(np.float32(np.nanmax(np.abs(a)))))
+    units = absdiff / ulp
+    worst = float(units.max())
+    frac = float(np.mean(np.any(units > max_ulps, axis=-1)))
     verdict = "rounding" if worst <= max_ulps else "DIFFERS"
     return verdict, worst, float(absdiff.max()), frac
 
@@ -206,13 +206,18 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rev", default="a5644f0", help="git revision to compare against")
     p.add_argument("--max-ulps", type=int, default=64,
-                   help="largest float32 ulp distance counted as rounding (default 64)")
+                   help="largest difference counted as rounding, in float32 ulps of the "
+                        "largest |coordinate| (default 64)")
     p.add_argument("--out", default=None, help="also write the markdown table to this file")
     p.add_argument("--jobs", type=int, default=2, choices=(1, 2),
                    help="run the two sides at the same time (2, default) or one after the other")
     p.add_argument("--full", action="store_true",
                    help="every (schedule, model) pair in both d = 2 and d = 3 (192 cases; "
                         "default: d alternates, 96 cases)")
+    p.add_argument("--keep", default=None, metavar="DIR",
+                   help="keep both sides' samples in DIR/old and DIR/new")
+    p.add_argument("--compare", default=None, metavar="DIR",
+                   help="only compare the samples kept in DIR by an earlier --keep run")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--root", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -220,6 +225,9 @@ def main(argv=None) -> int:
         worker(args.worker, args.root, args.full)
         return 0
 
+    if args.compare:
+        outs = (Path(args.compare) / "old", Path(args.compare) / "new")
+        return _report(args, [_load(out, args.full) for out in outs], [])
     signal.signal(signal.SIGTERM, _on_sigterm)  # clean up the worktree when killed
     with tempfile.TemporaryDirectory(prefix="same_key_") as tmp:
         tree = Path(tmp) / "tree"
@@ -243,7 +251,14 @@ def main(argv=None) -> int:
                            check=False)
         sides = [_load(out, args.full) for out in outs]
         failed = [p.returncode for p in procs if p.returncode]
+        if args.keep:
+            for out in outs:
+                shutil.copytree(out, Path(args.keep) / out.name, dirs_exist_ok=True)
+    return _report(args, sides, failed)
 
+
+def _report(args, sides, failed) -> int:
+    """Print (and write) the table; the exit status."""
     (old, old_meta), (new, new_meta) = sides
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                           capture_output=True, text=True, check=False).stdout.strip()
@@ -251,10 +266,10 @@ def main(argv=None) -> int:
         (f"Same key, same samples: `{args.rev}` vs working tree (HEAD `{head}`); jax "
          f"{new_meta.get('jax', '?')}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
          f"n = {N}, {STEPS} steps, float32, key = jax.random.key({SEED}); rounding = at most "
-         f"{args.max_ulps} float32 ulps."),
+         f"{args.max_ulps} float32 ulps of the largest |coordinate|."),
         "",
-        ("| method | layout | schedule | model | d | verdict | max ulps | max abs diff "
-         "| particles beyond |"),
+        ("| method | layout | schedule | model | d | verdict | max diff (ulps of max abs) "
+         "| max abs diff | particles beyond |"),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     counts = {"identical": 0, "rounding": 0, "DIFFERS": 0, "error": 0}
@@ -272,7 +287,7 @@ def main(argv=None) -> int:
             continue
         verdict, ulps, diff, frac = compare(old[cid], new[cid], args.max_ulps)
         counts[verdict] += 1
-        lines.append("| " + " | ".join(fields) + f" | {verdict} | {ulps} | {diff:.3g} | "
+        lines.append("| " + " | ".join(fields) + f" | {verdict} | {ulps:.3g} | {diff:.3g} | "
                      f"{frac:.3g} |")
     lines += ["", ", ".join(f"{k}: {v}" for k, v in counts.items()) + f" (of {len(cases(args.full))})"]
     table = "\n".join(lines)

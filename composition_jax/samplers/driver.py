@@ -518,13 +518,9 @@ def _run(key, model, schedule, x_init, cfg: _Config):
     return _finish(out, x, per_step["nonfinite"] if cfg.return_info else None, times, cfg)
 
 
-def _model_calls(cfg: _Config):
-    """``SampleInfo.model_calls``: ``()`` int32, or ``None`` for a method that does not
-    declare ``model_calls_per_step``."""
-    per_step = getattr(cfg.method, "model_calls_per_step", None)
-    if per_step is None:
-        return None
-    return jnp.int32(cfg.steps * int(per_step) + int(cfg.denoise_final))
+def _model_calls(cfg: _Config) -> jax.Array:
+    """``SampleInfo.model_calls``: ``()`` int32, model evaluations per particle."""
+    return jnp.int32(cfg.steps * int(cfg.method.model_calls_per_step) + int(cfg.denoise_final))
 
 
 def _rows_body(cfg: _Config, model, schedule, key, keys, times, x_init):
