@@ -312,7 +312,7 @@ def _prepare(x, reference, alpha, two_sample_n, num_permutations, moments, two_s
     return x, ref, ref_sample, mu, chol, G, rank, m, P, names, notes
 
 
-def same_law_arrays(key: jax.Array, x: Any, reference: Any, *, alpha: float = 0.01,
+def same_law_arrays(x: Any, reference: Any, *, alpha: float = 0.01,
                     two_sample_n: int = 1000, num_permutations: int | None = None,
                     bandwidth: float | None = None, moments: bool = True,
                     two_sample: bool = True, block_size: int = 1024):
