@@ -208,6 +208,17 @@ def test_scenarios_minimal_verdicts(names):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in sc.SCENARIOS if not n.startswith("learned")])
+def test_every_scenario_minimal(name):
+    """Every registered synthetic scenario at the minimal size decides as the theory predicts
+    (the minimal mode shares steps = 200 and t_min with the quick mode, so samplers of the same
+    model structure compile once)."""
+    r = sc.run_scenario(name, MINIMAL)
+    assert r.observed == r.expected, (name, r.reasons)
+    json.dumps(r.to_dict())
+
+
+@pytest.mark.slow
 def test_full_zoo_quick_mode():
     res = sc.run_all(sc.Config.for_mode("quick"))
     bad = [(r.name, r.expected, r.observed, r.reasons) for r in res if not r.agrees]
