@@ -112,7 +112,7 @@ def _run(model, schedule, x, key, cfg: _Config):
         u = uniforms(key, n, (cfg.n_probes, d), x.dtype)
         probes = jnp.where(u < 0.5, -1.0, 1.0).astype(x.dtype)
         axes = (0, 0)
-    else:  # no probes (a zero-size per-point array gave NaN under XLA:CPU opt level 0)
+    else:  # the exact trace needs no probes
         probes, axes = None, (0, None)
     prior, acc, x_end = jax.vmap(functools.partial(_one_point, cfg, model, schedule, times),
                                  axes)(x, probes)
