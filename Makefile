@@ -32,10 +32,36 @@ TEST_ENV := XLA_FLAGS="--xla_backend_optimization_level=0 $$XLA_FLAGS" \
 PROPS := tests/test_properties.py
 PROP_ENV := JAX_COMPILATION_CACHE_DIR="$(JAX_CACHE_DIR)" JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
 	JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=-1
+# Two lanes side by side (JOBS=2, the default): a pytest process uses about one core (XLA
+# compiles on one thread, the tests' small programs run on one), so on 2 cores the float32 test
+# files are dealt into two groups of about equal measured cost (--lane-shard, FILE_COST_S in
+# tests/conftest.py); lane A runs group 0 then the property-based suite, lane B group 1 then the
+# float64 tests. Each lane has its own compilation cache folder (JAX's cache writes are not
+# atomic: a lane must not read an entry the other is writing). Lane B's output is printed when
+# both have finished; the exit status is the first failing lane's. JOBS=1: one after another.
+JOBS ?= 2
+LANE_F32 = $(PY) -m pytest -q -m "not slow and not x64" --ignore=$(PROPS)
+LANE_X64 = JAX_ENABLE_X64=1 $(PY) -m pytest -q -m "x64 and not slow"
+LANE_PROPS = $(PY) -m pytest -q -m "not slow and not x64" $(PROPS)
+lane_cache = JAX_COMPILATION_CACHE_DIR="$(if $(JAX_CACHE_DIR),$(JAX_CACHE_DIR)/$(1),)"
 test: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -q -m "not slow and not x64" --ignore=$(PROPS)
-	$(PROP_ENV) $(PY) -m pytest -q -m "not slow and not x64" $(PROPS)
-	$(TEST_ENV) JAX_ENABLE_X64=1 $(PY) -m pytest -q -m "x64 and not slow"
+ifeq ($(JOBS),1)
+	$(TEST_ENV) $(LANE_F32)
+	$(PROP_ENV) $(LANE_PROPS)
+	$(TEST_ENV) $(LANE_X64)
+else
+	@log=$$(mktemp); \
+	( $(TEST_ENV) $(call lane_cache,lane-b) $(LANE_F32) --lane-shard=1/2; r=$$?; \
+	  $(TEST_ENV) $(call lane_cache,lane-b) $(LANE_X64); s=$$?; \
+	  [ $$r -ne 0 ] && exit $$r; exit $$s ) > $$log 2>&1 & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; rm -f $$log' INT TERM; \
+	echo "lane A: float32 group 0, then the property-based suite (lane B's output follows)"; \
+	$(TEST_ENV) $(call lane_cache,lane-a) $(LANE_F32) --lane-shard=0/2; r=$$?; \
+	$(PROP_ENV) $(call lane_cache,lane-a) $(LANE_PROPS); s=$$?; \
+	wait $$pid; b=$$?; \
+	echo "lane B: float32 group 1, then the float64 tests"; cat $$log; rm -f $$log; \
+	for c in $$r $$s $$b; do [ $$c -ne 0 ] && exit $$c; done; exit 0
+endif
 
 test-slow: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest -q -m "slow and not x64"

@@ -23,25 +23,43 @@ def test_problem_and_flop_count():
 
 
 def test_numpy_recursion_matches_composition_jax_exact_law():
-    """The NumPy reference integrates the same recursion as cj.sample: on a one-component
-    (Gaussian) problem both match the exact law of that discretization (sampler_law)."""
+    """The NumPy reference and the hand-written JAX scan integrate the same recursion as
+    cj.sample: on a one-component (Gaussian) problem all three match the exact law of that
+    discretization (sampler_law): means within 5 SE, variances within 5 SE of the Gaussian
+    sample variance (sd(S_ii) = C_ii sqrt(2 / (n - 1)))."""
     import jax.numpy as jnp
 
     import composition_jax as cj
     from composition_jax.verify.sampler_law import sampler_law
 
     p = problem.make_problem(2, 1, 1, 20000, steps=30)
-    x = impls.run_numpy(p, 0, "euler_maruyama")()
     model, sched = impls.build_cj_model(p)
     law = sampler_law(model, sched, method="euler_maruyama", steps=p.steps, t_min=problem.T_MIN,
                       denoise_final=False)
     mean, cov = np.asarray(law.mean), np.asarray(law.cov)
     se = np.sqrt(np.diag(cov) / p.n)
-    assert np.max(np.abs(x.mean(0) - mean) / se) < 5.0
+    se_var = np.diag(cov) * np.sqrt(2.0 / (p.n - 1))
     y = np.asarray(cj.sample(cj_key(), model, sched, (p.n, 2), steps=p.steps,
                              t_min=problem.T_MIN, denoise_final=False))
-    assert np.max(np.abs(y.mean(0) - mean) / se) < 5.0
     assert jnp.all(jnp.isfinite(y))
+    for name, x in (("numpy", impls.run_numpy(p, 0, "euler_maruyama")()),
+                    ("jax_scan", impls.run_jax_scan(p, 0, "euler_maruyama")()),
+                    ("composition_jax", y)):
+        assert np.max(np.abs(x.mean(0) - mean) / se) < 5.0, name
+        assert np.max(np.abs(x.var(0, ddof=1) - np.diag(cov)) / se_var) < 5.0, name
+
+
+@pytest.mark.parametrize("method", ["euler_maruyama", "ode_heun"])
+def test_fused_numpy_equals_the_straightforward_recursion(method):
+    """The fused NumPy peer (two matmuls per score, scalars folded, the same random stream)
+    computes the same numbers as the looped one, to float32 rounding: the algebra of
+    impls.fused_tables (logits from [x, |x|^2], score from one product) is exact. Three
+    composed models (k = 2: background coefficient -1) with unequal component variances."""
+    p = problem.make_problem(3, 4, 2, 500, steps=25)
+    a = impls.run_numpy(p, 1, method)()
+    b = impls.run_numpy_loop(p, 1, method)()
+    assert np.all(np.isfinite(a))
+    np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4)
 
 
 def cj_key():
@@ -50,12 +68,18 @@ def cj_key():
     return jax.random.key(3)
 
 
-def test_tiny_end_to_end(tmp_path):
-    names = [i for i in ("composition_jax", "composition_jax_sharded", "numpy", "diffrax")
-             if impls.available(i)]
+@pytest.mark.parametrize("names", [
+    # default suite: one subprocess per implementation costs ~4 s of CPU (imports, compile)
+    ("composition_jax", "numpy"),
+    pytest.param(("composition_jax", "composition_jax_sharded", "jax_scan", "numpy", "diffrax",
+                  "torch", "torch_compile"), marks=pytest.mark.slow, id="all"),
+])
+def test_tiny_end_to_end(tmp_path, names):
+    names = [i for i in names if impls.available(i)]
     res = harness.run_bench(tmp_path, quick=True, impls=names, progress=lambda *_: None,
-                            sizes=[dict(d=2, K=4, n=3000)], ks=(1,), steps=20, repeats=1,
-                            scaling=False, methods=("euler_maruyama",))
+                            sizes=[{"d": 2, "K": 4, "n": 3000}], ks=(1,), steps=20, repeats=1,
+                            scaling=False, methods=("euler_maruyama",),
+                            loops=len(names) > 2)  # the straightforward peers: slow case
     recs = res["records"]
     assert all("error" not in r for r in recs), [r.get("error") for r in recs]
     assert {r["impl"] for r in recs} == set(names)
@@ -63,16 +87,27 @@ def test_tiny_end_to_end(tmp_path):
         if r["impl"] not in harness.CJ_IMPLS:
             assert r["agreement"]["agree"], r["agreement"]
             assert r["ratio_cj_over_impl"] > 0 and r["ratio_cj1_over_impl"] > 0
-    sharded = next(r for r in recs if r["impl"] == "composition_jax_sharded")
-    assert sharded["devices"] >= 2
-    # same key, same law: and in fact the same particles, sharded or not
-    single = next(r for r in recs if r["impl"] == "composition_jax")
-    np.testing.assert_allclose(sharded["summary"]["mean"], single["summary"]["mean"], rtol=1e-4,
-                               atol=1e-5)
+    for r in recs:  # every record names where it ran
+        assert r["device"]["platform"] == "cpu" and r["device"]["device_count"] >= 1
+    if "composition_jax_sharded" in names:
+        sharded = next(r for r in recs if r["impl"] == "composition_jax_sharded")
+        assert sharded["devices"] >= 2 and sharded["device"]["device_count"] >= 2
+        # same key, same law: and in fact the same particles, sharded or not
+        single = next(r for r in recs if r["impl"] == "composition_jax")
+        np.testing.assert_allclose(sharded["summary"]["mean"], single["summary"]["mean"],
+                                   rtol=1e-4, atol=1e-5)
+    loops = [r for r in recs if r.get("group") == "loop"]
+    for r in loops:  # each peer next to its straightforward version, same law
+        if "ratio_peer_over_loop" in r:
+            assert r["ratio_peer_over_loop"] > 0
+        else:
+            assert r["agreement"]["agree"], r
     assert harness.failures(res) == []
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["environment"]["jax"] and saved["ceilings"]["matmul_flops_per_s"] > 0
     assert "composition_jax" in (tmp_path / "table.md").read_text()
+    if loops:
+        assert "straightforward version" in (tmp_path / "table.md").read_text()
     assert recs[0]["roofline"]["binding_ceiling"] in (
         "matmul_flops", "normal_samples", "memory_bandwidth")
 
@@ -90,7 +125,7 @@ def test_agreement_detects_a_shift():
 def test_cli_refuses_non_empty_out(tmp_path):
     (tmp_path / "x").write_text("keep")
     proc = subprocess.run([sys.executable, "-m", "composition_jax.cli", "bench", "--out",
-                           str(tmp_path)], capture_output=True, text=True)
+                           str(tmp_path)], capture_output=True, text=True, check=False)
     assert proc.returncode != 0 and "--force" in (proc.stderr + proc.stdout)
     assert (tmp_path / "x").read_text() == "keep"
 
@@ -99,11 +134,31 @@ def test_cli_refuses_non_empty_out(tmp_path):
 def test_quick_cli_runs(tmp_path):
     out = tmp_path / "b"
     proc = subprocess.run([sys.executable, "-m", "composition_jax.cli", "bench", "--quick",
-                           "--out", str(out)], capture_output=True, text=True, timeout=1200)
+                           "--out", str(out)], capture_output=True, text=True, timeout=1200,
+                          check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "results.json").exists() and (out / "scaling.png").exists()
 
 
+def test_backend_only_sweep(tmp_path):
+    """Accelerator mode on the CPU backend, two tiny sizes: throughput, first call, the device in
+    every record (memory statistics where the backend has them: not on CPU), results.json."""
+    sweep = {"n": [{"d": 2, "K": 2, "n": 64}, {"d": 2, "K": 2, "n": 128}]}
+    res = harness.run_backend(tmp_path, sweep=sweep, steps=5, repeats=1,
+                              progress=lambda *_: None)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved == json.loads(json.dumps(res)) and saved["mode"] == "backend"
+    recs = saved["records"]
+    assert [r["n"] for r in recs] == [64, 128] and all("error" not in r for r in recs)
+    for r in recs:
+        assert r["particle_steps_per_s"] > 0 and r["first_call_s"] > 0
+        assert r["device"]["platform"] == jax.devices()[0].platform
+        assert r["device"]["device_kind"] == jax.devices()[0].device_kind
+        assert r["summary"]["finite"] and len(r["summary"]["mean"]) == 2
+        assert ("memory_stats" in r["device"]) == bool(jax.devices()[0].memory_stats())
+
+
+@pytest.mark.slow
 def test_training_throughput_benchmark_runs(capsys):
     import importlib.util
     from pathlib import Path

@@ -23,10 +23,11 @@ import sys
 import time
 from pathlib import Path
 
-from .impls import available
+from .impls import LOOP_VERSIONS, available
 from .problem import QUICK_SIZES, SIZES
 
-__all__ = ["OUTPUTS", "agreement", "failures", "measure_ceilings", "ratio_table", "run_bench"]
+__all__ = ["OUTPUTS", "agreement", "failures", "measure_ceilings", "ratio_table", "run_backend",
+           "run_bench"]
 
 #: every file a run may write into its folder (``results.json`` is the completion marker)
 OUTPUTS = ("results.json", "table.md", "scaling.png", "memory.png", "compare.png")
@@ -158,8 +159,8 @@ def environment() -> dict:
 
 
 CJ_IMPLS = ("composition_jax", "composition_jax_sharded")
-DEFAULT_IMPLS = ["composition_jax", "composition_jax_sharded", "composition_jax_fullcov", "numpy",
-                 "diffrax", "torch", "torch_compile"]
+DEFAULT_IMPLS = ["composition_jax", "composition_jax_sharded", "composition_jax_fullcov",
+                 "jax_scan", "numpy", "diffrax", "torch", "torch_compile"]
 
 
 def _cj_devices() -> int:
@@ -172,12 +173,15 @@ def run_bench(out_dir: str | Path, quick: bool = False, impls: list[str] | None 
               progress=print, *, sizes: list[dict] | None = None, ks: tuple | None = None,
               steps: int | None = None, repeats: int | None = None, scaling: bool = True,
               methods: tuple = ("euler_maruyama", "ode_heun"), budget_s: float | None = None,
-              ) -> dict:
+              loops: bool | None = None) -> dict:
     """Run the suite and write ``results.json``, ``table.md`` and plots into ``out_dir``.
 
     ``results.json`` is rewritten after every measurement (``"complete": false``), so an
     interrupted run keeps what it measured; the last write has ``"complete": true``. ``sizes``/``ks``/``steps``/``repeats``/``scaling``/``methods``/``budget_s``
     override the standard (or ``quick``) configuration, e.g. for a tiny end-to-end test.
+    ``loops`` (default: on in full runs): each peer next to its straightforward version
+    (:data:`~.impls.LOOP_VERSIONS`) on the first size, k = 1, Euler-Maruyama, recorded with
+    ``ratio_peer_over_loop`` (group ``"loop"``).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -241,6 +245,18 @@ def run_bench(out_dir: str | Path, quick: bool = False, impls: list[str] | None 
             for k in ks if method == "euler_maruyama" else (1,):
                 compare(dict(size, k=k, steps=steps, method=method, repeats=repeats, seed=0),
                         impls)
+    if loops if loops is not None else not quick:  # each peer against its straightforward self
+        base = dict(sizes[0], k=1, steps=steps, method=methods[0], repeats=repeats, seed=0,
+                    group="loop")
+        for impl in impls:
+            if impl not in LOOP_VERSIONS or not available(LOOP_VERSIONS[impl]):
+                continue
+            fast, slow = go(dict(base, impl=impl)), go(dict(base, impl=LOOP_VERSIONS[impl]))
+            if "error" not in fast and "error" not in slow:
+                slow["agreement"] = agreement(fast, slow)
+                fast["ratio_peer_over_loop"] = (fast["particle_steps_per_s"]
+                                                / slow["particle_steps_per_s"])
+                _write(records, env, ceil, quick, out_dir)
     if scaling and not quick:  # (quick: its second size has N = 1k already)
         # N = 1k, where per-step overhead matters most
         compare({"d": 2, "K": 8, "n": 1000, "k": 1, "steps": steps,
@@ -341,6 +357,13 @@ def ratio_table(result: dict) -> str:
             f"| {r['problem']} | {r['method']} | {name} | {r['particle_steps_per_s']:.3g} "
             f"| {r['first_call_s']:.2f} | {r['peak_rss_mb']:.0f} | {ratio} | {same} |"
         )
+    loop = [r for r in result["records"] if "ratio_peer_over_loop" in r]
+    if loop:
+        lines += ["", ("| problem | method | peer | particle-steps/s | speed-up over its "
+                       "straightforward version |"), "|---|---|---|---|---|"]
+        for r in loop:
+            lines.append(f"| {r['problem']} | {r['method']} | {r['impl']} "
+                         f"| {r['particle_steps_per_s']:.3g} | {r['ratio_peer_over_loop']:.2f}x |")
     roof = [r for r in result["records"] if "roofline" in r and r.get("group") == "compare"]
     if roof:
         lines += ["", ("| problem | method | implementation | binding ceiling | floor ps/s "
@@ -410,3 +433,102 @@ def plot(result: dict, out_dir: Path) -> None:
     fig.tight_layout()
     fig.savefig(out_dir / "compare.png", dpi=100)
     plt.close(fig)
+
+
+#: the accelerator sweep: particles at d = 2 (the sampler's per-step overheads and the noise
+#: generator), then dimensions at fixed N (the mixture matmuls); k = 1, K = 16, 100 steps
+BACKEND_SWEEP = {
+    "n": [{"d": 2, "K": 16, "n": n} for n in (10_000, 100_000, 1_000_000, 4_000_000)],
+    "d": [{"d": d, "K": 16, "n": 100_000} for d in (16, 64, 256, 1024)],
+}
+
+
+def backend_sweep(sweep: dict | None = None, *, k: int = 1, steps: int = 100,
+                  repeats: int = 3, method: str = "euler_maruyama", mesh_all: bool = False,
+                  progress=print) -> list[dict]:
+    """composition_jax alone on this process's default backend (CPU, GPU or TPU), in this
+    process: for each size of ``sweep`` (axis -> list of ``dict(d, K, n)``), the first call
+    (trace + compile), the median of ``repeats`` steady calls, particle-steps/s, and the device
+    record of :func:`~.worker.device_info` (platform, kind, memory statistics where the backend
+    reports them). Sizes run in the order given, so a device's ``peak_bytes_in_use`` after a
+    size is that size's peak when sizes grow along each axis (the peak counter never resets).
+    ``mesh_all``: particles sharded over all devices of all processes (``cj.particle_mesh()``;
+    under ``jax.distributed`` every process runs the same sweep; the summary is of this
+    process's first shard)."""
+    import statistics
+
+    import jax
+    import numpy as np
+
+    import composition_jax as cj
+
+    from .impls import build_cj_model
+    from .problem import T_MIN, flops_per_particle_step, make_problem
+    from .worker import device_info
+
+    records = []
+    extra = {"mesh": cj.particle_mesh()} if mesh_all else {}
+    for axis, sizes in (sweep or BACKEND_SWEEP).items():
+        for size in sizes:
+            p = make_problem(size["d"], size["K"], k, size["n"], steps)
+            model, sched = build_cj_model(p)
+            key = jax.random.key(0)
+
+            def go(key=key, model=model, sched=sched, p=p):
+                x = cj.sample(key, model, sched, (p.n, p.d), method=method, steps=p.steps,
+                              t_min=T_MIN, denoise_final=False, **extra)
+                return jax.block_until_ready(x)
+
+            try:
+                t0 = time.perf_counter()
+                x = go()
+                first = time.perf_counter() - t0
+                times = []
+                for _ in range(max(1, repeats)):
+                    t0 = time.perf_counter()
+                    x = go()
+                    times.append(time.perf_counter() - t0)
+            except Exception as e:  # noqa: BLE001 - e.g. out of device memory: record, go on
+                rec = {"axis": axis, **size, "k": k, "steps": steps, "error": repr(e)[-2000:],
+                       "device": device_info("composition_jax")}
+                records.append(rec)
+                progress(f"  {p.name:<28} ERROR {rec['error'][-200:]}")
+                continue
+            steady = statistics.median(times)
+            xs = np.asarray(x.addressable_shards[0].data if mesh_all else x, np.float64)
+            rec = {"impl": "composition_jax", "axis": axis, "problem": p.name, "method": method,
+                   "d": p.d, "K": p.K, "k": k, "n": p.n, "steps": steps,
+                   "first_call_s": first, "steady_s": steady, "repeat_s": times,
+                   "particle_steps_per_s": p.n * steps / steady,
+                   "flops_per_particle_step": flops_per_particle_step(p, method),
+                   "achieved_flops_per_s": flops_per_particle_step(p, method) * p.n * steps / steady,
+                   "peak_rss_mb": _peak_rss_mb(),
+                   "devices_used": jax.device_count() if mesh_all else 1,
+                   "device": device_info("composition_jax"),
+                   "summary": {"mean": xs.mean(0)[:8].tolist(),
+                               "finite": bool(np.all(np.isfinite(xs)))}}
+            records.append(rec)
+            progress(f"  {p.name:<28} {rec['particle_steps_per_s']:.3e} ps/s  first call "
+                     f"{first:.2f}s  {rec['device'].get('memory_stats', '')}")
+    return records
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_backend(out_dir: str | Path, *, sweep: dict | None = None, progress=print,
+                **kwargs) -> dict:
+    """Accelerator mode: :func:`backend_sweep` (composition_jax only, whatever backend JAX
+    finds) into ``out_dir/results.json`` (``"mode": "backend"``, the environment, the records;
+    every record names its device). Written once, at the end, atomically."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    progress(f"backend: {env['devices']}")
+    records = backend_sweep(sweep, progress=progress, **kwargs)
+    result = {"mode": "backend", "environment": env, "complete": True, "records": records}
+    _atomic_json(out_dir / "results.json", result)
+    return result

@@ -52,7 +52,7 @@ def run(spec: dict) -> dict:
         torch.set_num_threads(threads)
     from .impls import IMPLEMENTATIONS
 
-    no_compile = impl in ("numpy", "torch")
+    no_compile = impl in ("numpy", "numpy_loop", "torch", "torch_loop")
     if impl == "composition_jax_sharded" or (impl == "composition_jax" and spec.get("record_every")):
         go = _cj_special(p, spec)
     else:
@@ -88,8 +88,30 @@ def run(spec: dict) -> dict:
         "normals_per_particle_step": p.d if method == "euler_maruyama" else 0,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "torch_threads": threads,
+        "device": device_info(impl),
         "summary": _summary(x),
     }
+
+
+def device_info(impl: str) -> dict:
+    """Where ``impl`` ran: the JAX default device (platform, kind, count) for the JAX
+    implementations, with the device's memory statistics where the backend reports them (GPU,
+    TPU: ``peak_bytes_in_use``, ``bytes_limit``); the host CPU otherwise."""
+    import platform
+
+    if impl.startswith(("numpy", "torch")):
+        return {"platform": "cpu", "device_kind": platform.processor() or platform.machine(),
+                "device_count": 1}
+    import jax
+
+    dev = jax.devices()[0]
+    info = {"platform": dev.platform, "device_kind": dev.device_kind,
+            "device_count": jax.device_count(), "process_count": jax.process_count()}
+    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+    if stats:
+        info["memory_stats"] = {k: stats[k] for k in ("peak_bytes_in_use", "bytes_in_use",
+                                                      "bytes_limit") if k in stats}
+    return info
 
 
 def _cj_special(p, spec):
