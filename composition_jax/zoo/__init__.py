@@ -64,6 +64,7 @@ from . import masks  # noqa: F401  (overlapping vs disjoint 2-D masks)
 from . import feature  # noqa: F401  (feature-space FC, Sections 6-7)
 from . import weights  # noqa: F401  (weights w != 1)
 from . import length  # noqa: F401  (length generalization)
+from . import feature_nonlinear  # noqa: F401  (nonlinear feature map, t = 0, MCMC)
 from . import smc  # noqa: F401  (SMC, PF-ODE likelihoods, score locality)
 # isort: on
 
