@@ -41,16 +41,14 @@ import matplotlib
 if "ipykernel" not in sys.modules:  # plain script: render off-screen
     matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import numpy as np
 
-import composition_jax as cj
 from composition_jax._notebook import Checks
 
 for _cand in (Path.cwd() / "benchmarks", Path.cwd().parent / "benchmarks"):
     if (_cand / "model_calls.py").exists():
         sys.path.insert(0, str(_cand))
         break
-import model_calls as mc  # noqa: E402  (benchmarks/model_calls.py)
+import model_calls as mc  # benchmarks/model_calls.py
 
 QUICK = os.environ.get("COMPOSITION_JAX_QUICK", "0") not in ("", "0")
 FIGURES = Path(os.environ.get("COMPOSITION_JAX_FIGURES")

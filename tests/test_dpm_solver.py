@@ -3,7 +3,6 @@ DDIM, weak orders in float64, sample moments against the exact law on every sche
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

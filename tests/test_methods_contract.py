@@ -250,16 +250,23 @@ class _CountingModel(cj.Model):
         return MODEL.denoise(x, t)
 
 
+def _count_calls(m, key):
+    """Model evaluations of one jitted ``m.step`` on ``_CountingModel``."""
+    times, p = _params(m)
+    x, z, u = _inputs(m, key)
+    state = m.init(x, times[0])
+    cm = _CountingModel()
+    t0, t1 = times[0], times[1]
+    out = jax.jit(lambda st: m.step(cm, SCH, st, t0, t1, z, u, p)[0])(state)
+    jax.block_until_ready(out)
+    jax.effects_barrier()
+    return cm.calls
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_model_calls_per_step_counts_the_evaluations_of_one_step(name, key):
     """``model_calls_per_step`` equals the model evaluations one jitted ``step`` makes, counted
     at run time (for every registered method and a second option value)."""
     for m in [_method(name)] + ([_method(name, **OTHER[name])] if name in OTHER else []):
-        times, p = _params(m)
-        x, z, u = _inputs(m, key)
-        state = m.init(x, times[0])
-        cm = _CountingModel()
-        out = jax.jit(lambda st: m.step(cm, SCH, st, times[0], times[1], z, u, p)[0])(state)
-        jax.block_until_ready(out)
-        jax.effects_barrier()
-        assert cm.calls == m.model_calls_per_step, (m, cm.calls, m.model_calls_per_step)
+        calls = _count_calls(m, key)
+        assert calls == m.model_calls_per_step, (m, calls, m.model_calls_per_step)
