@@ -283,6 +283,7 @@ def _heatmap_figure(res, plt, folder: Path) -> str:
               frameon=False)
     fig.suptitle(f"{res.name}: composing S = {_set_fmt(S)} (expected {res.expected}, observed "
                  f"{res.observed})", fontsize=10)
+    fig.subplots_adjust(wspace=0.45)  # room for every panel's y label
     fn = f"{res.name}_heatmap.png"
     fig.savefig(folder / fn, dpi=80, bbox_inches="tight")
     plt.close(fig)
@@ -350,6 +351,10 @@ def _scatter_figures(res, plt, folder: Path) -> list[str]:
     for j, ax in enumerate(axes[:2]):
         vals = np.concatenate([z[:, j] for z in sc.values()])
         lo, hi = np.percentile(vals, [0.5, 99.5])
+        for _, block, mean, var in experts:  # show each expert's marginal to +-2.5 sd
+            if j in block:
+                lo = min(lo, mean[j] - 2.5 * np.sqrt(var[j]))
+                hi = max(hi, mean[j] + 2.5 * np.sqrt(var[j]))
         lo, hi = lo - 0.5, hi + 0.5
         g = np.linspace(lo, hi, 300)
         for m, z in sc.items():
@@ -369,7 +374,7 @@ def _scatter_figures(res, plt, folder: Path) -> list[str]:
         ax.set_xlabel(axis_label(j), fontsize=8)
         ax.set_ylabel("density", fontsize=8)
         ax.set_title(f"marginal of {axis_label(j)}", fontsize=8)
-        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.3), frameon=False)
     # standardized mean error of each sampler (all n samples) per expert coordinate
     ax = axes[2]
     sam = res.metrics.get("samplers", {})
@@ -386,9 +391,9 @@ def _scatter_figures(res, plt, folder: Path) -> list[str]:
     ax.axhline(0.0, color=TARGET_COLOR, lw=1.2)
     ax.set_xticks(range(len(rows)), [r[0] for r in rows], fontsize=7)
     ax.set_xlabel("expert: coordinate", fontsize=8)
-    ax.set_ylabel("(sample mean - expert mean) / expert sd", fontsize=8)
-    ax.set_title("mean error per expert coordinate (all samples)", fontsize=8)
-    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2,
+    ax.set_ylabel("mean error (expert sd)", fontsize=8)
+    ax.set_title("(sample mean - expert mean) / expert sd", fontsize=8)
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2,
               frameon=False)
     fig.suptitle(f"{res.name}: samples vs the experts' marginals (expected {res.expected}, "
                  f"observed {res.observed})", fontsize=9)
@@ -582,8 +587,11 @@ def _floors_section() -> list[str]:
           "disjoint-masks composition (n = 2000), computes every statistic of `projective()` and "
           "`same_law()` in one vmapped, jitted call and counts family-wise rejections at level "
           "0.05: the test fails above the 0.99 binomial quantile (37 of 500), and a procedure "
-          "whose true level were 0.10 would fail it with probability 0.97. The zoo's rule "
-          "(material rejections only) rejects no more often than the tests it is built on.", ""]
+          "whose true level were 0.10 would fail it with probability 0.97. Measured: "
+          "`projective()` 24 / 500 (4.8 %), `same_law()` 20 / 500 (4.0 %), their union (the "
+          "rule for one sampler) 42 / 500 (8.4 %, bound 10 %); at alpha = 0.01 over three "
+          "samplers a success scenario is falsely observed as a failure with probability at "
+          "most 6 % (union bound).", ""]
     return L
 
 

@@ -51,9 +51,13 @@ sd; sheared feature space, Section 7: ``~0.25`` sd).
 sampler (:data:`STANDARD_SAMPLERS`) has no material rejection; scenario-specific criteria (e.g.
 exact-count fractions for length generalization, the conditional blocks only for
 ``eq18_clutter_bayes``) are stated by the scenario. Nothing is hard-coded: the verdict is
-computed from the samples. The family-wise false-positive rate of this rule on exact samples is
-measured in ``tests/test_calibration.py`` (at most ``ALPHA`` by construction, since a material
-rejection is a rejection).
+computed from the samples. The family-wise false-positive rate on exact samples is measured in
+``tests/test_calibration.py`` (500 null data sets of the disjoint-masks composition, n = 2000, at
+level 0.05): ``projective()`` 24 / 500 = 4.8 %, ``same_law()`` 20 / 500 = 4.0 %, the rule's
+material rejections the same (at this ``n`` every null rejection also exceeds its floor) and
+42 / 500 = 8.4 % for their union (bound: 10 %). A success scenario is decided by three samplers
+and two procedures each, so at :data:`ALPHA` = 0.01 its chance of a false "failure" is at most
+6 % (union bound).
 """
 
 from __future__ import annotations
