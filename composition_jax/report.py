@@ -589,9 +589,10 @@ def _floors_section() -> list[str]:
           "0.05: the test fails above the 0.99 binomial quantile (37 of 500), and a procedure "
           "whose true level were 0.10 would fail it with probability 0.97. Measured: "
           "`projective()` 24 / 500 (4.8 %), `same_law()` 20 / 500 (4.0 %), their union (the "
-          "rule for one sampler) 42 / 500 (8.4 %, bound 10 %); at alpha = 0.01 over three "
-          "samplers a success scenario is falsely observed as a failure with probability at "
-          "most 6 % (union bound).", ""]
+          "two procedures) 42 / 500 (8.4 %, bound 10 %). The zoo runs each procedure at "
+          "alpha / 2, so one sampler's output is judged at family-wise level alpha and a "
+          "success scenario (three samplers) is falsely observed as a failure with probability "
+          "at most 3 % (union bound).", ""]
     return L
 
 

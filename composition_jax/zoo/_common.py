@@ -22,7 +22,13 @@ from ..verify.heuristics import mean_difference_cosines
 from ..verify.projective import projective
 from ..verify.same_law import same_law
 from ..verify.sampler_law import sampler_law
-from .rules import ALPHA, STANDARD_SAMPLERS, material_joint, material_rejections, summarize
+from .rules import (
+    PROCEDURE_ALPHA,
+    STANDARD_SAMPLERS,
+    material_joint,
+    material_rejections,
+    summarize,
+)
 
 __all__ = [
     "Config",
@@ -150,7 +156,8 @@ def sample_model(cfg: Config, key: jax.Array, model: Any, schedule: Any, d: int,
 
 
 def check_projective(cfg: Config, key: jax.Array, x: Any, conds: list, blocks: list,
-                     background: Any = None, alpha: float = ALPHA) -> tuple[Any, list[str]]:
+                     background: Any = None, alpha: float = PROCEDURE_ALPHA
+                     ) -> tuple[Any, list[str]]:
     """:func:`~composition_jax.verify.projective` at the config's sizes, and its material
     rejections."""
     rep = projective(x, conds, blocks, key=key, background=background, alpha=alpha,
@@ -169,7 +176,7 @@ def exact_composition(background: Any, conditionals: list, weights: Any = None) 
 
 
 def check_same_law(cfg: Config, key: jax.Array, x: Any, reference: Any,
-                   alpha: float = ALPHA) -> tuple[dict, list[str]]:
+                   alpha: float = PROCEDURE_ALPHA) -> tuple[dict, list[str]]:
     """:func:`~composition_jax.verify.same_law` of the samples against the exact ``C[p]`` at the
     config's sizes: its summary and its material rejections (``[]`` and ``{}`` when
     ``reference`` is ``None``)."""
@@ -289,7 +296,7 @@ def two_d(cfg: Config, key: jax.Array, bg: Gaussian, conds: list, masks: list, *
             mat, summ = [], {}
             for j, (c, msk) in enumerate(zip(zc, masks)):
                 rep, mj = check_projective(cfg, jax.random.fold_in(kv, j), z, [c], [msk],
-                                           alpha=ALPHA / len(masks))
+                                           alpha=PROCEDURE_ALPHA / len(masks))
                 mat += mj
                 summ[f"conditional {j}"] = summarize(rep, mj)
         joint, mat_j = check_same_law(cfg, jax.random.fold_in(kv, 99), x, exact)

@@ -2,12 +2,12 @@ r"""The decision rule of the scenario zoo: when a sampler's output counts as a p
 composition (Definition 4.1 of Bradley et al. 2025), and the observed verdict of a scenario.
 
 **Material rejections.** A sampler's output is *projective* when no test of
-:func:`~composition_jax.verify.projective` at family-wise level :data:`ALPHA` (Bonferroni over all
-its tests) rejects *materially*: a rejection counts only when its effect size also exceeds a
+:func:`~composition_jax.verify.projective` at family-wise level :data:`PROCEDURE_ALPHA` (Bonferroni
+over all its tests) rejects *materially*: a rejection counts only when its effect size also exceeds a
 floor (:data:`EFFECT_FLOORS`). Where the exact ``t = 0`` composition ``C[p]`` has a closed form
 (:func:`~composition_jax.composed_distribution`) and Theorem 5.3 (or its feature-space form)
 says the samplers reach it, the JOINT law is tested too, with
-:func:`~composition_jax.verify.same_law` (Holm at :data:`ALPHA` over MMD, energy distance, the
+:func:`~composition_jax.verify.same_law` (Holm at :data:`PROCEDURE_ALPHA` over MMD, energy distance, the
 exact mean chi-square and the Wald covariance test), under the same floors; its material
 rejections count like the block tests'.
 
@@ -55,9 +55,9 @@ computed from the samples. The family-wise false-positive rate on exact samples 
 ``tests/test_calibration.py`` (500 null data sets of the disjoint-masks composition, n = 2000, at
 level 0.05): ``projective()`` 24 / 500 = 4.8 %, ``same_law()`` 20 / 500 = 4.0 %, the rule's
 material rejections the same (at this ``n`` every null rejection also exceeds its floor) and
-42 / 500 = 8.4 % for their union (bound: 10 %). A success scenario is decided by three samplers
-and two procedures each, so at :data:`ALPHA` = 0.01 its chance of a false "failure" is at most
-6 % (union bound).
+42 / 500 = 8.4 % for their union (bound: 10 %). Each sampler's output is judged at family-wise level
+:data:`ALPHA` (the two procedures at ``ALPHA / 2`` each), so a success scenario decided by three
+samplers is falsely observed as a failure with probability at most 3 % (union bound).
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ __all__ = [
     "negligible_rejections",
     "summarize",
     "verdict",
+    "PROCEDURE_ALPHA",
     "FLOOR_FACTOR",
     "FLOOR_BIAS",
     "floors",
@@ -79,7 +80,13 @@ __all__ = [
 ]
 
 ALPHA = 0.01
-"""Family-wise level of every projective test (Bonferroni over the report's tests)."""
+"""Family-wise level of the judgement of one sampler's output: its block tests
+(:func:`~composition_jax.verify.projective`) and its joint-law test
+(:func:`~composition_jax.verify.same_law`) each run at :data:`PROCEDURE_ALPHA` = ``ALPHA / 2``
+(Bonferroni over the two procedures)."""
+
+PROCEDURE_ALPHA = ALPHA / 2
+"""Family-wise level of each of the two procedures that judge one sampler's output."""
 
 FLOOR_FACTOR = 2.0
 """Each floor is at most this factor times the largest exact discretization bias it absorbs."""
