@@ -19,7 +19,7 @@ import pytest
 
 import composition_jax as cj
 from composition_jax.zoo import eq17, feature
-from composition_jax.zoo._common import gaussian, push
+from composition_jax.zoo._common import push
 
 STEPS, T_MIN = 200, 1e-4
 SAMPLERS = ("euler_maruyama", "ode_heun", "predictor_corrector")

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import composition_jax as cj
+
 sl = importlib.import_module("composition_jax.verify.same_law")
 
 N = 2000
@@ -81,7 +82,7 @@ def test_two_sample_components_alone_detect_the_coupling_mixture_blocks(key):
     k1, k2, k3, k4 = jax.random.split(key, 4)
     lab1 = jax.random.bernoulli(k1, 0.5, (n,))
     lab2 = jnp.where(jax.random.bernoulli(k2, 0.6, (n,)), lab1, jax.random.bernoulli(k3, 0.5, (n,)))
-    mu = lambda lab: jnp.where(lab[:, None], 2.0, -2.0)  # noqa: E731
+    mu = lambda lab: jnp.where(lab[:, None], 2.0, -2.0)
     z = 0.5 * jax.random.normal(k4, (n, 4))
     x = jnp.concatenate([mu(lab1) + z[:, :2], mu(lab2) + z[:, 2:]], 1)
     g = cj.GaussianMixture(jnp.asarray([0.5, 0.5]), jnp.asarray([[-2.0, -2.0], [2.0, 2.0]]),
@@ -108,8 +109,8 @@ def test_energy_and_mmd_match_numpy(key):
     h = 1.7
     mmd, energy, exy = sl._two_sample(k3, x, y, jnp.asarray(h), 9, 16)
     xn, yn = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    D = lambda a, b: np.sqrt(((a[:, None] - b[None]) ** 2).sum(-1))  # noqa: E731
-    K = lambda a, b: np.exp(-D(a, b) ** 2 / (2 * h * h))  # noqa: E731
+    D = lambda a, b: np.sqrt(((a[:, None] - b[None]) ** 2).sum(-1))
+    K = lambda a, b: np.exp(-D(a, b) ** 2 / (2 * h * h))
     n, m = 60, 45
     e_ref = 2 * D(xn, yn).mean() - D(xn, xn).sum() / (n * (n - 1)) - D(yn, yn).sum() / (m * (m - 1))
     k_ref = ((K(xn, xn).sum() - n) / (n * (n - 1)) + (K(yn, yn).sum() - m) / (m * (m - 1))

@@ -125,7 +125,7 @@ class NonlinearPushforward(Distribution):
         self._check_noisable()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def affine_coupling_map(s1: float = 0.5, t1: float = 0.3, s2: float = 0.4, t2: float = 0.5):
     r"""A nonlinear diffeomorphism of ``R^2`` with a non-constant Jacobian (two affine couplings,
     RealNVP-style; Dinh et al. 2017):

@@ -60,7 +60,7 @@ def mean_difference_cosines(means: Any, background_mean: Any) -> jnp.ndarray:
 
 def sampler_disagreement(samples: Any, *, alpha: float = 0.01, floor: float = 0.04) -> dict:
     r"""Do several samplers' endpoints for the SAME composed model disagree? A diagnostic of a
-    composition that is not a diffusion path (claim 26; Bradley et al. 2025, Section 7).
+    composition that is not a diffusion path (Bradley et al. 2025, Section 7).
 
     Under Factorized Conditionals the summed noised scores are the exact scores of
     ``N_t[C[p]]`` (Theorem 5.3), so every consistent reverse-diffusion sampler (reverse SDE,

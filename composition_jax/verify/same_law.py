@@ -3,7 +3,7 @@ r"""Test the WHOLE joint law of a sample against a reference: ``law(x) == q``.
 :func:`projective` tests block marginals only (Definition 4.1 of Bradley et al. 2025 constrains
 nothing else). Theorem 5.3 says more: under Factorized Conditionals the sampler reaches the
 exact composition ``C[p] = p_b|_{M_b} prod_i p_i|_{M_i}``, blocks *independent* (the independent
-coupling, claim 24). :func:`same_law` tests that joint statement. Its components:
+coupling of the blocks). :func:`same_law` tests that joint statement. Its components:
 
 * ``mmd``: permutation test with the unbiased Gaussian-kernel ``MMD_u^2`` (median-heuristic
   bandwidth on the pooled sample), ``x`` against ``m`` reference points (exact draws from the

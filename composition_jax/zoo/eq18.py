@@ -169,8 +169,9 @@ def clutter_bayes(cfg: Config, key: jax.Array) -> Outcome:
     ``N(1, s0^2)`` (the conditional blocks are projective) and only the clutter off ``S`` is
     reweighted towards fewer objects (about 0.37 active instead of ``q = 0.5``). But FC fails, so
     the summed noised scores are not a diffusion path (Section 7): no sampler is guaranteed to
-    reach ``C[p]``, and the outcome on ``S`` depends on the sampler (claim 26). Measured (mean /
-    std on ``S``, data std 0.05; 200 steps, log-SNR grid): at ``n = 1000``, ``t_min = 1e-4``:
+    reach ``C[p]``, and the outcome on ``S`` depends on the sampler (the diagnostic
+    ``verify.sampler_disagreement``). Measured (mean / std on ``S``, data std 0.05; 200 steps,
+    log-SNR grid): at ``n = 1000``, ``t_min = 1e-4``:
     ``ode_heun`` 0.972 / 0.084 (KS ``D ~ 0.18``: misses ``S``), Euler--Maruyama 0.996 / 0.057
     (variance +30 %, above the covariance floor), predictor-corrector 1.000 / 0.052 (projective);
     at ``n = 2000``, ``t_min = 1e-3``: ``ode_heun`` 0.973 / 0.080 (KS ``D`` 0.16-0.18),

@@ -34,7 +34,7 @@ from .feature import _z_tuple
 from .registry import scenario
 from .rules import summarize
 
-__all__ = ["MCMC_LEVELS", "MCMC_FINAL", "MCMC_STEP", "x_space_tuple", "tempered_mala"]
+__all__ = ["MCMC_FINAL", "MCMC_LEVELS", "MCMC_STEP", "tempered_mala", "x_space_tuple"]
 
 MCMC_LEVELS = 300
 """Tempering levels (``beta`` linear from 0 to 1), one MALA move each."""
@@ -56,7 +56,7 @@ def _ld_inverse(z):
 def x_space_tuple():
     """``(background, [conditionals])`` in x: ``F^{-1}#`` of the z-space FC tuple."""
     zb, zc = _z_tuple()
-    push = lambda p: NonlinearPushforward(p, _FI, _F, _ld_inverse)  # noqa: E731
+    push = lambda p: NonlinearPushforward(p, _FI, _F, _ld_inverse)
     return push(zb), [push(c) for c in zc]
 
 

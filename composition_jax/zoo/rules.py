@@ -67,16 +67,16 @@ from typing import Any
 __all__ = [
     "ALPHA",
     "EFFECT_FLOORS",
+    "FLOOR_BIAS",
+    "FLOOR_FACTOR",
+    "PROCEDURE_ALPHA",
     "STANDARD_SAMPLERS",
+    "floors",
+    "material_joint",
     "material_rejections",
     "negligible_rejections",
     "summarize",
     "verdict",
-    "PROCEDURE_ALPHA",
-    "FLOOR_FACTOR",
-    "FLOOR_BIAS",
-    "floors",
-    "material_joint",
 ]
 
 ALPHA = 0.01
