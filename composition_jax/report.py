@@ -245,6 +245,7 @@ def _heatmap_figure(res, plt, folder: Path) -> str:
     n_panels = len(hm) + 1
     fig, axes = plt.subplots(1, n_panels, figsize=(3.3 * n_panels + 0.8, 3.9), squeeze=False,
                              gridspec_kw={"width_ratios": [1.0] * len(hm) + [1.2]})
+    fig.subplots_adjust(wspace=0.45)  # room for every panel's y label (before the colorbar)
     axes = axes[0]
     im = None
     for ax, (m, x) in zip(axes, hm.items()):
@@ -283,7 +284,6 @@ def _heatmap_figure(res, plt, folder: Path) -> str:
               frameon=False)
     fig.suptitle(f"{res.name}: composing S = {_set_fmt(S)} (expected {res.expected}, observed "
                  f"{res.observed})", fontsize=10)
-    fig.subplots_adjust(wspace=0.45)  # room for every panel's y label
     fn = f"{res.name}_heatmap.png"
     fig.savefig(folder / fn, dpi=80, bbox_inches="tight")
     plt.close(fig)
@@ -347,7 +347,8 @@ def _scatter_figures(res, plt, folder: Path) -> list[str]:
 
     # marginals: one panel per coordinate, then the mean errors
     experts = spec["experts"]
-    fig, axes = plt.subplots(1, 3, figsize=(12.5, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(12.5, 5.0))
+    fig.subplots_adjust(bottom=0.42, top=0.86, wspace=0.3)  # legends go below the panels
     for j, ax in enumerate(axes[:2]):
         vals = np.concatenate([z[:, j] for z in sc.values()])
         lo, hi = np.percentile(vals, [0.5, 99.5])
@@ -374,7 +375,7 @@ def _scatter_figures(res, plt, folder: Path) -> list[str]:
         ax.set_xlabel(axis_label(j), fontsize=8)
         ax.set_ylabel("density", fontsize=8)
         ax.set_title(f"marginal of {axis_label(j)}", fontsize=8)
-        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.3), frameon=False)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.25), frameon=False)
     # standardized mean error of each sampler (all n samples) per expert coordinate
     ax = axes[2]
     sam = res.metrics.get("samplers", {})
@@ -393,11 +394,10 @@ def _scatter_figures(res, plt, folder: Path) -> list[str]:
     ax.set_xlabel("expert: coordinate", fontsize=8)
     ax.set_ylabel("mean error (expert sd)", fontsize=8)
     ax.set_title("(sample mean - expert mean) / expert sd", fontsize=8)
-    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2,
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2,
               frameon=False)
     fig.suptitle(f"{res.name}: samples vs the experts' marginals (expected {res.expected}, "
                  f"observed {res.observed})", fontsize=9)
-    fig.tight_layout()
     fn = f"{res.name}_marginals.png"
     fig.savefig(folder / fn, dpi=80, bbox_inches="tight")
     plt.close(fig)

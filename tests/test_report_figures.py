@@ -133,19 +133,29 @@ def test_legends_off_the_data_and_titles_apart(figures):
         renderer = FigureCanvasAgg(fig).get_renderer()  # the figure was closed after saving
         fig.draw(renderer)
         boxes = [ax.get_window_extent(renderer) for ax in fig.axes]
-        titles = [ax.title.get_window_extent(renderer) for ax in fig.axes if ax.get_title()]
         for ax in fig.axes:
             leg = ax.get_legend()
             if leg is not None:
                 lb = leg.get_window_extent(renderer)
                 bad += [f"{fn}: a legend covers an axes' data area"
                         for b in boxes if _overlaps(lb, b)]
+        # titles, axis labels, legends and the figure title: no two overlap, and no axis
+        # label or legend lies on another axes' data area
+        texts = []
+        for k, ax in enumerate(fig.axes):
+            for what, t in (("title", ax.title), ("x label", ax.xaxis.label),
+                            ("y label", ax.yaxis.label)):
+                if t.get_text():
+                    texts.append((k, f"axes {k} {what} {t.get_text()[:30]!r}",
+                                  t.get_window_extent(renderer)))
+            if ax.get_legend() is not None:
+                texts.append((k, f"axes {k} legend", ax.get_legend().get_window_extent(renderer)))
         if fig._suptitle is not None:
-            sb = fig._suptitle.get_window_extent(renderer)
-            bad += [f"{fn}: the figure title overlaps an axes title"
-                    for t in titles if _overlaps(sb, t)]
-        for i, a in enumerate(titles):
-            bad += [f"{fn}: two axes titles overlap" for b in titles[i + 1:] if _overlaps(a, b)]
+            texts.append((-1, "figure title", fig._suptitle.get_window_extent(renderer)))
+        for i, (ka, na, a) in enumerate(texts):
+            bad += [f"{fn}: {na} overlaps {nb}" for _, nb, b in texts[i + 1:] if _overlaps(a, b)]
+            bad += [f"{fn}: {na} lies on axes {k}'s data area" for k, b in enumerate(boxes)
+                    if k != ka and not hasattr(fig.axes[k], "_colorbar") and _overlaps(a, b)]
     assert not bad, "\n".join(sorted(set(bad)))
 
 
