@@ -104,7 +104,7 @@ def device_info(impl: str) -> dict:
                 "device_count": 1}
     import jax
 
-    dev = jax.devices()[0]
+    dev = jax.local_devices()[0]
     info = {"platform": dev.platform, "device_kind": dev.device_kind,
             "device_count": jax.device_count(), "process_count": jax.process_count()}
     stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
