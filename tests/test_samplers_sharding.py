@@ -43,6 +43,10 @@ SCRIPT = textwrap.dedent(
     f = cj.sample(key, q, sch, (44, 2), steps=5, layout="rows")
     np.testing.assert_allclose(np.asarray(e), np.asarray(f), rtol=1e-4, atol=2e-5)
     assert len(e.sharding.device_set) == 8, e.sharding
+    # three tiles per device (tile_size 2 for 6 particles a device, tiles rounded up to 8: a
+    # different padding and placement): the same particles, bit for bit
+    g = cj.sample(key, q, sch, (44, 2), steps=5, mesh=m2, layout="columns", tile_size=2)
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(e))
     print("SHARDED_OK")
     """
 )
