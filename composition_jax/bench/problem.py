@@ -17,7 +17,7 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["Problem", "make_problem", "SIZES", "QUICK_SIZES", "flops_per_particle_step"]
+__all__ = ["QUICK_SIZES", "SIZES", "Problem", "flops_per_particle_step", "make_problem"]
 
 BETA_MIN, BETA_MAX = 0.1, 20.0
 T_MIN = 1e-3
@@ -63,8 +63,8 @@ def flops_per_particle_step(p: Problem, method: str = "euler_maruyama") -> int:
 
 # The standard sizes and the quick subset run by CI.
 SIZES = [
-    dict(d=2, K=8, n=100_000),
-    dict(d=64, K=16, n=10_000),
-    dict(d=256, K=64, n=4_000),
+    {"d": 2, "K": 8, "n": 100_000},
+    {"d": 64, "K": 16, "n": 10_000},
+    {"d": 256, "K": 64, "n": 4_000},
 ]
-QUICK_SIZES = [dict(d=2, K=8, n=4_000), dict(d=16, K=8, n=1_000)]
+QUICK_SIZES = [{"d": 2, "K": 8, "n": 4_000}, {"d": 16, "K": 8, "n": 1_000}]
