@@ -74,7 +74,8 @@ def test_tile_plan_policy():
     assert driver.tile_plan("gpu", 10**9, 1, jnp.float32) == 8  # never below one vector
 
 
-@pytest.mark.parametrize("method", ["euler_maruyama", "ode_heun"])
+@pytest.mark.parametrize("method", ["euler_maruyama",
+                                    pytest.param("ode_heun", marks=pytest.mark.slow)])
 def test_same_samples_for_every_tiling(key, model, built, method):
     """One tile (the policy for n = 100 on CPU), tiles of 8, 24 and 40 (padding in every
     case): bit-identical samples; each run compiled with the tile it was asked for."""

@@ -326,7 +326,11 @@ def _no_pilot(cls):
         {"adapt": False} if "adapt" in fields else {})
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+_CALLS_DEFAULT = ("euler_maruyama", "ode_heun", "predictor_corrector", "annealed_hmc")
+
+
+@pytest.mark.parametrize("name", [n if n in _CALLS_DEFAULT else pytest.param(n, marks=_SLOW)
+                                  for n in sorted(METHODS)])
 def test_model_calls_counts_the_evaluations_made(key, name):
     """``info.model_calls`` equals the evaluations a counting model sees, per particle: every
     registered method in rows (the columns layout runs the same ``transition``: checked on one
