@@ -49,9 +49,9 @@ is refused). Folders and files get your umask's permissions."""
 
 
 #: Measured run times of ``reproduce`` (stated in --help; re-measure when the sizes change).
-QUICK_RUNTIME = ("about 4.6 minutes of CPU time for the 15 scenarios of 2026-11-30 (measured "
-                 "that day on the 2-core development machine under other load, XLA "
-                 "optimization level 0: wall time on 2 idle cores is at most about that)")
+QUICK_RUNTIME = ("about 5.3 minutes of CPU time for the 19 scenarios (measured 2026-11-30 on "
+                 "the 2-core development machine under other load: wall time on 2 idle cores "
+                 "is at most about that)")
 FULL_RUNTIME = ("its runtime was not measured for this release: expect several times the quick "
                 "run (5x the samples, 5x the steps, plus training)")
 
