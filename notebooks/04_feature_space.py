@@ -22,7 +22,7 @@
 # commutes with $A$: for rotations (and blockwise maps), not for a shear (Section 7). Then the
 # sampler is biased although the target is right.
 #
-# The tuple (digest section 5.6), in $z$: $p_b = N(0, I)$, $p_1 = N((2,0), \mathrm{diag}(.25, 1))$,
+# A Gaussian FC tuple (an exact check of Sections 6 and 7), in $z$: $p_b = N(0, I)$, $p_1 = N((2,0), \mathrm{diag}(.25, 1))$,
 # $p_2 = N((0,2), \mathrm{diag}(1, .25))$, which is FC with $M_1 = \{0\}$, $M_2 = \{1\}$; its
 # composition is $N((2,2), .25 I)$. The data live in $x = A^{-1} z$ and are composed there.
 #
@@ -44,19 +44,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import composition_jax as cj
+from composition_jax._notebook import Checks
 
 QUICK = os.environ.get("COMPOSITION_JAX_QUICK", "0") not in ("", "0")
 FIGURES = Path(os.environ.get("COMPOSITION_JAX_FIGURES")
                or Path(tempfile.gettempdir()) / "composition_jax_notebooks")
 FIGURES.mkdir(parents=True, exist_ok=True)
+checks = Checks("feature space")  # a failed check prints a warning (raises in the test suite)
 
 
 def show(fig, name):
     """Show the figure (Jupyter) or save it as ``FIGURES/name.png`` (script); every plot axis
     must carry both axis labels."""
-    for ax in fig.axes:
-        if not hasattr(ax, "_colorbar"):
-            assert ax.get_xlabel() and ax.get_ylabel(), f"{name}: unlabelled axes {ax.get_title()!r}"
+    checks.labelled(fig, name)
     fig.savefig(FIGURES / f"{name}.png", dpi=80)
     if "ipykernel" in sys.modules:
         plt.show()
@@ -89,7 +89,7 @@ def to_x(A, g):
 
 
 fc_z = cj.verify.factorized_conditionals(z_b, [z_1, z_2], [[0], [1]])
-assert fc_z.holds
+checks.that(fc_z.holds, "Factorized Conditionals hold in z")
 print("in z:", fc_z)
 
 # %% [markdown]
@@ -108,10 +108,10 @@ for name, A in transforms.items():
     mz, cz = A @ comp.mean, A @ comp.cov @ A.T
     print(f"{name:>26}: z-law of C[p] = N({np.round(mz, 5)}, {np.round(cz, 5).tolist()});"
           f" FC in x: {cj.verify.factorized_conditionals(bg, [c1, c2]).holds}")
-    np.testing.assert_allclose(mz, Z_TARGET_MEAN, atol=1e-4)
-    np.testing.assert_allclose(cz, Z_TARGET_COV, atol=1e-4)
-assert [cj.verify.factorized_conditionals(*tuples[n]).holds for n in transforms] == [
-    False, True, False]
+    checks.close(mz, Z_TARGET_MEAN, atol=1e-4, what=f"{name}: z-mean of C[p]")
+    checks.close(cz, Z_TARGET_COV, atol=1e-4, what=f"{name}: z-covariance of C[p]")
+checks.that([cj.verify.factorized_conditionals(*tuples[n]).holds for n in transforms] == [
+    False, True, False], "FC in x holds only for the block-diagonal map")
 
 # %% [markdown]
 # ## The composition gap: is $C[\vec p^{\,t}]$ a diffusion path?
@@ -130,8 +130,10 @@ ax.set(xlabel="t", ylabel="KL(N_t[C[p]] || C[p^t])  (floored at 1e-12)",
 ax.legend(fontsize=7)
 show(fig, "04_gap")
 names = list(transforms)
-assert gaps[names[0]].max < 1e-5 and gaps[names[1]].max < 1e-5
-assert gaps[names[2]].max > 1e-2  # the digest: about 0.07 at intermediate noise
+checks.that(gaps[names[0]].max < 1e-5 and gaps[names[1]].max < 1e-5,
+            "no composition gap for the rotation and the block scaling")
+checks.that(gaps[names[2]].max > 1e-2,  # about 0.07 at intermediate noise (Section 7)
+            "the shear has a composition gap")
 
 # %% [markdown]
 # ## Reverse-diffusion samples versus the exact sampler law
@@ -157,12 +159,14 @@ for name, A in transforms.items():
     print(f"{name:>26}: sampler law z-mean {np.round(mz, 3)}, sample z-mean "
           f"{np.round(z.mean(0), 3)} (z-scores {np.round(zscore, 1)}), projective in z: "
           f"{reports[name].passed}")
-    assert np.all(np.abs(zscore) < 5)
+    checks.that(np.all(np.abs(zscore) < 5), f"{name}: samples match the sampler's exact law (|z| < 5)")
 for name in names[:2]:
-    assert np.max(np.abs(laws[name][0] - Z_TARGET_MEAN)) < 0.02 and reports[name].passed
+    checks.that(np.max(np.abs(laws[name][0] - Z_TARGET_MEAN)) < 0.02 and reports[name].passed,
+                f"{name}: reverse diffusion reaches the projective composition")
 shear = names[2]
 shear_bias = np.max(np.abs(laws[shear][0] - Z_TARGET_MEAN))
-assert shear_bias > 0.05 and not reports[shear].passed  # digest: mean about (2.12, 2.15)
+checks.that(shear_bias > 0.05 and not reports[shear].passed,  # mean about (2.12, 2.15)
+            "shear: reverse diffusion misses the projective composition")
 
 # %% [markdown]
 # ## Does MCMC correction repair the shear?
@@ -185,7 +189,8 @@ for method in ("annealed_mala",) if QUICK else ("annealed_mala", "annealed_hmc")
     rep = cj.verify.projective(z, [z_1, z_2], [[0], [1]], key=next(keys), sliced_wasserstein=False)
     print(f"{method:>14}: z-mean {np.round(z.mean(0), 3)}, max |bias| {bias:.3f} ± {se:.3f}"
           f" (reverse SDE: {shear_bias:.3f}), projective in z: {rep.passed}")
-    assert bias < shear_bias - 3 * se  # the correction reduces the bias beyond noise
+    checks.that(bias < shear_bias - 3 * se,  # the correction reduces the bias beyond noise
+                f"{method} reduces the shear bias beyond noise")
 
 # %%
 fig, axs = plt.subplots(1, 3 + len(mcmc), figsize=(3.6 * (3 + len(mcmc)), 3.6), sharex=True,
@@ -205,7 +210,6 @@ for ax, (name, z, how) in zip(axs, panels):
 axs[0].legend(fontsize=6, loc="lower left")
 fig.tight_layout()
 show(fig, "04_feature_space")
-print("feature space and sampling failure: all checks passed")
 
 # %% [markdown]
 # ## A nonlinear feature map (Lemma 6.2, Theorem 6.1 at $t = 0$)
@@ -234,7 +238,7 @@ a, b = (jnp.exp(v - v.max()) for v in (log_c, lt))
 rel_l1 = float(jnp.sum(jnp.abs(a / a.sum() - b / b.sum())))
 print(f"Lemma 6.2 with a nonlinear F: relative L1 between C[F^-1# p_z] and F^-1# C[p_z]: "
       f"{rel_l1:.2e}")
-assert rel_l1 < 1e-4
+checks.that(rel_l1 < 1e-4, "Lemma 6.2 with a nonlinear map (relative L1 < 1e-4)")
 
 n_mc = 500 if QUICK else 2000
 x_mc, acc = fnl.tempered_mala(next(keys), n_mc)
@@ -242,7 +246,7 @@ z_mc = np.asarray(jax.vmap(F)(x_mc))
 rep = cj.verify.projective(z_mc, [z_1, z_2], [[0], [1]], key=next(keys))
 print(f"tempered MALA (acceptance {float(acc):.2f}): z-mean {np.round(z_mc.mean(0), 3)}, "
       f"z-cov {np.round(np.cov(z_mc.T), 3).tolist()}; projective in z: {rep.passed}")
-assert rep.passed
+checks.that(rep.passed, "tempered MALA: projective in z")
 
 fig, axs = plt.subplots(1, 2, figsize=(7.4, 3.6))
 axs[0].scatter(x_mc[:, 0], x_mc[:, 1], s=2, alpha=0.4)
@@ -252,4 +256,4 @@ axs[1].plot(2 + np.cos(circle), 2 + np.sin(circle), "k", lw=1.2)
 axs[1].set(title="z = F(x): the projective composition", xlabel="z_0", ylabel="z_1")
 fig.tight_layout()
 show(fig, "04_feature_space_nonlinear")
-print("nonlinear feature map: all checks passed")
+checks.done()
