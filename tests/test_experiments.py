@@ -288,8 +288,13 @@ def test_learned_vector_decision_rule():
     ctrl = _effects(_report(("ks", 1e-5, 0.08, "max_ks_D"), ("cov", 0.5, 0.1,
                                                                "relative_cov_error")))
     assert ctrl == {"max_ks_D": 0.08, "relative_cov_error": 0.1}
-    # rejected but below the zoo floor (KS 0.05): not material -> success
-    assert decide([_report(("ks", 1e-9, 0.049, "max_ks_D"))], ctrl)[0] == "success"
+    from composition_jax.zoo.rules import EFFECT_FLOORS
+
+    ks_floor = EFFECT_FLOORS["max_ks_D"]
+    # rejected but below the zoo floor: not material -> success
+    assert decide([_report(("ks", 1e-9, 0.98 * ks_floor, "max_ks_D"))], ctrl)[0] == "success"
+    # rejected just above the floor (far below the control): material, inconclusive
+    assert decide([_report(("ks", 1e-9, 1.02 * ks_floor, "max_ks_D"))], ctrl)[0] == "inconclusive"
     # not rejected, large effect: success
     assert decide([_report(("ks", 0.5, 0.3, "max_ks_D"))], ctrl)[0] == "success"
     # material, within 2 x control (0.16): inconclusive
