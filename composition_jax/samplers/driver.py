@@ -388,7 +388,7 @@ def _check_int(v, name, lo=1):
     return int(v)
 
 
-_DRIVER_OPTIONS = (
+DRIVER_OPTIONS = (
     "grid", "rho", "denoise_final", "record_every", "return_info", "check", "mesh", "batch_axis",
     "x_init", "dtype", "layout", "tile_size", "nonfinite",
 )
@@ -866,7 +866,7 @@ def sample(
     """
     check_key(key)
     nonfinite = _check_nonfinite_mode(nonfinite)
-    method = resolve_method(method, options, _DRIVER_OPTIONS)
+    method = resolve_method(method, options, DRIVER_OPTIONS)
     if (
         not isinstance(shape, (tuple, list))
         or len(shape) != 2

@@ -34,7 +34,7 @@ from jax.flatten_util import ravel_pytree
 
 from ..distributions import Gaussian
 from ..models import as_model
-from ..samplers.driver import _DRIVER_OPTIONS, check_model_shape, check_times
+from ..samplers.driver import DRIVER_OPTIONS, check_model_shape, check_times
 from ..samplers.grids import time_grid
 from ..samplers.methods import SamplerMethod, denoise, resolve_method
 
@@ -156,7 +156,7 @@ def sampler_law(
         ``PredictorCorrector(corrector_step="snr")``), or bad
         ``steps``/``t_min``/``grid``/``method``, or unknown dimension.
     """
-    method = resolve_method(method, options, _DRIVER_OPTIONS)
+    method = resolve_method(method, options, DRIVER_OPTIONS)
     if not method.affine_exact:
         raise ValueError(
             f"sampler_law needs a kernel that is affine-Gaussian for affine scores "
