@@ -54,7 +54,8 @@ else
 	( $(TEST_ENV) $(call lane_cache,lane-b) $(LANE_F32) --lane-shard=1/2; r=$$?; \
 	  $(TEST_ENV) $(call lane_cache,lane-b) $(LANE_X64); s=$$?; \
 	  [ $$r -ne 0 ] && exit $$r; exit $$s ) > $$log 2>&1 & pid=$$!; \
-	trap 'kill $$pid 2>/dev/null; rm -f $$log' INT TERM; \
+	trap 'kill $$pid 2>/dev/null; rm -f $$log; exit 130' INT; \
+	trap 'kill $$pid 2>/dev/null; rm -f $$log; exit 143' TERM; \
 	echo "lane A: float32 group 0, then the property-based suite (lane B's output follows)"; \
 	$(TEST_ENV) $(call lane_cache,lane-a) $(LANE_F32) --lane-shard=0/2; r=$$?; \
 	$(PROP_ENV) $(call lane_cache,lane-a) $(LANE_PROPS); s=$$?; \

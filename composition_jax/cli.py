@@ -49,7 +49,7 @@ is refused). Folders and files get your umask's permissions."""
 
 
 #: Measured run times of ``reproduce`` (stated in --help; re-measure when the sizes change).
-QUICK_RUNTIME = ("about 5.3 minutes of CPU time for the 19 scenarios (measured 2026-11-30 on "
+QUICK_RUNTIME = ("about 5.7 minutes of CPU time for the 20 scenarios (measured 2026-11-30 on "
                  "the 2-core development machine under other load: wall time on 2 idle cores "
                  "is at most about that)")
 FULL_RUNTIME = ("its runtime was not measured for this release: expect several times the quick "
@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "learned experiments off unless --learned; " + QUICK_RUNTIME + "; "
                             "full: the paper-size run (n = 10000 samples, 1000 steps, learned "
                             "experiments on unless --no-learned); " + FULL_RUNTIME + "; minimal: "
-                            "n = 1000, 100 steps, for tests")
+                            "n = 1000, 200 steps, for tests")
     p_rep.add_argument("--quick", dest="size", action="store_const", const="quick",
                        help="alias for --size quick")
     p_rep.add_argument("--force", action="store_true",
