@@ -394,6 +394,20 @@ DRIVER_OPTIONS = (
 )
 
 
+def check_shape(shape: Any) -> tuple[int, int]:
+    """``shape`` as ``(n, d)`` positive Python ints (the particle array of a sampler), else a
+    ``ValueError`` naming it."""
+    if (
+        not isinstance(shape, (tuple, list))
+        or len(shape) != 2
+        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in shape)
+        or shape[0] < 1
+        or shape[1] < 1
+    ):
+        raise ValueError(f"shape must be a tuple (n, d) of positive ints, got {shape!r}")
+    return int(shape[0]), int(shape[1])
+
+
 def check_times(schedule: Any, steps: Any, t_min: Any, grid: str) -> tuple[int, float]:
     """Validate ``steps``, ``t_min`` and ``grid`` against ``schedule``."""
     if not isinstance(schedule, Schedule):
@@ -867,15 +881,7 @@ def sample(
     check_key(key)
     nonfinite = _check_nonfinite_mode(nonfinite)
     method = resolve_method(method, options, DRIVER_OPTIONS)
-    if (
-        not isinstance(shape, (tuple, list))
-        or len(shape) != 2
-        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in shape)
-        or shape[0] < 1
-        or shape[1] < 1
-    ):
-        raise ValueError(f"shape must be a tuple (n, d) of positive ints, got {shape!r}")
-    n, d = int(shape[0]), int(shape[1])
+    n, d = check_shape(shape)
     steps, t_min_f = check_times(schedule, steps, t_min, grid)
     if record_every is not None:
         record_every = _check_int(record_every, "record_every")

@@ -64,11 +64,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ..models import Model, _Adapter, as_model
 from ..schedules import Schedule
-from .driver import check_key, check_model_shape, check_times
+from .driver import check_key, check_model_shape, check_shape, check_times
 from .grids import time_grid
 from .mcmc import _mh
 from .methods import DDIM, DDPM, EulerMaruyama, SamplerMethod, _sigma2_between, resolve_method
@@ -412,15 +411,7 @@ def smc_sample(
       ((256, 1), (50,))
     """
     check_key(key)
-    if (
-        not isinstance(shape, (tuple, list))
-        or len(shape) != 2
-        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in shape)
-        or shape[0] < 1
-        or shape[1] < 1
-    ):
-        raise ValueError(f"shape must be a tuple (n, d) of positive ints, got {shape!r}")
-    n, d = int(shape[0]), int(shape[1])
+    n, d = check_shape(shape)
     steps, t_min_f = check_times(schedule, steps, t_min, grid)
     method = _check_kernel(kernel)
     if resample not in RESAMPLERS:
