@@ -25,7 +25,12 @@ stochastic ones (Euler-Maruyama, churned Heun) forget.
 
 Methods: Euler-Maruyama, DDIM (eta 0), Heun, Heun with EDM churn (``s_churn = 2``),
 DPM-Solver++ 2M and 2S. A budget of ``B`` model calls is ``B // method.model_calls_per_step``
-steps. Each method runs on the uniform-in-``t`` and on the log-SNR grid; the table reports the
+steps. The budget is per particle: none of these methods runs a pilot ensemble
+(``method.pilot_model_calls(steps) == 0``, checked below), so ``n * B`` is the run's whole cost.
+A tuned method (``predictor_corrector`` with the SNR step, ``annealed_mala``/``annealed_hmc``
+with ``adapt=True``) would add its pilot's ``pilot_model_calls(steps)`` evaluations per run
+(``info.pilot_model_calls``; ``pilot_model_calls / n`` per particle), which a comparison at
+equal cost must charge to it. Each method runs on the uniform-in-``t`` and on the log-SNR grid; the table reports the
 better of the two (and which). Run: ``python benchmarks/model_calls.py [--quick] [--out F]``.
 """
 
@@ -132,6 +137,15 @@ def check_factorized(model, exact):
             np.testing.assert_allclose(model.score(x, t), ex.score(x, t), rtol=1e-4, atol=1e-4)
 
 
+def check_no_pilot(budgets=BUDGETS):
+    """The budgets are per particle and complete: no method here has a pilot ensemble."""
+    for name, m in methods().items():
+        for b in budgets:
+            calls = m.pilot_model_calls(b // m.model_calls_per_step)
+            if calls:
+                raise ValueError(f"{name} runs a pilot ({calls} model calls): charge them")
+
+
 def gaussian_errors(budgets=BUDGETS, grids=GRIDS):
     """``{method: {budget: (W2, grid)}}`` from the exact sampler laws."""
     model, exact = gaussian_problem()
@@ -196,6 +210,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     budgets = (10, 20) if args.quick else BUDGETS
     n = 2000 if args.quick else 100000
+    check_no_pilot(budgets)
     g = gaussian_errors(budgets)
     print("## composed Gaussians (affine score): W2 of the exact sampler law to C[p]_{t_min}\n")
     print(table(g, budgets))
@@ -207,6 +222,7 @@ def main(argv=None) -> int:
         with open(args.out, "w") as f:
             json.dump({"budgets": list(budgets), "gaussian_w2": g, "mixture_moment_error": mx,
                        "mixture_floor": floor, "n": n, "t_min": T_MIN,
+                       "pilot_model_calls": 0,
                        "schedule": "VPSchedule(0.1, 20)"}, f, indent=1, default=str)
     return 0
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import composition_jax as cj
+from composition_jax._pytree import pytree_dataclass
 from composition_jax.samplers import time_grid
 
 
@@ -270,3 +271,83 @@ def test_model_calls_per_step_counts_the_evaluations_of_one_step(name, key):
     for m in [_method(name)] + ([_method(name, **OTHER[name])] if name in OTHER else []):
         calls = _count_calls(m, key)
         assert calls == m.model_calls_per_step, (m, calls, m.model_calls_per_step)
+
+
+# ------------------------------------------------------------------ the run's model calls
+_TALLY = [0]
+
+
+def _tally(x):
+    """Host side of one evaluation (``jax.debug.callback`` runs once per particle under
+    ``vmap`` and once per iteration inside ``lax.scan``/``fori_loop``)."""
+    del x
+    _TALLY[0] += 1
+
+
+@pytree_dataclass
+class _TallyModel(cj.Model):
+    """``MODEL`` as a pytree model (a ``cj.sample`` argument) whose every evaluation adds one to
+    ``_TALLY`` at run time."""
+
+    has_log_prob = True
+    has_denoise = True
+
+    def score(self, x, t):
+        jax.debug.callback(_tally, x)
+        return MODEL.score(x, t)
+
+    def _log_prob(self, x, t):
+        jax.debug.callback(_tally, x)
+        return MODEL.log_prob(x, t)
+
+    def _log_prob_and_score(self, x, t):
+        jax.debug.callback(_tally, x)
+        return MODEL.log_prob_and_score(x, t)
+
+    def _denoise(self, x, t):
+        jax.debug.callback(_tally, x)
+        return MODEL.denoise(x, t)
+
+
+def _tallied(fn):
+    """``(fn(), evaluations made while it ran)``."""
+    _TALLY[0] = 0
+    out = jax.block_until_ready(fn())
+    jax.effects_barrier()
+    return out, _TALLY[0]
+
+
+_STEPS = 2
+_TIMES = time_grid(SCH, _STEPS, 1e-3, "uniform", dtype=jnp.float32)
+_PILOTED = ("predictor_corrector", "annealed_mala", "annealed_hmc")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pilot_model_calls_counts_the_evaluations_of_tune(name, key):
+    """``pilot_model_calls(steps)`` equals the evaluations ``tune`` makes (all pilot particles),
+    for every registered method and a second option value; positive exactly for the tuned
+    methods (``n_pilot = 16``)."""
+    for m in [_method(name)] + ([_method(name, **OTHER[name])] if name in OTHER else []):
+        tune = jax.jit(m.tune, static_argnums=(4, 5))
+        _, calls = _tallied(lambda f=tune: f(_TallyModel(), SCH, key, _TIMES, D, jnp.float32))
+        assert m.pilot_model_calls(_STEPS) == calls, (m, calls)
+        tuned = name in _PILOTED and getattr(m, "corrector_step", "snr") == "snr"
+        assert (calls > 0) == tuned, (m, calls)
+    for m in (cj.AnnealedMALA(adapt=False), cj.PredictorCorrector(corrector_step="fixed")):
+        assert m.pilot_model_calls(_STEPS) == 0
+
+
+@pytest.mark.parametrize("name", [n if n in _PILOTED else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in NAMES])
+def test_info_counts_every_model_evaluation_of_the_run(name, key):
+    """A whole ``cj.sample`` run makes exactly ``n * info.model_calls +
+    info.pilot_model_calls`` evaluations, with ``info.pilot_model_calls`` the evaluations of the
+    pilot alone (counted by running ``tune`` by itself), for every registered method."""
+    m, n = _method(name), 3
+    tune = jax.jit(m.tune, static_argnums=(4, 5))
+    _, pilot = _tallied(lambda: tune(_TallyModel(), SCH, key, _TIMES, D, jnp.float32))
+    r, total = _tallied(lambda: cj.sample(key, _TallyModel(), SCH, (n, D), method=m,
+                                          steps=_STEPS, return_info=True, nonfinite="ignore"))
+    assert int(r.info.pilot_model_calls) == pilot
+    assert int(r.info.model_calls) == _STEPS * m.model_calls_per_step + 1
+    assert total == n * int(r.info.model_calls) + pilot, (total, r.info)

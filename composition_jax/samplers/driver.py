@@ -77,8 +77,14 @@ class SampleInfo(NamedTuple):
         ``steps * method.model_calls_per_step`` (score, ``log_prob_and_score`` or one column
         of ``score_columns``; predictor, correctors and Metropolis moves included) plus one
         for the final denoising step (``model.denoise`` or the Tweedie formula) when
-        ``denoise_final``. The pilot ensemble of tuned methods (``n_pilot`` particles, see
-        ``method.tune``) is not included: its cost does not grow with ``n``.
+        ``denoise_final``. The pilot ensemble of tuned methods is not included (see
+        ``pilot_model_calls``): its cost does not grow with ``n``.
+      pilot_model_calls: ``()`` int, evaluations of the model by the pilot ensemble of a tuned
+        method over the run, ALL pilot particles together: ``method.pilot_model_calls(steps)``
+        (``n_pilot`` times the evaluations of one pilot particle; ``predictor_corrector`` with
+        ``corrector_step="snr"``, ``annealed_mala``/``annealed_hmc`` with ``adapt=True``),
+        ``0`` for the other methods. The run's total is
+        ``n * model_calls + pilot_model_calls``.
     """
 
     times: jax.Array
@@ -87,6 +93,7 @@ class SampleInfo(NamedTuple):
     acceptance: Any = None
     step_size: Any = None
     model_calls: Any = None
+    pilot_model_calls: Any = None
 
 
 class SampleResult(NamedTuple):
@@ -529,6 +536,7 @@ def _run(key, model, schedule, x_init, cfg: _Config):
             acceptance=per_step.get("acceptance"),
             step_size=per_step.get("step_size"),
             model_calls=_model_calls(cfg),
+            pilot_model_calls=_pilot_model_calls(cfg),
         )
         out = SampleResult(x, info, traj)
     return _finish(out, x, per_step["nonfinite"] if cfg.return_info else None, times, cfg)
@@ -536,7 +544,20 @@ def _run(key, model, schedule, x_init, cfg: _Config):
 
 def _model_calls(cfg: _Config) -> jax.Array:
     """``SampleInfo.model_calls``: ``()`` int32, model evaluations per particle."""
-    return jnp.int32(cfg.steps * int(cfg.method.model_calls_per_step) + int(cfg.denoise_final))
+    return _int32(cfg.steps * int(cfg.method.model_calls_per_step) + int(cfg.denoise_final),
+                  "model_calls")
+
+
+def _pilot_model_calls(cfg: _Config) -> jax.Array:
+    """``SampleInfo.pilot_model_calls``: ``()`` int32, the pilot ensemble's evaluations."""
+    return _int32(int(cfg.method.pilot_model_calls(cfg.steps)), "pilot_model_calls")
+
+
+def _int32(v: int, name: str) -> jax.Array:
+    if not 0 <= v <= np.iinfo(np.int32).max:
+        raise ValueError(f"info.{name} = {v} does not fit in int32 (fewer steps or pilot "
+                         "particles, or return_info=False)")
+    return jnp.int32(v)
 
 
 def _rows_body(cfg: _Config, model, schedule, key, keys, times, x_init):

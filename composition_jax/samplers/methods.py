@@ -76,6 +76,9 @@ does not pass per-level parameters), so ``layout="auto"`` runs them in rows.
 
 ``model_calls_per_step`` (every method): model evaluations (``score``, ``denoise``,
 ``log_prob_and_score``) per particle and step -- the cost unit to compare methods at equal cost.
+``pilot_model_calls(steps)``: the evaluations of the pilot ensemble of the tuned methods over a
+run (all ``n_pilot`` pilot particles together; ``0`` for the others), a fixed cost on top of
+``n`` times the per-particle count.
 
 All of these are approximate samplers of ``p_{t_min}`` whose discretization error vanishes as
 ``steps -> inf``.
@@ -163,6 +166,8 @@ class SamplerMethod(abc.ABC):
     * ``num_normals``, ``num_uniforms``: ints, per particle and step;
     * ``model_calls_per_step``: int, model evaluations (``score``, ``denoise``, ``log_prob``,
       ``log_prob_and_score``: one each) per particle and step (not counting a pilot's);
+    * ``pilot_model_calls(steps)``: int, model evaluations that :meth:`tune` makes over a run
+      of ``steps`` levels, all pilot particles together (``0`` without a pilot);
     * ``tune(model, schedule, key, times, d, dtype)``: per-level parameters (a pytree with
       leading axis ``steps``) computed BEFORE the main run from a pilot ensemble of fixed size
       drawn from ``key``, or ``None``.
@@ -227,6 +232,15 @@ class SamplerMethod(abc.ABC):
         """Per-level parameters from a pilot ensemble (default: none)."""
         del model, schedule, key, times, d, dtype
         return None
+
+    def pilot_model_calls(self, steps: int) -> int:
+        """Model evaluations that :meth:`tune` makes for a run of ``steps`` levels, summed over
+        the pilot particles: ``n_pilot`` times the evaluations of one pilot particle (default
+        ``0``: no pilot, or a ``tune`` that reads only the time grid). Independent of the
+        number ``n`` of main particles; ``cj.sample`` reports it as
+        ``info.pilot_model_calls``."""
+        del steps
+        return 0
 
 
 # ------------------------------------------------------------------------- option checks
@@ -491,6 +505,11 @@ class PredictorCorrector(SamplerMethod):
     def affine_exact(self) -> bool:
         return not self._tuned
 
+    def pilot_model_calls(self, steps: int) -> int:
+        """``n_pilot * steps * (1 + n_corrector)`` with the SNR step (the pilot runs this
+        sampler: one predictor score and one score per corrector sweep per level), else 0."""
+        return self.n_pilot * steps * (1 + self.n_corrector) if self._tuned else 0
+
     def transition(self, model, schedule, x, normals, t, t_next, eps=None):
         """``eps (n_corrector,)``: this level's corrector steps from :meth:`tune` (needed for
         ``corrector_step="snr"``; ignored for ``"fixed"``)."""
@@ -592,6 +611,17 @@ class _Annealed(SamplerMethod):
         return 2 + self.mcmc_steps * max(1, self._n_leapfrog)
 
     def init(self, x, t):
+    def pilot_model_calls(self, steps: int) -> int:
+        """With ``adapt=True``: ``n_pilot * steps * (2 + (BISECT_ITERS + mcmc_steps) * L)``
+        (per pilot particle and level: the predictor score, ``log_prob_and_score`` at the
+        chain's start, then ``BISECT_ITERS`` probe moves and ``mcmc_steps`` moves of ``L``
+        evaluations each, ``L = 1`` for MALA and ``n_leapfrog`` for HMC; see
+        :func:`.mcmc.mcmc_tune`); ``0`` with ``adapt=False`` (no pilot)."""
+        if not self.adapt:
+            return 0
+        per_level = 2 + (mcmc.BISECT_ITERS + self.mcmc_steps) * max(1, self._n_leapfrog)
+        return self.n_pilot * steps * per_level
+
         del t
         return MCMCState(x)
 
