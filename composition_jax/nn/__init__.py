@@ -1,8 +1,11 @@
 """Flax score networks and the :class:`ScoreNetModel` wrapper that makes them models.
 
-``MLPScoreNet`` (vectors) and ``UNetScoreNet`` (images as flat vectors) are raw approximators;
-``ScoreNetModel(network, params, schedule, parameterization)`` has ``.score(x, t)`` and
-``.denoise(x, t)`` on one sample, like ``cj.diffuse(dist, schedule)``.
+``NNXMLPScoreNet`` (vectors) and ``NNXUNetScoreNet`` (images as flat vectors) are flax NNX modules,
+the recommended form; ``MLPScoreNet`` and ``UNetScoreNet`` are the same networks in flax linen
+(supported; ``nnx_from_linen`` / ``linen_from_nnx`` convert parameters between the two). They
+are raw approximators; ``ScoreNetModel.from_nnx(module, schedule, parameterization)`` (or
+``ScoreNetModel(network, params, schedule, parameterization)`` for linen) has ``.score(x, t)``
+and ``.denoise(x, t)`` on one sample, like ``cj.diffuse(dist, schedule)``.
 """
 
 from .embeddings import SinusoidalEmbedding
@@ -15,15 +18,27 @@ from .model import (
     param_count,
 )
 from .networks import MLPScoreNet, UNetScoreNet
+from .nnx_networks import (
+    NNXMLPScoreNet,
+    NNXNetwork,
+    NNXUNetScoreNet,
+    linen_from_nnx,
+    nnx_from_linen,
+)
 
 __all__ = [
     "PARAMETERIZATIONS",
     "MLPScoreNet",
+    "NNXMLPScoreNet",
+    "NNXNetwork",
+    "NNXUNetScoreNet",
     "ScoreNetModel",
     "SinusoidalEmbedding",
     "UNetScoreNet",
     "init_params",
     "input_scale",
+    "linen_from_nnx",
+    "nnx_from_linen",
     "output_to_eps",
     "param_count",
 ]

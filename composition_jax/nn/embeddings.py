@@ -7,7 +7,25 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-__all__ = ["SinusoidalEmbedding"]
+__all__ = ["SinusoidalEmbedding", "sinusoidal_embedding"]
+
+
+def sinusoidal_embedding(t, features: int, scale: float = 1000.0, max_period: float = 10000.0):
+    r"""``[sin(w_k s t), cos(w_k s t)]_{k < features/2}``, ``w_k = max_period^{-k/(features/2)}``,
+    ``s = scale``: the fixed time features of :class:`SinusoidalEmbedding`, as a function (the
+    flax ``linen`` and ``nnx`` networks both call it, so their time features are the same ops).
+
+    Args:
+      t: times, shape ``(B,)``.
+
+    Returns:
+      ``(B, features)``, in ``t``'s dtype.
+    """
+    half = features // 2
+    k = jnp.arange(half, dtype=t.dtype)
+    freqs = jnp.exp(k * (-math.log(max_period) / half))
+    args = (scale * t)[:, None] * freqs[None, :]
+    return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
 
 
 class SinusoidalEmbedding(nn.Module):
@@ -30,8 +48,4 @@ class SinusoidalEmbedding(nn.Module):
 
     @nn.compact
     def __call__(self, t):
-        half = self.features // 2
-        k = jnp.arange(half, dtype=t.dtype)
-        freqs = jnp.exp(k * (-math.log(self.max_period) / half))
-        args = (self.scale * t)[:, None] * freqs[None, :]
-        return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+        return sinusoidal_embedding(t, self.features, self.scale, self.max_period)

@@ -1,7 +1,9 @@
-r"""A trained network as a *model*: ``ScoreNetModel(network, params, schedule, parameterization)``.
+r"""A trained network as a *model*: ``ScoreNetModel(network, params, schedule, parameterization)``,
+or ``ScoreNetModel.from_nnx(module, schedule, parameterization)`` for a flax NNX module.
 
 The model is a pytree: ``params`` (and the schedule's numbers and the condition index) are leaves,
-the flax module definition and the parameterization are static. It acts on ONE sample ``x`` of
+the network definition (a linen module, or the ``GraphDef`` of an NNX module, see
+:class:`~composition_jax.nn.NNXNetwork`) and the parameterization are static. It acts on ONE sample ``x`` of
 shape ``(d,)`` and a scalar ``t`` like ``cj.diffuse(dist, schedule)``, so it plugs into
 ``cj.compose``, ``cj.guidance`` and ``cj.sample`` unchanged, and a jitted sampler taking the model
 as an argument serves every checkpoint (and every condition) without retracing.
@@ -40,6 +42,7 @@ from .._checks import check_point, check_t, is_concrete
 from .._pytree import pytree_dataclass, replace, static_field
 from ..models import Model
 from ..schedules import Schedule
+from .nnx_networks import NNXNetwork
 
 __all__ = ["PARAMETERIZATIONS", "ScoreNetModel", "input_scale", "output_to_eps"]
 
@@ -83,6 +86,13 @@ def _check_parameterization(p):
 
 
 def _check_network(network):
+    from flax import nnx
+
+    if isinstance(network, nnx.Module):
+        raise TypeError(
+            f"network is a flax.nnx.Module ({type(network).__name__}): build the model with "
+            f"ScoreNetModel.from_nnx(module, schedule, ...), which splits it into a static "
+            f"graph definition and a parameter state")
     for attr in ("dim", "num_conditions", "null_condition", "apply"):
         if not hasattr(network, attr):
             raise TypeError(
@@ -113,12 +123,14 @@ class ScoreNetModel(Model):
     conversion of the network output) and no ``log_prob`` (``has_log_prob`` is ``False``).
 
     Attributes:
-      params: the flax parameter pytree (leaves).
+      params: the parameter pytree (leaves): a linen parameter dict, or the ``nnx.State`` of an
+        NNX module's ``nnx.Param`` variables.
       schedule: the noise schedule the network was trained with (leaves).
       cond: int32 scalar condition index (a leaf, so switching condition never retraces); for a
         conditional network the default is the NULL index (the unconditional model); ``None``
         for an unconditional network.
-      network: the flax module (static; hashable, compared by its configuration).
+      network: the linen module or the :class:`~composition_jax.nn.NNXNetwork` of an NNX
+        module (static; hashable, compared by its configuration).
       parameterization: ``"eps"``, ``"score"``, ``"x0"`` or ``"velocity"`` (static).
 
     Example:
@@ -126,6 +138,14 @@ class ScoreNetModel(Model):
       >>> net = cj.nn.MLPScoreNet(dim=2, hidden=16, depth=1)
       >>> params = cj.nn.init_params(net, jax.random.key(0))
       >>> m = cj.nn.ScoreNetModel(net, params, cj.VPSchedule())
+      >>> m.score(jax.numpy.ones(2), 0.5).shape
+      (2,)
+
+      With flax NNX (recommended for new networks):
+
+      >>> from flax import nnx
+      >>> module = cj.nn.NNXMLPScoreNet(dim=2, hidden=16, depth=1, rngs=nnx.Rngs(0))
+      >>> m = cj.nn.ScoreNetModel.from_nnx(module, cj.VPSchedule())
       >>> m.score(jax.numpy.ones(2), 0.5).shape
       (2,)
     """
@@ -149,6 +169,37 @@ class ScoreNetModel(Model):
         else:
             c = self.network.null_condition if self.cond is None else self.cond
             object.__setattr__(self, "cond", _check_condition(c, self.network, "cond"))
+
+    @classmethod
+    def from_nnx(cls, module: Any, schedule: Schedule, parameterization: str = "eps",
+                 cond: Any = None) -> ScoreNetModel:
+        """The model of a flax NNX score network (``NNXMLPScoreNet``, ``NNXUNetScoreNet``, or any
+        ``nnx.Module`` with ``dim``, ``num_conditions``, ``null_condition`` and
+        ``module(x_in (B, d), t (B,), cond (B,)) -> (B, d)``).
+
+        The module is split (``nnx.split``) into its graph definition, kept static in an
+        :class:`~composition_jax.nn.NNXNetwork`, and its ``nnx.Param`` state, which becomes
+        ``params``: the model is a pure pytree whose leaves are the parameter arrays, so a
+        jitted sampler taking it as an argument compiles once for every parameter value of the
+        same architecture. The module itself is not referenced afterwards (later in-place
+        updates of it do not reach the model; :meth:`nnx_module` gives a module back).
+
+        Raises:
+          TypeError: not an NNX score network, or a module with state other than parameters.
+        """
+        network, params = NNXNetwork.split(module)
+        return cls(network, params, schedule, parameterization, cond)
+
+    def nnx_module(self) -> Any:
+        """The NNX module with this model's parameters (``nnx.merge``), e.g. after training.
+
+        Raises:
+          TypeError: the model's network is a linen module.
+        """
+        if not isinstance(self.network, NNXNetwork):
+            raise TypeError(f"this model's network is a linen {type(self.network).__name__}; "
+                            f"nnx_from_linen(network, params) converts it")
+        return self.network.merge(self.params)
 
     # -- model contract ----------------------------------------------------------------------
     @property
@@ -234,8 +285,12 @@ class ScoreNetModel(Model):
 
 
 def init_params(network: Any, key: jax.Array, dtype: Any = jnp.float32) -> Any:
-    """Initial parameters of ``network`` (a dict pytree), from a dummy batch of one sample."""
+    """Initial parameters of the linen ``network`` (a dict pytree), from a dummy batch of one
+    sample. (An NNX module creates its parameters when it is constructed, from its ``rngs``.)"""
     _check_network(network)
+    if isinstance(network, NNXNetwork):
+        raise TypeError("an NNX network's parameters are created by its constructor "
+                        "(rngs=nnx.Rngs(seed)); nnx.split(module, nnx.Param) returns them")
     x = jnp.zeros((1, network.dim), dtype)
     t = jnp.full((1,), 0.5, dtype)
     c = jnp.full((1,), network.null_condition, jnp.int32)

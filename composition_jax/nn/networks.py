@@ -61,6 +61,36 @@ def _check_num_conditions(num_conditions):
         raise ValueError(f"num_conditions must be None or a positive int, got {num_conditions!r}")
 
 
+def _check_mlp_config(dim, hidden, depth, num_conditions) -> None:
+    """Validate an MLP score network's configuration (shared by the linen and nnx versions)."""
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim must be a positive int, got {dim!r}")
+    if not isinstance(hidden, int) or hidden < 2 or hidden % 2:
+        raise ValueError(f"hidden must be an even int >= 2, got {hidden!r}")
+    if not isinstance(depth, int) or depth < 0:
+        raise ValueError(f"depth must be a non-negative int, got {depth!r}")
+    _check_num_conditions(num_conditions)
+
+
+def _check_unet_config(height, width, channels, features, num_conditions, groups) -> tuple:
+    """Validate a U-Net score network's configuration; returns ``features`` as a tuple."""
+    for name, v in (("height", height), ("width", width), ("channels", channels),
+                    ("groups", groups)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    feats = tuple(features)
+    if len(feats) < 1 or any(not isinstance(f, int) or f < 1 or f % 2 for f in feats):
+        raise ValueError(f"features must be a non-empty sequence of even ints, got {feats!r}")
+    f = 2 ** (len(feats) - 1)
+    if height % f or width % f:
+        raise ValueError(
+            f"height and width must be divisible by 2**(len(features)-1) = {f}, "
+            f"got ({height}, {width})"
+        )
+    _check_num_conditions(num_conditions)
+    return feats
+
+
 class MLPScoreNet(nn.Module):
     r"""Residual MLP for vector data with a sinusoidal time embedding.
 
@@ -82,13 +112,7 @@ class MLPScoreNet(nn.Module):
     num_conditions: int | None = None
 
     def __post_init__(self):
-        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
-            raise ValueError(f"dim must be a positive int, got {self.dim!r}")
-        if not isinstance(self.hidden, int) or self.hidden < 2 or self.hidden % 2:
-            raise ValueError(f"hidden must be an even int >= 2, got {self.hidden!r}")
-        if not isinstance(self.depth, int) or self.depth < 0:
-            raise ValueError(f"depth must be a non-negative int, got {self.depth!r}")
-        _check_num_conditions(self.num_conditions)
+        _check_mlp_config(self.dim, self.hidden, self.depth, self.num_conditions)
         super().__post_init__()
 
     @property
@@ -150,21 +174,9 @@ class UNetScoreNet(nn.Module):
     groups: int = 8
 
     def __post_init__(self):
-        for name in ("height", "width", "channels", "groups"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        feats = tuple(self.features)
-        if len(feats) < 1 or any(not isinstance(f, int) or f < 1 or f % 2 for f in feats):
-            raise ValueError(f"features must be a non-empty sequence of even ints, got {feats!r}")
+        feats = _check_unet_config(self.height, self.width, self.channels, self.features,
+                                   self.num_conditions, self.groups)
         object.__setattr__(self, "features", feats)
-        f = 2 ** (len(feats) - 1)
-        if self.height % f or self.width % f:
-            raise ValueError(
-                f"height and width must be divisible by 2**(len(features)-1) = {f}, "
-                f"got ({self.height}, {self.width})"
-            )
-        _check_num_conditions(self.num_conditions)
         super().__post_init__()
 
     @property

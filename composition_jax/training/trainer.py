@@ -34,6 +34,7 @@ import optax
 from .._pytree import pytree_dataclass, replace
 from ..distributions.base import Distribution
 from ..nn.model import PARAMETERIZATIONS, ScoreNetModel, _check_network, init_params
+from ..nn.nnx_networks import NNXNetwork
 from ..schedules import Schedule
 from .checkpoint import CheckpointError, CheckpointWriter, load_checkpoint, save_checkpoint
 from .dsm import TIME_SAMPLINGS, WEIGHTINGS, dsm_loss_per_example, sample_times
@@ -83,6 +84,8 @@ def _describe(obj: Any) -> Any:
         return {str(k): _describe(v) for k, v in obj.items()}
     if isinstance(obj, (np.ndarray, np.generic, jax.Array)):
         return np.asarray(obj).tolist()
+    if isinstance(obj, NNXNetwork):  # an NNX module: its class and constructor arguments
+        return obj.describe()
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out = {"type": type(obj).__name__}
         for f in dataclasses.fields(obj):
@@ -135,7 +138,11 @@ class DSMTrainer:
     r"""Denoising score matching trainer.
 
     Args:
-      network: a score network (``MLPScoreNet``, ``UNetScoreNet``).
+      network: a score network: a flax NNX module (``NNXMLPScoreNet``, ``NNXUNetScoreNet``, or
+        any ``nnx.Module`` accepted by ``ScoreNetModel.from_nnx``), whose current parameters
+        are the initial parameters of :meth:`init` (``nnx.split``: the graph definition is
+        static, the ``nnx.Param`` state is what optax trains); or a linen module
+        (``MLPScoreNet``, ``UNetScoreNet``), initialised by :meth:`init` from its key.
       schedule: the noise schedule.
       optimizer: an optax ``GradientTransformation`` (default ``optax.adam(1e-3)``).
       parameterization: network output meaning, ``"eps"``, ``"score"`` or ``"x0"``.
@@ -159,6 +166,16 @@ class DSMTrainer:
       >>> state, losses = tr.train(tr.init(jax.random.key(0)), data, 20, progress=False)
       >>> losses.shape, int(state.step)
       ((20,), 20)
+
+      The same with a flax NNX module; ``tr.model(state)`` is a model for ``cj.sample`` and
+      ``tr.model(state).nnx_module()`` the trained module:
+
+      >>> from flax import nnx
+      >>> module = cj.nn.NNXMLPScoreNet(dim=2, hidden=16, depth=1, rngs=nnx.Rngs(0))
+      >>> tr = cj.training.DSMTrainer(module, cj.VPSchedule(), batch_size=32, steps_per_call=10)
+      >>> state, losses = tr.train(tr.init(jax.random.key(0)), data, 20, progress=False)
+      >>> type(tr.model(state).nnx_module()).__name__
+      'NNXMLPScoreNet'
     """
 
     def __init__(
@@ -180,6 +197,14 @@ class DSMTrainer:
         p_uncond: float = 0.1,
         dtype: Any = jnp.float32,
     ):
+        from flax import nnx
+
+        self._nnx_params = None  # an NNX module's initial parameters (nnx.State)
+        if isinstance(network, nnx.Module):
+            network, self._nnx_params = NNXNetwork.split(network)
+        elif isinstance(network, NNXNetwork):
+            raise TypeError("pass the NNX module itself (its parameters are the initial ones), "
+                            "not its NNXNetwork")
         _check_network(network)
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a Schedule, got {type(schedule).__name__}")
@@ -249,9 +274,15 @@ class DSMTrainer:
 
     # -- state ----------------------------------------------------------------------------------
     def init(self, key: jax.Array) -> TrainState:
-        """Fresh state: parameters from ``key``, EMA = parameters, step 0."""
+        """Fresh state: EMA = parameters, step 0, data stream key ``split(key)[1]``. Parameters:
+        for a linen network drawn from ``split(key)[0]``; for an NNX module its own (drawn by
+        its ``rngs`` when it was constructed), so a linen network and the NNX module converted
+        from its initial parameters (``nnx_from_linen``) train along the same trajectory."""
         kp, kd = jax.random.split(key)
-        params = init_params(self.network, kp, self.dtype)
+        if self._nnx_params is not None:
+            params = self._nnx_params
+        else:
+            params = init_params(self.network, kp, self.dtype)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -261,7 +292,8 @@ class DSMTrainer:
         )
 
     def model(self, state: TrainState, *, ema: bool = True) -> ScoreNetModel:
-        """The trained model (EMA parameters by default)."""
+        """The trained model (EMA parameters by default); for an NNX network
+        ``.nnx_module()`` of it is the trained module."""
         params = state.ema_params if ema else state.params
         return ScoreNetModel(self.network, params, self.schedule, self.parameterization)
 
