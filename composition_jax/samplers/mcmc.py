@@ -6,8 +6,16 @@ Each step goes from noise level ``t`` to ``s = t_next``: an Euler-Maruyama rever
 
 * ``annealed_mala``: proposal ``y = x + e grad log p(x) + sqrt(2 e) z``, accepted with
   probability ``min(1, p(y) q(x|y) / (p(x) q(y|x)))``;
-* ``annealed_hmc``: ``n_leapfrog`` leapfrog steps of size ``e`` with a fresh ``N(0, I)`` momentum,
-  accepted with ``min(1, exp(-Delta H))``.
+* ``annealed_hmc``: ``n_leapfrog`` leapfrog steps of size ``e' = e (1 - v)``, ``v ~ U[0, 1)``
+  drawn afresh for every move (so ``e'`` is uniform on ``(0, e]``), with a fresh ``N(0, I)``
+  momentum, accepted with ``min(1, exp(-Delta H))``. The step is drawn independently of the
+  state, so every move is a mixture over ``e'`` of exact Metropolis-Hastings kernels and leaves
+  ``p_s`` invariant (step-size jittering, Neal 2011, "MCMC using Hamiltonian dynamics",
+  Sec. 5.4.2.2). It breaks the near-periodicity of a fixed step: on a Gaussian target with
+  precision eigenvalue ``w^2`` one leapfrog step turns phase space by
+  ``phi = arccos(1 - (e w)^2 / 2)``, and when ``n_leapfrog * phi`` is close to a multiple of
+  ``pi`` an accepted move barely changes ``q`` along that axis (with the tuned step of a 2-D
+  Gaussian, ``3 phi = 2 pi + 0.45``: the mean error decayed by only 0.93 per move).
 
 Step sizes: ``e_l = c_l * rho(s_l)`` at level ``l``, with ``rho(s) = sigma_s^2 + alpha_s^2`` (the
 variance scale of ``p_s`` for unit-scale data) and ONE number ``c_l`` per level, shared by all
@@ -20,8 +28,11 @@ particles and fixed before the main run:
   ``log c_{l-1} +- 3`` (8 halvings; ``c_{-1} = step_size``), where ``A`` is the pilot's
   ensemble-mean acceptance probability of one probe move with common probe noise (a smooth,
   nearly deterministic function of ``c`` for ``n_pilot`` in the hundreds: its standard error is
-  ``<= 0.5 / sqrt(n_pilot)``); the pilot then moves with ``c_l``. ``target_accept`` defaults to
-  0.574 (MALA, Roberts & Rosenthal 1998) and 0.65 (HMC, Beskos et al. 2013).
+  ``<= 0.5 / sqrt(n_pilot)``); the pilot then moves with ``c_l``. For HMC the probe moves
+  use the full step ``e_l``, which the moves' ``e' ~ U(0, e_l]`` never exceed: the moves accept
+  more often than ``target_accept`` (about 0.9 against 0.65 on a 2-D Gaussian).
+  ``target_accept`` defaults to 0.574 (MALA, Roberts & Rosenthal 1998) and 0.65 (HMC, Beskos et
+  al. 2013).
   Why not dual averaging (Hoffman & Gelman 2014): it was tried first (restarted at each level
   from ``log c_{l-1}``, driven by the same ensemble mean): with the few moves of a level it
   oscillated across HMC's acceptance cliff near the leapfrog stability limit (levels with
@@ -39,7 +50,8 @@ sampler as a whole is still approximate: the predictor steps move particles off 
 few moves only partly correct that; the error vanishes as ``steps`` grows.
 
 The info reports, per level, the main particles' mean acceptance probability and the step size
-``e_l``. The method objects are :class:`~composition_jax.samplers.methods.AnnealedMALA` and
+``e_l`` (for HMC the upper end of the per-move step ``e' ~ U(0, e_l]``). The method objects
+are :class:`~composition_jax.samplers.methods.AnnealedMALA` and
 :class:`~composition_jax.samplers.methods.AnnealedHMC`; this module holds their math (``kind``
 is ``"mala"`` or ``"hmc"``; ``predictor`` is the Euler-Maruyama transition
 ``predictor(model, schedule, x, normals, t, t_next)``).
@@ -56,7 +68,10 @@ import jax.numpy as jnp
 
 from .noise import draw_normals, draw_uniforms, pilot_init, pilot_keys
 
-__all__ = ["BISECT_ITERS", "BISECT_WIDTH", "MCMCInfo", "MCMCState", "annealed_step", "mcmc_tune"]
+__all__ = [
+    "BISECT_ITERS", "BISECT_WIDTH", "MCMCInfo", "MCMCState", "annealed_step", "mcmc_tune",
+    "uniforms_per_move",
+]
 
 #: Step-size search per level: bisection in ``log c`` on ``log c_{l-1} +- BISECT_WIDTH`` with
 #: ``BISECT_ITERS`` halvings (final resolution ``2 * 3 / 2^8 ~ 0.023`` in ``log c``).
@@ -128,21 +143,36 @@ def _mh(kind, n_leapfrog, model, s, x, lp, g, e, z, u):
     return x, lp, g, _accept_prob(log_r)
 
 
+def uniforms_per_move(kind):
+    """Uniforms a move consumes: the Metropolis-Hastings test, plus for HMC the step draw."""
+    return 2 if kind == "hmc" else 1
+
+
 def annealed_step(kind, n_leapfrog, predictor, model, schedule, x, t, s, normals, uniforms,
                   log_c):
     """One level ``t -> s`` of ONE particle: the predictor with ``normals[0]``, then
-    ``len(uniforms)`` Metropolis moves with step ``exp(log_c) rho(s)``; returns the new
-    position and its :class:`MCMCInfo`."""
+    ``k = len(normals) - 1`` Metropolis moves with step ``e = exp(log_c) rho(s)`` (HMC: move
+    ``j``'s step is ``e (1 - uniforms[k + j])``); ``uniforms[:k]`` are the moves' accept tests.
+    Returns the new position and its :class:`MCMCInfo`."""
+    k = normals.shape[0] - 1
+    if uniforms.shape != (k * uniforms_per_move(kind),):
+        raise ValueError(
+            f"annealed_step ({kind}): uniforms must have shape "
+            f"({k * uniforms_per_move(kind)},) for normals of shape {normals.shape} "
+            f"({k} moves), got {uniforms.shape}")
     x = predictor(model, schedule, x, normals[:1], t, s)
     e = jnp.exp(log_c) * _rho(schedule, s)
     lp, g = log_prob_and_score(model, x, s)
+    # HMC: the step of each move uniform on (0, e] (module docstring); MALA: e
+    e_moves = e * (1.0 - uniforms[k:]) if kind == "hmc" else jnp.broadcast_to(e, (k,))
 
-    def move(carry, zu):
+    def move(carry, zue):
         x, lp, g = carry
-        x, lp, g, a = _mh(kind, n_leapfrog, model, s, x, lp, g, e, zu[0], zu[1])
+        z, u, e_j = zue
+        x, lp, g, a = _mh(kind, n_leapfrog, model, s, x, lp, g, e_j, z, u)
         return (x, lp, g), a
 
-    (x, _, _), a = jax.lax.scan(move, (x, lp, g), (normals[1:], uniforms))
+    (x, _, _), a = jax.lax.scan(move, (x, lp, g), (normals[1:], uniforms[:k], e_moves))
     return x, MCMCInfo(jnp.mean(a), e)
 
 
@@ -155,8 +185,9 @@ def mcmc_tune(kind, n_leapfrog, predictor, model, schedule, key, times, d, dtype
     sampler; at each level, after its predictor step, ``log c_l`` solves
     ``A(log c) = target_accept`` by ``BISECT_ITERS`` bisections on
     ``[log c_{l-1} - BISECT_WIDTH, log c_{l-1} + BISECT_WIDTH]``, where ``A`` is the pilot's
-    ensemble-mean acceptance probability of one probe move with a fixed (common) probe noise,
-    then the pilot makes its ``mcmc_steps`` moves with ``c_l``.
+    ensemble-mean acceptance probability of one probe move with a fixed (common) probe noise
+    and the full step ``e_l``, then the pilot makes its ``mcmc_steps`` moves with ``c_l`` (for
+    HMC with steps drawn from ``(0, e_l]``, like the main moves).
     """
     steps = times.shape[0] - 1
     log_c0 = jnp.asarray(math.log(step_size), dtype)
@@ -168,14 +199,17 @@ def mcmc_tune(kind, n_leapfrog, predictor, model, schedule, key, times, d, dtype
     em_v = jax.vmap(predictor, (None, None, 0, 0, None, None))
     lps_v = jax.vmap(log_prob_and_score, (None, 0, None))
     mh = functools.partial(_mh, kind, n_leapfrog, model)
-    mh_v = jax.vmap(mh, (None, 0, 0, 0, None, 0, 0))
+    mh_v = jax.vmap(mh, (None, 0, 0, 0, 0, 0, 0))  # a step per pilot particle (HMC moves)
     ones = jnp.ones((n_p,), dtype)
+    hmc = kind == "hmc"
 
     def level(carry, i):
         xp, log_prev = carry
         t, s = times[i], times[i + 1]
         z = draw_normals(k_norm, i, n_p, 2 + k_moves, d, dtype)  # predictor, probe, moves
-        u = draw_uniforms(k_unif, i, n_p, k_moves, dtype)
+        # the moves' accept tests, then (HMC) their step draws: factors 1 - v in (0, 1]
+        u = draw_uniforms(k_unif, i, n_p, k_moves * uniforms_per_move(kind), dtype)
+        move_f = 1.0 - u[:, k_moves:] if hmc else None
         xp = em_v(model, schedule, xp, z[:, :1], t, s)
         lp, g = lps_v(model, xp, s)
         rho = _rho(schedule, s)
@@ -194,7 +228,10 @@ def mcmc_tune(kind, n_leapfrog, predictor, model, schedule, key, times, d, dtype
             gin = jnp.where(probe, g, gx)
             zj = jnp.where(probe, z[:, 1], z[:, 2 + m])
             uj = jnp.where(probe, ones, u[:, m])
-            y, lpy, gy, a = mh_v(s, xin, lpin, gin, jnp.exp(mid) * rho, zj, uj)
+            ej = jnp.broadcast_to(jnp.exp(mid) * rho, (n_p,))  # probes: the full step e
+            if hmc:  # the pilot's moves: e (1 - v), like the main moves
+                ej = ej * jnp.where(probe, ones, move_f[:, m])
+            y, lpy, gy, a = mh_v(s, xin, lpin, gin, ej, zj, uj)
             ok = jnp.mean(a) >= delta
             lo = jnp.where(probe & ok, mid, lo)
             hi = jnp.where(probe & ~ok, mid, hi)

@@ -598,7 +598,8 @@ class _Annealed(SamplerMethod):
 
     @property
     def num_uniforms(self) -> int:
-        return self.mcmc_steps
+        # per move: the Metropolis-Hastings test (HMC: and the step draw, see :mod:`.mcmc`)
+        return self.mcmc_steps * mcmc.uniforms_per_move(self._kind)
 
     @property
     def _n_leapfrog(self) -> int:
