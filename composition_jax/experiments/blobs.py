@@ -45,12 +45,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..distributions import GaussianMixture
+
 __all__ = [
     "BlobConfig",
     "PRESENCE_KINDS",
     "cross_talk",
     "detect",
     "detector_responses",
+    "location_blocks",
+    "mixture_law",
     "presence",
     "render",
     "scenes",
@@ -222,3 +226,110 @@ def detect(x: jax.Array, cfg: BlobConfig, threshold: float | None = None) -> jax
     if not math.isfinite(thr):
         raise ValueError(f"threshold must be finite, got {threshold!r}")
     return detector_responses(x, cfg) > thr
+
+
+def location_blocks(cfg: BlobConfig, support_tol: float = 1e-2) -> tuple[tuple, tuple]:
+    """The pixel partition of Factorized Conditionals for the blob scenes (Def. 5.2).
+
+    Block ``l`` is the set of pixels ``p`` whose nearest centre is ``c_l`` (ties go to the lower
+    index: overlapping supports are split between their locations, never shared) and where the
+    nominal template is not negligible, ``g(c_l)[p] >= support_tol`` (default 1 % of the peak).
+    Pixels outside every support form the background block ``M_b`` (empty in the default 8 x 8
+    geometry, whose cells are all within 2.2 pixels of a centre).
+
+    Returns:
+      ``(blocks, background)``: ``L`` tuples of flat pixel indices (row-major) and one tuple,
+      possibly empty; together a partition of ``range(H * W)``.
+
+    Raises:
+      ValueError: ``support_tol`` outside ``(0, 1)``, or a location with an empty block
+        (centres closer than a pixel, or outside the image).
+    """
+    if not (0.0 < float(support_tol) < 1.0):
+        raise ValueError(f"support_tol must lie in (0, 1), got {support_tol!r}")
+    yy, xx = np.meshgrid(np.arange(cfg.height), np.arange(cfg.width), indexing="ij")
+    c = np.asarray(cfg.locations, float)
+    d2 = (yy.reshape(1, -1) - c[:, :1]) ** 2 + (xx.reshape(1, -1) - c[:, 1:]) ** 2  # (L, d)
+    near = np.argmin(d2, axis=0)  # the first minimum: ties to the lower index
+    inside = np.exp(-d2[near, np.arange(cfg.dim)] / (2.0 * cfg.radius**2)) >= support_tol
+    blocks = tuple(tuple(int(p) for p in np.flatnonzero((near == l) & inside))
+                   for l in range(cfg.num_locations))
+    empty = [l for l, b in enumerate(blocks) if not b]
+    if empty:
+        raise ValueError(f"locations {empty} have no pixel of their own (centres {c[empty]} "
+                         f"closer than a pixel to another centre, or outside the "
+                         f"{cfg.height}x{cfg.width} image)")
+    return blocks, tuple(int(p) for p in np.flatnonzero(~inside))
+
+
+def mixture_law(cfg: BlobConfig, kind: str, location: int | None = None, *,
+                amp_nodes: int = 5, jitter_nodes: int = 5, truncate: bool = False,
+                support_tol: float = 1e-2, dtype=None) -> GaussianMixture:
+    r"""Midpoint-rule quadrature of a single-object (or empty) blob law as a Gaussian mixture.
+
+    The law of ``x = a g(c_l + j) + s0 eps`` (module docstring) is a continuous mixture over the
+    amplitude ``a ~ U[amp_lo, amp_hi]`` and the jitter ``j ~ U[-jitter, jitter]^2``; replacing
+    each uniform by ``amp_nodes`` (resp. ``jitter_nodes`` per axis) equal-weight cell midpoints
+    gives the isotropic Gaussian mixture
+    ``sum_{a, j} w N(a g(c_l + j), s0^2 I)``, ``w = 1 / (amp_nodes jitter_nodes^2)``, whose noised
+    score ``cj.diffuse(law, schedule).score`` is exact at every ``t``. The quadrature converges to
+    the blob law as the node counts grow (the midpoint rule is second order in the spacing).
+
+    Args:
+      cfg: the scene geometry.
+      kind: ``"single_at"`` (needs ``location``), ``"single_random"`` (the uniform mixture over
+        locations) or ``"empty"`` (``N(0, s0^2 I)``). The clutter laws have ``2^L`` presence
+        sets and are not offered.
+      location: the object's location for ``"single_at"``.
+      amp_nodes, jitter_nodes: quadrature nodes (``jitter_nodes = 1`` when ``jitter = 0``).
+      truncate: zero every template outside its own block of :func:`location_blocks`, which
+        makes ``(empty, single_at(0..L-1))`` exactly Factorized Conditionals.
+      support_tol: passed to :func:`location_blocks` when ``truncate``.
+      dtype: float dtype (default: JAX's default float).
+
+    Raises:
+      ValueError: an unknown or unsupported ``kind``, a bad ``location``, ``s0 = 0`` (no
+        density), node counts below 1.
+    """
+    dtype = jnp.result_type(float) if dtype is None else dtype
+    if kind not in ("single_at", "single_random", "empty"):
+        raise ValueError(f"kind must be 'single_at', 'single_random' or 'empty', got {kind!r}")
+    L, d = cfg.num_locations, cfg.dim
+    if kind == "single_at":
+        if location is None or isinstance(location, bool) or not 0 <= int(location) < L:
+            raise ValueError(f"kind 'single_at' needs location in [0, {L}), got {location!r}")
+    elif location is not None:
+        raise ValueError(f"kind {kind!r} takes no location, got {location!r}")
+    if cfg.noise_std <= 0:
+        raise ValueError("mixture_law needs noise_std > 0 (a law with a density)")
+    for name, v in (("amp_nodes", amp_nodes), ("jitter_nodes", jitter_nodes)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    var = cfg.noise_std**2
+    if kind == "empty":
+        return GaussianMixture(jnp.ones((1,), dtype), jnp.zeros((1, d), dtype),
+                               jnp.asarray(var * np.eye(d)[None], dtype), covariance="iso")
+    locs = [int(location)] if kind == "single_at" else list(range(L))
+    amps = cfg.amp_lo + (np.arange(amp_nodes) + 0.5) / amp_nodes * (cfg.amp_hi - cfg.amp_lo)
+    nj = 1 if cfg.jitter == 0 else jitter_nodes
+    js = -cfg.jitter + (np.arange(nj) + 0.5) / nj * 2.0 * cfg.jitter
+    jy, jx = (v.reshape(-1) for v in np.meshgrid(js, js, indexing="ij"))
+    yy, xx = (v.reshape(-1) for v in np.meshgrid(np.arange(cfg.height), np.arange(cfg.width),
+                                                   indexing="ij"))
+    mask = np.ones((L, d))
+    if truncate:
+        blocks, _ = location_blocks(cfg, support_tol)
+        mask = np.zeros((L, d))
+        for l, b in enumerate(blocks):
+            mask[l, list(b)] = 1.0
+    means = []
+    for l in locs:
+        cy, cx = cfg.locations[l]
+        r2 = (yy[None] - cy - jy[:, None]) ** 2 + (xx[None] - cx - jx[:, None]) ** 2
+        g = np.exp(-r2 / (2.0 * cfg.radius**2)) * mask[l][None]  # (nj^2, d)
+        means.append((amps[:, None, None] * g[None]).reshape(-1, d))
+    means = np.concatenate(means)
+    K = means.shape[0]
+    return GaussianMixture(jnp.full((K,), 1.0 / K, dtype), jnp.asarray(means, dtype),
+                           jnp.asarray(np.broadcast_to(var * np.eye(d), (K, d, d)), dtype),
+                           covariance="iso")

@@ -33,11 +33,22 @@ Expected (theory, Sec. 5.2): empty background ``success`` (approximately FC), un
 background ``failure`` (Bayes composition: not FC, subtracting ``k - 1`` unconditional scores
 removes objects), clutter background ``success``. The contrast ``p_empty(k) - p_uncond(k)``
 with its standard error is reported too. Nothing is hard-coded: verdicts come from the samples.
+
+**Score locality** (:func:`score_locality_study`; Bradley 2025, arXiv 2509.16447: conditional
+projective composition implies local conditional scores). For ``S = {0..locality_k-1}`` the
+off-block ratio of the score Jacobian over the locations' pixel blocks is measured for the
+learned compositions over the empty and the unconditional background, for the learned empty
+background alone (a control whose exact score is diagonal: its ratio is the network's own
+error), and for the same compositions of the exact quadrature laws of the blob scenes; the rule
+of :func:`locality_verdict` decides whether the learned empty-background composition is local.
+The numbers go into the ``learned_length_empty`` record (``metrics["score_locality"]``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import time
 from typing import Any
 
@@ -47,14 +58,18 @@ import numpy as np
 import optax
 
 from ..compose import compose
+from ..distributions import diffuse
 from ..nn import MLPScoreNet, UNetScoreNet
 from ..samplers import sample
 from ..schedules import VPSchedule
 from ..training import DSMTrainer
+from ..verify.locality import score_locality
 from . import blobs
 from ._common import Z, binomial, cache_dir, train_cached, verdict_from_interval
 
-__all__ = ["LengthGenConfig", "make_dataset", "run_length_generalization", "evaluate_counts"]
+__all__ = ["LengthGenConfig", "evaluate_counts", "exact_models", "locality_particles",
+           "locality_verdict", "make_dataset", "run_length_generalization",
+           "score_locality_study", "train_length_model"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +86,10 @@ class LengthGenConfig:
       n_samples, sample_steps, method, grid, t_min: sampling of each composition.
       ks: numbers of composed locations (default ``1..L``).
       seed: base seed.
+      locality_k, locality_n, locality_times: score locality of the compositions of
+        ``S = {0..locality_k-1}``: particles per time and the times (:func:`score_locality_study`).
+      quadrature: ``(amp_nodes, jitter_nodes)`` of the exact mixture laws
+        (:func:`~composition_jax.experiments.blobs.mixture_law`).
     """
 
     blobs: blobs.BlobConfig = blobs.BlobConfig()
@@ -91,6 +110,10 @@ class LengthGenConfig:
     ks: tuple | None = None
     seed: int = 0
     mode: str = "custom"
+    locality_k: int = 3
+    locality_n: int = 64
+    locality_times: tuple = (0.05, 0.2, 0.5, 0.9)
+    quadrature: tuple = (5, 5)
 
     @staticmethod
     def for_mode(mode: str) -> LengthGenConfig:
@@ -98,7 +121,9 @@ class LengthGenConfig:
         ``"full"`` (a few minutes)."""
         if mode == "minimal":
             return LengthGenConfig(hidden=16, depth=1, n_per_law=16, train_steps=4, batch_size=8,
-                                   n_samples=8, sample_steps=4, ks=(1, 2), mode="minimal")
+                                   n_samples=8, sample_steps=4, ks=(1, 2), locality_k=2,
+                                   locality_n=8, locality_times=(0.2, 0.9), quadrature=(2, 2),
+                                   mode="minimal")
         if mode == "quick":
             return LengthGenConfig(n_samples=128, sample_steps=60, ks=(1, 2, 3, 4, 6),
                                    mode="quick")
@@ -107,6 +132,14 @@ class LengthGenConfig:
                                    batch_size=256, lr=1e-3, ema_decay=0.999, n_samples=500,
                                    sample_steps=100, mode="full")
         raise ValueError(f"mode must be 'minimal', 'quick' or 'full', got {mode!r}")
+
+    def locality_set(self) -> tuple:
+        L = self.blobs.num_locations
+        k = self.locality_k
+        if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= L:
+            raise ValueError(f"locality_k must be an int in [2, {L}] (a Bayes composition of one "
+                             f"conditional is that conditional), got {k!r}")
+        return tuple(range(k))
 
     def kset(self) -> tuple:
         L = self.blobs.num_locations
@@ -203,6 +236,149 @@ def _sampler_runs(model_base, cfg: LengthGenConfig, backgrounds: dict, key) -> d
     return out
 
 
+LOCALITY_ROLES = ("empty", "bayes", "control", "conditional")
+
+
+def locality_particles(key: jax.Array, cfg: blobs.BlobConfig, S: tuple, n: int, ts: Any,
+                       schedule: Any) -> jax.Array:
+    """``(T, n, d)`` particles of the exactly noised projective target of ``S``: per time ``t_j``
+    fresh scenes with objects at every location of ``S`` and none elsewhere (the law the
+    empty-background composition should produce, Def. 4.1), ``x_t = alpha(t) x_0 + sigma(t) eps``.
+    """
+    L = cfg.num_locations
+    present = jnp.broadcast_to(jnp.isin(jnp.arange(L), jnp.asarray(S)), (n, L))
+    out = []
+    for j, t in enumerate(np.asarray(ts, float)):
+        kr, ke = jax.random.split(jax.random.fold_in(key, j))
+        x0 = blobs.render(kr, cfg, present)
+        a, sg = schedule.alpha(t), schedule.sigma(t)
+        out.append(a * x0 + sg * jax.random.normal(ke, x0.shape, x0.dtype))
+    return jnp.stack(out)
+
+
+def _role_models(conds: list, empty: Any, uncond: Any, S: tuple) -> dict:
+    sel = [conds[i] for i in S]
+    return {"empty": compose(empty, sel), "bayes": compose(uncond, sel), "control": empty,
+            "conditional": conds[S[0]]}
+
+
+def _role_ratios(models: dict, xs: jax.Array, ts: Any, blocks: tuple) -> dict:
+    out = {}
+    for role, m in models.items():
+        reps = [score_locality(m, xs[j], float(t), blocks) for j, t in enumerate(ts)]
+        out[role] = {"off_block_ratio": [float(r.off_block_ratio) for r in reps],
+                     "se": [float(r.off_block_ratio_se) for r in reps]}
+    return out
+
+
+def exact_models(cfg: LengthGenConfig, schedule: Any, *, truncate: bool = False) -> tuple:
+    """``(conditionals, empty, unconditional)``: exact noised families of the quadrature blob
+    laws (:func:`~composition_jax.experiments.blobs.mixture_law`), the oracle of the networks."""
+    na, nj = (int(v) for v in cfg.quadrature)
+    law = functools.partial(blobs.mixture_law, cfg.blobs, amp_nodes=na, jitter_nodes=nj,
+                            truncate=truncate)
+    conds = [diffuse(law("single_at", i), schedule) for i in range(cfg.blobs.num_locations)]
+    return conds, diffuse(law("empty"), schedule), diffuse(law("single_random"), schedule)
+
+
+def score_locality_study(key: jax.Array, cfg: LengthGenConfig, learned: Any, schedule: Any, *,
+                         exact: tuple | None = None) -> dict:
+    r"""Off-block Jacobian ratios (:func:`cj.verify.score_locality`) of learned and exact
+    compositions of ``S = {0..locality_k-1}`` (Bradley 2025, arXiv 2509.16447: CPC implies local
+    conditional scores).
+
+    Roles, each for the learned network (``learned.condition(i)``: ``p_i``,
+    ``learned.condition(L)``: the empty scene ``p_b``, ``learned.unconditional()``: ``p_u``) and
+    for the exact quadrature laws (``exact``, default :func:`exact_models`):
+
+    * ``empty``: ``compose(p_b, [p_i, i in S])`` (configuration A; FC up to template leakage),
+    * ``bayes``: ``compose(p_u, [p_i, i in S])`` (configuration B; couples the blocks through
+      ``p_u``'s posterior over locations, ``(1 - k) s_u`` with ``k = |S| >= 2``),
+    * ``control``: ``p_b`` alone, whose exact score ``-x / (alpha^2 s0^2 + sigma^2)`` is
+      diagonal, so its learned off-block ratio is the network's own error,
+    * ``conditional``: ``p_{S[0]}`` alone (exactly local up to template leakage).
+
+    Blocks: :func:`~composition_jax.experiments.blobs.location_blocks` (Voronoi cells of the
+    locations within the templates' support, ties to the lower index; pixels outside every
+    support form one more block, the background ``M_b`` of Def. 5.2, when there are any).
+    Particles (:func:`locality_particles`): the exactly noised projective target of ``S``, the
+    same ``locality_n`` particles per time for every model, so learned and exact, empty and
+    Bayes are compared on identical inputs, where the empty composition is meant to be sampled;
+    a composition's own sampled law would add sampler error and differ between backgrounds.
+
+    Returns:
+      ``{"t", "S", "blocks", "background_block", "n", "quadrature", "learned": {role:
+      {"off_block_ratio": [T], "se": [T]}}, "exact": {...}, "verdict": ...}`` (JSON-ready;
+      :func:`locality_verdict`).
+    """
+    S = cfg.locality_set()
+    ts = tuple(float(t) for t in cfg.locality_times)
+    if not ts or any(not 0.0 < t <= 1.0 for t in ts):
+        raise ValueError(f"locality_times must be times in (0, 1], got {cfg.locality_times!r}")
+    L = cfg.blobs.num_locations
+    blocks, bg = blobs.location_blocks(cfg.blobs)
+    all_blocks = blocks + ((bg,) if bg else ())
+    xs = locality_particles(key, cfg.blobs, S, cfg.locality_n, ts, schedule)
+    lconds = [learned.condition(i) for i in range(L)]
+    out = {"t": list(ts), "S": list(S), "blocks": [list(b) for b in blocks],
+           "background_block": list(bg), "n": int(cfg.locality_n),
+           "quadrature": list(cfg.quadrature)}
+    t0 = time.perf_counter()
+    out["learned"] = _role_ratios(
+        _role_models(lconds, learned.condition(L), learned.unconditional(), S), xs, ts,
+        all_blocks)
+    out["learned_seconds"] = round(time.perf_counter() - t0, 2)
+    conds, empty, uncond = exact_models(cfg, schedule) if exact is None else exact
+    t0 = time.perf_counter()
+    out["exact"] = _role_ratios(_role_models(list(conds), empty, uncond, S), xs, ts, all_blocks)
+    out["exact_seconds"] = round(time.perf_counter() - t0, 2)
+    out["verdict"] = locality_verdict(out)
+    return out
+
+
+LOCALITY_SEPARATION = 4.0
+"""A time discriminates only when the Bayes ratio is at least this factor above ``rho_local``."""
+
+
+def locality_verdict(study: dict, z: float = Z) -> dict:
+    r"""Is the learned empty-background composition local? A nearest-hypothesis rule on the log
+    scale, per time ``t``, with every number measured in the same run (nothing fixed from an
+    earlier one):
+
+    * ``rho_local(t) = sqrt(r*_E(t)^2 + r_C(t)^2)``: what a local learner should show, the exact
+      empty composition's ratio ``r*_E`` (template leakage of the blob laws) plus the network's
+      own off-block error, estimated by the control ``r_C`` (the learned empty background alone,
+      whose exact score is diagonal), added in quadrature (independent off-block energies);
+    * ``r_B(t)``: the learned Bayes composition, the non-local reference;
+    * threshold ``tau(t) = sqrt(rho_local r_B)``, the geometric midpoint, i.e. the fraction
+      ``f(t) = tau / r_B = sqrt(rho_local / r_B)`` of the Bayes ratio;
+    * ``t`` is *informative* when ``r_B >= LOCALITY_SEPARATION rho_local`` (``f <= 1/2``: the two
+      hypotheses are a factor 4 apart); at high noise every score tends to ``-x / sigma^2`` and
+      the exact Bayes coupling falls below the network error, so such a ``t`` cannot decide;
+    * ``t`` is *local* when ``r_E + z se_E < tau`` (``z`` standard errors of the Monte Carlo
+      error over particles).
+
+    Observed ``"success"`` (local) when every informative ``t`` is local, ``"failure"`` when some
+    informative ``t`` is not, ``"inconclusive"`` when no ``t`` is informative.
+    """
+    ex, le = study["exact"], study["learned"]
+    rows = []
+    for j, t in enumerate(study["t"]):
+        r_e, se_e = le["empty"]["off_block_ratio"][j], le["empty"]["se"][j]
+        r_b = le["bayes"]["off_block_ratio"][j]
+        rho = math.hypot(ex["empty"]["off_block_ratio"][j], le["control"]["off_block_ratio"][j])
+        tau = math.sqrt(rho * r_b)
+        informative = bool(r_b >= LOCALITY_SEPARATION * rho and r_b > 0)
+        local = bool(r_e + z * se_e < tau)
+        rows.append({"t": t, "rho_local": rho, "threshold": tau,
+                     "fraction_of_bayes": tau / r_b if r_b > 0 else float("nan"),
+                     "informative": informative, "local": local})
+    inf = [r for r in rows if r["informative"]]
+    obs = ("inconclusive" if not inf else
+           "success" if all(r["local"] for r in inf) else "failure")
+    return {"observed": obs, "per_t": rows, "z": z, "separation": LOCALITY_SEPARATION}
+
+
 def _config_verdict(rows: dict, ks_check: tuple, metric: str) -> tuple[str, dict]:
     per = {}
     for k in ks_check:
@@ -231,33 +407,24 @@ def run_length_generalization(cfg: LengthGenConfig | None = None, *, key: jax.Ar
 
     Returns:
       ``{"config", "training": {variant: info}, "counts": {variant: {background: {k: stats}}},
-      "records": [record, ...], "examples": {...}}``; each record is
-      ``{"name", "title", "expected", "observed", "metrics", "reasons"}``.
+      "records": [record, ...], "examples": {...}, "locality": study}``; each record is
+      ``{"name", "title", "expected", "observed", "metrics", "reasons"}``; ``study`` is
+      :func:`score_locality_study` of the ``"single"`` network (also in the
+      ``learned_length_empty`` record's ``metrics["score_locality"]``).
     """
     cfg = LengthGenConfig.for_mode("quick") if cfg is None else cfg
     key = jax.random.key(cfg.seed) if key is None else key
-    cache_path = cache_dir() if cache == "default" else (None if cache is None else cache_dir(cache))
     L = cfg.blobs.num_locations
-    sch = VPSchedule()
-    net = cfg.make_network()
-    trainer = DSMTrainer(net, sch, optimizer=optax.adam(cfg.lr), batch_size=cfg.batch_size,
-                         steps_per_call=min(100, max(1, cfg.train_steps)), p_uncond=0.0,
-                         ema_decay=cfg.ema_decay)
     training, counts, examples = {}, {}, {}
-    for v_i, variant in enumerate(VARIANTS):
-        kd, kt, ks = jax.random.split(jax.random.fold_in(key, v_i), 3)
-        data = make_dataset(kd, cfg.blobs, cfg.n_per_law, variant)
-        desc = {"variant": variant, "blobs": cfg.blobs.to_dict(), "n_per_law": cfg.n_per_law,
-                "seed": cfg.seed, "network": repr(net), "lr": cfg.lr}
-        state, info = train_cached(trainer, kt, data, cfg.train_steps, f"lengthgen-{variant}",
-                                   desc, cache_path)
-        info["parameters"] = int(sum(np.prod(p.shape) for p in jax.tree.leaves(state.params)))
+    locality = None
+    for variant in VARIANTS:
+        m, info = train_length_model(cfg, variant, key=key, cache=cache)
         training[variant] = info
         if progress:
             how = "cached" if info["cached"] else "{:.1f} s".format(info["train_seconds"])
             print(f"[length generalization] {variant}: trained {cfg.train_steps} steps "
                   f"({how}), final loss {info['final_loss']:.4g}", flush=True)
-        m = trainer.model(state)
+        ks = jax.random.split(jax.random.fold_in(key, VARIANTS.index(variant)), 3)[2]
         bgs = ({"empty": m.condition(L), "unconditional": m.unconditional()} if variant == "single"
                else {"clutter": m.condition(L), "unconditional": m.unconditional()})
         res = _sampler_runs(m, cfg, bgs, ks)
@@ -265,9 +432,47 @@ def run_length_generalization(cfg: LengthGenConfig | None = None, *, key: jax.Ar
         counts[variant] = res
         if progress:
             print(f"[length generalization] {variant}: sampled", flush=True)
-    records = _records(cfg, counts, training)
+        if variant == "single":
+            locality = score_locality_study(jax.random.fold_in(key, len(VARIANTS)), cfg, m,
+                                            m.schedule)
+            if progress:
+                print(f"[length generalization] score locality: "
+                      f"{locality['verdict']['observed']}", flush=True)
+    records = _records(cfg, counts, training, locality)
     return {"config": _cfg_dict(cfg), "training": training, "counts": counts,
-            "records": records, "examples": examples}
+            "records": records, "examples": examples, "locality": locality}
+
+
+@functools.lru_cache(maxsize=4)
+def _trainer(cfg: LengthGenConfig, dtype: str) -> DSMTrainer:
+    """One trainer per configuration and default float dtype (``dtype``: a cache key only):
+    both variants and later calls reuse its compiled step."""
+    return DSMTrainer(cfg.make_network(), VPSchedule(), optimizer=optax.adam(cfg.lr),
+                      batch_size=cfg.batch_size, steps_per_call=min(100, max(1, cfg.train_steps)),
+                      p_uncond=0.0, ema_decay=cfg.ema_decay)
+
+
+def train_length_model(cfg: LengthGenConfig, variant: str, *, key: jax.Array | None = None,
+                       cache: Any = "default") -> tuple[Any, dict]:
+    """The trained conditional network of one variant (``"single"``: configurations A/B,
+    ``"cluttered"``: C), exactly as :func:`run_length_generalization` trains it (same keys, same
+    cache entry), as a ``ScoreNetModel`` with conditions ``0..L-1`` = ``p_i``, ``L`` = the
+    background, NULL = ``p_u``; and the training info of
+    :func:`~composition_jax.experiments._common.train_cached` (plus ``"parameters"``)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    key = jax.random.key(cfg.seed) if key is None else key
+    cache_path = cache_dir() if cache == "default" else (None if cache is None else cache_dir(cache))
+    trainer = _trainer(cfg, str(jnp.result_type(float)))
+    net = trainer.network
+    kd, kt, _ = jax.random.split(jax.random.fold_in(key, VARIANTS.index(variant)), 3)
+    data = make_dataset(kd, cfg.blobs, cfg.n_per_law, variant)
+    desc = {"variant": variant, "blobs": cfg.blobs.to_dict(), "n_per_law": cfg.n_per_law,
+            "seed": cfg.seed, "network": repr(net), "lr": cfg.lr}
+    state, info = train_cached(trainer, kt, data, cfg.train_steps, f"lengthgen-{variant}",
+                               desc, cache_path)
+    info["parameters"] = int(sum(np.prod(p.shape) for p in jax.tree.leaves(state.params)))
+    return trainer.model(state), info
 
 
 def _cfg_dict(cfg: LengthGenConfig) -> dict:
@@ -281,7 +486,8 @@ def _fmt_row(rows: dict, metric: str) -> str:
                      for k, v in rows.items())
 
 
-def _records(cfg: LengthGenConfig, counts: dict, training: dict) -> list[dict]:
+def _records(cfg: LengthGenConfig, counts: dict, training: dict, locality: dict | None = None
+             ) -> list[dict]:
     ks_ab = (2, 3)
     ks_c = (2, 3)
     q = cfg.blobs.clutter_prob
@@ -323,6 +529,9 @@ def _records(cfg: LengthGenConfig, counts: dict, training: dict) -> list[dict]:
                             f"k={k}: {c['difference']:+.3f} (z={c['z']:.1f})"
                             for k, c in contrast.items())],
         })
+    if locality is not None:
+        recs[0]["metrics"]["score_locality"] = locality
+        recs[0]["reasons"] += _locality_reasons(locality)
     rows = clut["clutter"]
     obs, per = _config_verdict(rows, ks_c, "all_requested")
     recs.append({
@@ -347,3 +556,28 @@ def _records(cfg: LengthGenConfig, counts: dict, training: dict) -> list[dict]:
         ],
     })
     return recs
+
+
+def _locality_reasons(loc: dict) -> list[str]:
+    """Report lines of :func:`score_locality_study` (theory, the numbers, the rule's verdict)."""
+    def fmt(src, role):
+        v = loc[src][role]
+        return ", ".join(f"{r:.3g}±{e:.1g}" for r, e in zip(v["off_block_ratio"], v["se"]))
+
+    per = loc["verdict"]["per_t"]
+    return [
+        (f"score locality (Bradley 2025, local conditional scores): off-block ratio of the score "
+         f"Jacobian over the locations' pixel blocks, S = {loc['S']}, {loc['n']} particles of the "
+         f"noised projective target per t = {loc['t']} (± Monte Carlo SE)"),
+        f"learned, empty background: {fmt('learned', 'empty')}",
+        f"learned, Bayes (unconditional background): {fmt('learned', 'bayes')}",
+        (f"learned empty-background model alone (control, exact ratio 0): "
+         f"{fmt('learned', 'control')}"),
+        (f"exact laws (quadrature {loc['quadrature']}), empty: {fmt('exact', 'empty')}; Bayes: "
+         f"{fmt('exact', 'bayes')}"),
+        ("locality rule: threshold = geometric midpoint of sqrt(exact empty^2 + control^2) and "
+         "the learned Bayes ratio, as a fraction of Bayes: "
+         + ", ".join(f"t={r['t']:g}: {r['fraction_of_bayes']:.2g}"
+                     + ("" if r["informative"] else " (not informative)") for r in per)
+         + f"; learned empty background local: {loc['verdict']['observed']}"),
+    ]

@@ -1,0 +1,182 @@
+"""Score locality of the length-generalization compositions (learned networks and exact laws).
+
+Oracles: with every blob template cut to its own pixel block
+(``blobs.mixture_law(..., truncate=True)``) the tuple ``(empty, single_at(0..L-1))`` is exactly
+Factorized Conditionals over :func:`blobs.location_blocks`, so the empty-background composition's
+score Jacobian has no off-block part (float rounding only), while the Bayes composition over the
+single-object mixture ``p_u`` couples the blocks. The default tests drive
+:func:`score_locality_study` with such exact laws standing in for the network (the measurement's
+wiring, the rule's both outcomes, a wrong partition); the ``slow`` test measures the quick-mode
+trained network (the experiment's own training and parameter cache).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from composition_jax.compose import compose
+from composition_jax.experiments import blobs
+from composition_jax.experiments.length_generalization import (
+    LOCALITY_SEPARATION,
+    LengthGenConfig,
+    exact_models,
+    locality_particles,
+    locality_verdict,
+    score_locality_study,
+    train_length_model,
+)
+from composition_jax.schedules import VPSchedule
+from composition_jax.verify.locality import score_locality
+
+SCH = VPSchedule()
+# small and cheap: 2 x 2 quadrature nodes (4 components per location), 16 particles, 2 times
+CFG = dataclasses.replace(LengthGenConfig.for_mode("minimal"), locality_k=3, locality_n=16,
+                          locality_times=(0.05, 0.5), quadrature=(2, 2))
+L = CFG.blobs.num_locations
+FLOAT_TOL = 1e-5  # float32 rounding of a Jacobian whose off-block part is exactly 0
+
+
+class ExactNetwork:
+    """Stands in for the trained conditional network: ``condition(i)`` = ``p_i`` for ``i < L``,
+    ``condition(L)`` = the background, ``unconditional()`` = ``p_u`` (the experiment's layout)."""
+
+    def __init__(self, conds, background, uncond):
+        self.conds, self.background, self.uncond = list(conds), background, uncond
+
+    def condition(self, i):
+        return self.conds[i] if i < L else self.background
+
+    def unconditional(self):
+        return self.uncond
+
+
+@pytest.fixture(scope="module")
+def truncated():
+    return exact_models(CFG, SCH, truncate=True)
+
+
+@pytest.fixture(scope="module")
+def study(truncated):
+    """The study with the exact truncated laws as the network and as the oracle."""
+    conds, empty, uncond = truncated
+    return score_locality_study(jax.random.key(0), CFG, ExactNetwork(conds, empty, uncond), SCH,
+                                exact=truncated)
+
+
+def test_location_blocks_partition_the_pixels():
+    blocks, bg = blobs.location_blocks(CFG.blobs)
+    flat = sorted(p for b in blocks for p in b) + sorted(bg)
+    assert sorted(flat) == list(range(CFG.blobs.dim)) and len(blocks) == L
+    g = np.asarray(blobs.templates(CFG.blobs))
+    for l, b in enumerate(blocks):  # each centre's brightest pixel lies in its own block
+        assert int(np.argmax(g[l])) in b
+    # a far-apart geometry leaves background pixels in M_b, in no location's block
+    far = blobs.BlobConfig(height=12, width=12, locations=((2.0, 2.0), (9.0, 9.0)))
+    b2, bg2 = blobs.location_blocks(far)
+    assert bg2 and not set(bg2) & set(b2[0] + b2[1])
+    with pytest.raises(ValueError, match="no pixel of their own"):
+        blobs.location_blocks(blobs.BlobConfig(locations=((1.5, 1.5), (1.5, 1.5))))
+    with pytest.raises(ValueError, match="support_tol"):
+        blobs.location_blocks(CFG.blobs, support_tol=1.0)
+
+
+def test_mixture_law_is_the_blob_law():
+    """Per-pixel means of the quadrature law against 4000 scenes: within 4.5 Monte Carlo SE
+    (Bonferroni over 64 pixels) plus the midpoint rule's bias (jitter spacing h = 0.1 px:
+    ``h^2 / 24 max|g''| <= 1e-3`` per unit amplitude)."""
+    n = 4000
+    for kind, loc in (("single_at", 0), ("single_random", None)):
+        law = blobs.mixture_law(CFG.blobs, kind, loc, amp_nodes=5, jitter_nodes=5)
+        x = np.asarray(blobs.scenes(jax.random.key(3), CFG.blobs, n, kind, loc)[0], np.float64)
+        mean = np.asarray(law.weights) @ np.asarray(law.means, np.float64)
+        se = x.std(0, ddof=1) / np.sqrt(n)
+        assert np.all(np.abs(x.mean(0) - mean) <= 4.5 * se + 2e-3), kind
+    with pytest.raises(ValueError, match="kind must be"):
+        blobs.mixture_law(CFG.blobs, "clutter")
+    with pytest.raises(ValueError, match="needs location"):
+        blobs.mixture_law(CFG.blobs, "single_at")
+
+
+def test_exact_fc_composition_is_local_and_bayes_is_not(study):
+    ex = study["exact"]
+    assert np.all(np.asarray(ex["empty"]["off_block_ratio"]) < FLOAT_TOL), ex["empty"]
+    assert np.all(np.asarray(ex["conditional"]["off_block_ratio"]) < FLOAT_TOL)
+    assert np.all(np.asarray(ex["control"]["off_block_ratio"]) == 0.0)  # diagonal score
+    bayes = np.asarray(ex["bayes"]["off_block_ratio"])
+    assert np.all(bayes > 1e2 * FLOAT_TOL) and bayes[0] > 1e-2, bayes
+    # the study's learned numbers come from the "network" it was given: here the same laws
+    for role in ex:
+        np.testing.assert_allclose(study["learned"][role]["off_block_ratio"],
+                                   ex[role]["off_block_ratio"], rtol=1e-6, atol=1e-12)
+    v = study["verdict"]
+    assert v["observed"] == "success" and v["per_t"][0]["informative"], v
+
+
+def test_wrong_partition_is_not_local(truncated):
+    """The measurement sees the partition: cutting location 0's block in two (its left column
+    made a block of its own) exposes the within-block coupling as off-block."""
+    conds, empty, _ = truncated
+    blocks, _ = blobs.location_blocks(CFG.blobs)
+    b0 = blocks[0]
+    left = tuple(p for p in b0 if p % CFG.blobs.width == 0)
+    wrong = (left, tuple(p for p in b0 if p not in left)) + blocks[1:]
+    x = locality_particles(jax.random.key(1), CFG.blobs, (0, 1, 2), 16, (0.05,), SCH)[0]
+    model = compose(empty, [conds[i] for i in (0, 1, 2)])
+    right = score_locality(model, x, 0.05, blocks)
+    bad = score_locality(model, x, 0.05, wrong)
+    assert float(right.off_block_ratio) < FLOAT_TOL < 1e-2 < float(bad.off_block_ratio)
+
+
+def test_bayes_coupled_learner_fails_the_rule(truncated):
+    """A "network" with the exact (local) empty background but conditionals that carry the
+    Bayes coupling, ``s_i' = s_i + s_b - s_u`` (then ``compose(p_b, [p_i', i in S]) = s_b +
+    sum_i (s_i - s_u)``), is judged not local; the rule's three outcomes on given numbers."""
+    conds, empty, uncond = truncated
+    one = jnp.asarray([1.0, -1.0])
+    coupled = [compose(empty, [c, uncond], weights=one) for c in conds]
+    s = score_locality_study(jax.random.key(0), CFG, ExactNetwork(coupled, empty, uncond), SCH,
+                             exact=truncated)
+    assert s["learned"]["control"]["off_block_ratio"] == [0.0, 0.0]
+    assert s["verdict"]["observed"] == "failure", s["verdict"]
+    # the rule itself: a control error as large as the Bayes ratio leaves no informative t
+    fake = {"t": [0.1], "exact": {"empty": {"off_block_ratio": [0.0], "se": [0.0]}},
+            "learned": {"empty": {"off_block_ratio": [0.01], "se": [0.0]},
+                        "bayes": {"off_block_ratio": [0.1], "se": [0.0]},
+                        "control": {"off_block_ratio": [0.1 / LOCALITY_SEPARATION * 1.01],
+                                    "se": [0.0]}}}
+    assert locality_verdict(fake)["observed"] == "inconclusive"
+    fake["learned"]["control"]["off_block_ratio"] = [0.001]  # threshold sqrt(1e-3 * 0.1) = 0.01
+    fake["learned"]["empty"]["off_block_ratio"] = [0.0099]
+    assert locality_verdict(fake)["observed"] == "success"
+    fake["learned"]["empty"]["se"] = [0.0001]  # 0.0099 + 3 SE is above the threshold
+    assert locality_verdict(fake)["observed"] == "failure"
+    fake["learned"]["empty"].update(off_block_ratio=[0.0101], se=[0.0])
+    assert locality_verdict(fake)["observed"] == "failure"
+
+
+@pytest.mark.slow
+def test_trained_quick_network_is_local_with_empty_background():
+    """The quick-mode network of the length-generalization experiment (its training and cache
+    entry): the learned empty-background composition is local at every informative t, below
+    the threshold fraction of the learned Bayes ratio, and the exact laws separate by far."""
+    cfg = LengthGenConfig.for_mode("quick")
+    m, _ = train_length_model(cfg, "single")
+    s = score_locality_study(jax.random.fold_in(jax.random.key(cfg.seed), 2), cfg, m, m.schedule)
+    v = s["verdict"]
+    assert v["observed"] == "success", v
+    le, ex = s["learned"], s["exact"]
+    informative = [r for r in v["per_t"] if r["informative"]]
+    assert len(informative) >= 2, v  # at least the two low-noise times decide
+    for j, r in enumerate(v["per_t"]):
+        if r["informative"]:
+            assert r["fraction_of_bayes"] <= 0.5
+            assert (le["empty"]["off_block_ratio"][j] + 3 * le["empty"]["se"][j]
+                    < r["fraction_of_bayes"] * le["bayes"]["off_block_ratio"][j])
+        # the blob laws are FC up to template leakage: exact empty far below exact Bayes
+        assert ex["empty"]["off_block_ratio"][j] < 0.2 * ex["bayes"]["off_block_ratio"][j]
+    assert jnp.isfinite(jnp.asarray(le["bayes"]["off_block_ratio"])).all()
