@@ -433,6 +433,45 @@ def _length_figure(res, plt, folder: Path) -> str:
     return fn
 
 
+def _locality_figure(res, plt, folder: Path) -> str:
+    """Off-block Jacobian ratios of the learned length-generalization compositions against ``t``
+    (``metrics["score_locality"]`` of
+    :func:`composition_jax.experiments.length_generalization.score_locality_study`)."""
+    loc = res.metrics["score_locality"]
+    ts = np.asarray(loc["t"], float)
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    zeros = []
+    for src, role, label, style in (
+            ("learned", "empty", "learned, empty background", dict(color="C0", ls="-")),
+            ("learned", "bayes", "learned, Bayes (p_u background)", dict(color="C3", ls="-")),
+            ("learned", "control", "learned p_b alone (control; exact 0)",
+             dict(color="C7", ls="-.")),
+            ("exact", "empty", "exact laws, empty background", dict(color="C0", ls="--")),
+            ("exact", "bayes", "exact laws, Bayes", dict(color="C3", ls="--"))):
+        y = np.asarray(loc[src][role]["off_block_ratio"], float)
+        se = np.asarray(loc[src][role]["se"], float)
+        pos = y > 0  # a log axis: exact zeros are named in the legend, not floored
+        if not pos.all():
+            zeros.append(label)
+        if pos.any():
+            ax.errorbar(ts[pos], y[pos], yerr=se[pos], marker="o", ms=3.5, capsize=2,
+                        label=label, **style)
+    per = loc["verdict"]["per_t"]
+    ax.plot(ts, [r["threshold"] for r in per], "k:", lw=1.2,
+            label=f"locality threshold (learned empty local: {loc['verdict']['observed']})")
+    if zeros:
+        ax.plot([], [], " ", label="exactly 0 at some t (not drawn): " + "; ".join(zeros))
+    ax.set_yscale("log")
+    ax.set_xlabel("diffusion time t")
+    ax.set_ylabel("off-block Jacobian ratio")
+    ax.set_title(f"score locality, S = {loc['S']} ({loc['n']} particles per t)", fontsize=9)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    fn = f"{res.name}_locality.png"
+    fig.savefig(folder / fn, dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return fn
+
+
 def _pyplot():
     """``matplotlib.pyplot`` on the Agg backend, or ``None`` without matplotlib."""
     try:
@@ -458,6 +497,8 @@ def _figures(res, folder: Path) -> list[str]:
         names += _scatter_figures(res, plt, folder)
     if "length" in p:
         names.append(_length_figure(res, plt, folder))
+    if "score_locality" in res.metrics:
+        names.append(_locality_figure(res, plt, folder))
     return names
 
 
@@ -666,6 +707,9 @@ def _markdown(results, cfg, env, figs: dict, gap_fig: str | None, seconds: float
             L += ["", "| |S| | " + " | ".join(
                 next(iter(r.metrics["per_size"].values())).keys()) + " |", "|---|---|---|"]
             for size, v in r.metrics["per_size"].items():
+              ("- `*_locality.png` (learned length generalization): the off-block ratio of "
+              "the score Jacobian over the locations' pixel blocks against t, learned and exact, "
+              "empty and Bayes backgrounds, and the locality threshold."),
                 L.append(f"| {size} | " + " | ".join(
                     f"exact {x['frac_exact_count']:.3f}, mean on S {x['mean_on_S']:.3f}"
                     for x in v.values()) + " |")
@@ -701,6 +745,18 @@ def reproduce(out: str | os.PathLike, *, mode: str = "quick", force: bool = Fals
       learned: append the learned-model experiments; ``None`` = on in ``full`` mode, off in
         ``quick``. Never run in ``minimal`` mode (recorded as skipped).
 
+        if isinstance(r.metrics.get("score_locality"), dict):
+            loc = r.metrics["score_locality"]
+            L += ["", f"Score locality, S = {loc['S']} (off-block Jacobian ratio ± SE; "
+                  f"learned empty background local: **{loc['verdict']['observed']}**):", "",
+                  "| t | exact empty | exact Bayes | learned empty | learned Bayes | "
+                  "learned p_b alone | threshold | informative |", "|---|---|---|---|---|---|---|---|"]
+            for j, (t, v) in enumerate(zip(loc["t"], loc["verdict"]["per_t"])):
+                cell = [f"{loc[s][m]['off_block_ratio'][j]:.3g} ± {loc[s][m]['se'][j]:.1g}"
+                        for s, m in (("exact", "empty"), ("exact", "bayes"), ("learned", "empty"),
+                                     ("learned", "bayes"), ("learned", "control"))]
+                L.append(f"| {t:g} | " + " | ".join(cell)
+                         + f" | {v['threshold']:.3g} | {v['informative']} |")
     Returns ``(exit_code, out_path)``: 1 when some definite observed verdict differs from the
     expected one (a *mismatch*), else 0; ``inconclusive`` results do not fail the run but are
     listed in the report. Raises :class:`OutputExists` for a non-empty ``out`` without

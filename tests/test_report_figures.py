@@ -56,6 +56,25 @@ def _length_result():
                           {"per_size": per_size, "min_fraction": rows}, [], {"length": rows})
 
 
+def _locality_result():
+    """A learned record with ``metrics["score_locality"]`` as the length-generalization study
+    writes it (an exact zero included: drawn as a note, not on the log axis)."""
+    ts = [0.05, 0.2, 0.5, 0.9]
+
+    def row(*v):
+        return {"off_block_ratio": list(v), "se": [0.1 * x for x in v]}
+
+    loc = {"t": ts, "S": [0, 1, 2], "n": 64,
+           "learned": {"empty": row(0.02, 0.01, 0.004, 0.003), "bayes": row(0.3, 0.2, 0.02, 0.003),
+                       "control": row(0.01, 0.005, 0.003, 0.003)},
+           "exact": {"empty": row(0.0, 0.003, 1e-4, 1e-6), "bayes": row(0.2, 0.1, 0.01, 1e-5)},
+           "verdict": {"observed": "success",
+                       "per_t": [{"threshold": x, "informative": i} for x, i in
+                                 zip([0.07, 0.04, 0.009, 0.003], [True, True, False, False])]}}
+    return ScenarioResult("learned_length_empty", "t", "success", "success",
+                          {"score_locality": loc}, [])
+
+
 def _gap(v):
     ts = np.linspace(0.02, 0.98, 25)
     return {"composition_gap": {"available": True, "kind": "kl_exact", "ts": ts.tolist(),
@@ -82,7 +101,7 @@ def figures(tmp_path_factory):
                    _scatter_result("overlapping_masks"),
                    _scatter_result("feature_shear", (np.array([2.0, 2.0]), 0.25 * np.eye(2)),
                                    extra=("annealed_mala", "annealed_hmc")),
-                   _length_result()]
+                   _length_result(), _locality_result()]
         for r in results:
             report._figures(r, folder)
         gaps = [ScenarioResult(f"s{i}", "t", "success", "success", _gap(v), [])
@@ -100,8 +119,10 @@ def test_every_plot_kind_is_drawn(figures):
         "eq17_bayes_background_heatmap.png", "eq18_clutter_background_heatmap.png",
         "overlapping_masks_scatter.png", "overlapping_masks_marginals.png",
         "feature_shear_scatter.png", "feature_shear_marginals.png",
-        "length_generalization_bayes_length.png", "composition_gap.png"}
-    assert set(figures) - {"composition_gap.png"} <= report.expected_outputs(
+        "length_generalization_bayes_length.png", "composition_gap.png",
+        "learned_length_empty_locality.png"}
+    assert set(figures) - {"composition_gap.png", "learned_length_empty_locality.png"} <= \
+        report.expected_outputs(
         ["eq17_bayes_background", "eq18_clutter_background", "overlapping_masks",
          "feature_shear", "length_generalization_bayes"])
 
@@ -212,6 +233,18 @@ def test_mean_error_panel_is_standardized_against_the_experts(tmp_path):
     assert got.shape == (len(SAMPLERS), 3)
     np.testing.assert_allclose(got, np.broadcast_to(want, got.shape), rtol=1e-12)
     plt.close("all")
+
+
+def test_locality_figure_draws_the_study(figures):
+    """Learned and exact ratios on a log axis, the threshold per t, exact zeros named."""
+    ax = figures["learned_length_empty_locality.png"].axes[0]
+    assert ax.get_yscale() == "log"
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(s.startswith("learned, empty background") for s in labels), labels
+    assert any("exactly 0 at some t" in s and "exact laws, empty background" in s
+               for s in labels), labels
+    thr = [line for line in ax.get_lines() if line.get_label().startswith("locality threshold")]
+    assert len(thr) == 1 and list(thr[0].get_ydata()) == [0.07, 0.04, 0.009, 0.003]
 
 
 def test_gap_figure_groups_identical_curves_and_marks_zeros(figures):
