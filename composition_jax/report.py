@@ -684,6 +684,9 @@ def _markdown(results, cfg, env, figs: dict, gap_fig: str | None, seconds: float
               "expert's standard deviation, against the decision rule's floor (shaded)."),
               ("- `*_length.png`: the fraction of samples with exactly the composed set S "
               "active, per sampler, against the target 1 and the pass threshold."),
+              ("- `*_locality.png` (learned length generalization): the off-block ratio of "
+              "the score Jacobian over the locations' pixel blocks against t, learned and exact, "
+              "empty and Bayes backgrounds, and the locality threshold."),
               ("- `composition_gap.png`: the exact KL between the noised composition and the "
               "composition of the noised laws (Section 7); identical curves are drawn once, "
               "curves that are zero at every t are listed under the plot, never floored.")]
@@ -707,9 +710,6 @@ def _markdown(results, cfg, env, figs: dict, gap_fig: str | None, seconds: float
             L += ["", "| |S| | " + " | ".join(
                 next(iter(r.metrics["per_size"].values())).keys()) + " |", "|---|---|---|"]
             for size, v in r.metrics["per_size"].items():
-              ("- `*_locality.png` (learned length generalization): the off-block ratio of "
-              "the score Jacobian over the locations' pixel blocks against t, learned and exact, "
-              "empty and Bayes backgrounds, and the locality threshold."),
                 L.append(f"| {size} | " + " | ".join(
                     f"exact {x['frac_exact_count']:.3f}, mean on S {x['mean_on_S']:.3f}"
                     for x in v.values()) + " |")
@@ -722,6 +722,18 @@ def _markdown(results, cfg, env, figs: dict, gap_fig: str | None, seconds: float
                          f"{v['all_requested']['fraction']:.3f} ± "
                          f"{v['all_requested']['se']:.3f} | {v['mean_extra_off_S']:.2f} | "
                          f"{pv.get(k, '(not checked)')} |")
+        if isinstance(r.metrics.get("score_locality"), dict):
+            loc = r.metrics["score_locality"]
+            L += ["", f"Score locality, S = {loc['S']} (off-block Jacobian ratio ± SE; "
+                  f"learned empty background local: **{loc['verdict']['observed']}**):", "",
+                  "| t | exact empty | exact Bayes | learned empty | learned Bayes | "
+                  "learned p_b alone | threshold | informative |", "|---|---|---|---|---|---|---|---|"]
+            for j, (t, v) in enumerate(zip(loc["t"], loc["verdict"]["per_t"])):
+                cell = [f"{loc[s][m]['off_block_ratio'][j]:.3g} ± {loc[s][m]['se'][j]:.1g}"
+                        for s, m in (("exact", "empty"), ("exact", "bayes"), ("learned", "empty"),
+                                     ("learned", "bayes"), ("learned", "control"))]
+                L.append(f"| {t:g} | " + " | ".join(cell)
+                         + f" | {v['threshold']:.3g} | {v['informative']} |")
         for fn in figs.get(r.name, []):
             L += ["", f"![{fn}]({fn})"]
     L += ["", "## Environment", "", "```", json.dumps(env, indent=1), "```", ""]
@@ -745,18 +757,6 @@ def reproduce(out: str | os.PathLike, *, mode: str = "quick", force: bool = Fals
       learned: append the learned-model experiments; ``None`` = on in ``full`` mode, off in
         ``quick``. Never run in ``minimal`` mode (recorded as skipped).
 
-        if isinstance(r.metrics.get("score_locality"), dict):
-            loc = r.metrics["score_locality"]
-            L += ["", f"Score locality, S = {loc['S']} (off-block Jacobian ratio ± SE; "
-                  f"learned empty background local: **{loc['verdict']['observed']}**):", "",
-                  "| t | exact empty | exact Bayes | learned empty | learned Bayes | "
-                  "learned p_b alone | threshold | informative |", "|---|---|---|---|---|---|---|---|"]
-            for j, (t, v) in enumerate(zip(loc["t"], loc["verdict"]["per_t"])):
-                cell = [f"{loc[s][m]['off_block_ratio'][j]:.3g} ± {loc[s][m]['se'][j]:.1g}"
-                        for s, m in (("exact", "empty"), ("exact", "bayes"), ("learned", "empty"),
-                                     ("learned", "bayes"), ("learned", "control"))]
-                L.append(f"| {t:g} | " + " | ".join(cell)
-                         + f" | {v['threshold']:.3g} | {v['informative']} |")
     Returns ``(exit_code, out_path)``: 1 when some definite observed verdict differs from the
     expected one (a *mismatch*), else 0; ``inconclusive`` results do not fail the run but are
     listed in the report. Raises :class:`OutputExists` for a non-empty ``out`` without
