@@ -727,13 +727,14 @@ def _markdown(results, cfg, env, figs: dict, gap_fig: str | None, seconds: float
             L += ["", f"Score locality, S = {loc['S']} (off-block Jacobian ratio ± SE; "
                   f"learned empty background local: **{loc['verdict']['observed']}**):", "",
                   "| t | exact empty | exact Bayes | learned empty | learned Bayes | "
-                  "learned p_b alone | threshold | informative |", "|---|---|---|---|---|---|---|---|"]
+                  "learned p_b alone | threshold | empty local | Bayes resolved |",
+                  "|---|---|---|---|---|---|---|---|---|"]
             for j, (t, v) in enumerate(zip(loc["t"], loc["verdict"]["per_t"])):
                 cell = [f"{loc[s][m]['off_block_ratio'][j]:.3g} ± {loc[s][m]['se'][j]:.1g}"
                         for s, m in (("exact", "empty"), ("exact", "bayes"), ("learned", "empty"),
                                      ("learned", "bayes"), ("learned", "control"))]
                 L.append(f"| {t:g} | " + " | ".join(cell)
-                         + f" | {v['threshold']:.3g} | {v['informative']} |")
+                         + f" | {v['threshold']:.3g} | {v['local']} | {v['bayes_resolved']} |")
         for fn in figs.get(r.name, []):
             L += ["", f"![{fn}]({fn})"]
     L += ["", "## Environment", "", "```", json.dumps(env, indent=1), "```", ""]

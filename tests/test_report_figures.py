@@ -69,7 +69,7 @@ def _locality_result():
                        "control": row(0.01, 0.005, 0.003, 0.003)},
            "exact": {"empty": row(0.0, 0.003, 1e-4, 1e-6), "bayes": row(0.2, 0.1, 0.01, 1e-5)},
            "verdict": {"observed": "success",
-                       "per_t": [{"threshold": x, "informative": i} for x, i in
+                       "per_t": [{"threshold": x, "local": True, "bayes_resolved": i} for x, i in
                                  zip([0.07, 0.04, 0.009, 0.003], [True, True, False, False])]}}
     return ScenarioResult("learned_length_empty", "t", "success", "success",
                           {"score_locality": loc}, [])
