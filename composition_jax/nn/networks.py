@@ -9,12 +9,13 @@ and the attributes ``dim`` (``d``), ``num_conditions`` (``None`` for an uncondit
 ``x_in = x / sqrt(alpha^2 + sigma^2)`` are applied by :class:`composition_jax.nn.ScoreNetModel`,
 which turns ``(network, params, schedule)`` into a model with ``.score(x, t)`` / ``.denoise(x, t)``.
 
-Why ``linen`` and not ``nnx``: a ``linen`` module is a frozen, hashable dataclass holding only
-the architecture, and its parameters are a plain dict pytree. That is exactly the split the library
-needs: the module goes into the treedef (static) and the parameters are jit arguments, so one
-compiled sampler or loss serves every checkpoint, and checkpoints are plain arrays. ``nnx`` modules
-are mutable objects carrying their own state; using them under ``jit`` needs a ``split``/``merge``
-round trip on every call.
+These are the flax ``linen`` networks, supported alongside their flax NNX versions
+(:mod:`composition_jax.nn.nnx_networks`: ``NNXMLPScoreNet``, ``NNXUNetScoreNet``, the same
+architecture and operations, recommended for new code; ``nnx_from_linen`` / ``linen_from_nnx``
+convert parameters). A ``linen`` module is a frozen, hashable dataclass holding only the
+architecture and its parameters are a plain dict pytree, so the module goes into the treedef
+(static) and the parameters are jit arguments; an NNX module is split into the same two halves
+(``nnx.split``: a static ``GraphDef`` and a parameter state) by ``ScoreNetModel.from_nnx``.
 
 Conditioning: a network with ``num_conditions = C`` has an embedding table with ``C + 1`` rows;
 row ``C`` is the reserved NULL condition (``null_condition``), trained by condition dropout, so one

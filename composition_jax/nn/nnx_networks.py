@@ -36,8 +36,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
-from flax import traverse_util
+from flax import nnx, traverse_util
 
 from .embeddings import sinusoidal_embedding
 from .networks import MLPScoreNet, UNetScoreNet, _check_mlp_config, _check_unet_config
@@ -349,7 +348,8 @@ def nnx_from_linen(network: Any, params: Any) -> nnx.Module:
       params: its parameters ``{"params": {...}}`` (from ``init_params`` or training).
 
     Raises:
-      TypeError: ``network`` is not one of the library's linen networks.
+      TypeError: ``network`` is not one of the library's linen networks, or ``params`` is not
+        a linen parameter dict.
       ValueError: ``params`` does not have this network's parameters (a missing, extra or
         mis-shaped leaf is named).
     """
@@ -366,7 +366,7 @@ def nnx_from_linen(network: Any, params: Any) -> nnx.Module:
     want = {path: v for path, v in nnx.to_flat_state(state)}
     src = params.get("params") if isinstance(params, dict) else None
     if not isinstance(src, dict):
-        raise ValueError("params must be a linen parameter dict {'params': {...}}")
+        raise TypeError("params must be a linen parameter dict {'params': {...}}")
     flat_src = traverse_util.flatten_dict(src)
     layers = _layer_map(abstract)
     # layers first (a missing or extra layer says more than a shape), then leaves and shapes
@@ -377,7 +377,7 @@ def nnx_from_linen(network: Any, params: Any) -> nnx.Module:
     extra = sorted("/".join(k) for k in have - {lp for lp, _ in layers})
     if extra:
         raise ValueError(f"params layer {extra[0]} is not a layer of {_fmt_config(network)}")
-    new, used = {}, set()
+    new = {}
     for lpath, npath in layers:
         leaves = {k[-1]: k for k in flat_src if k[:-1] == lpath}
         for name, k in leaves.items():
@@ -390,7 +390,6 @@ def nnx_from_linen(network: Any, params: Any) -> nnx.Module:
                 raise ValueError(f"params leaf {'/'.join(k)}: shape {value.shape}, the network "
                                  f"needs {spec.shape}")
             new[target] = value
-            used.add(k)
     missing = sorted(str(p) for p in set(want) - set(new))
     if missing:  # pragma: no cover - the layer map covers every layer
         raise ValueError(f"no linen parameter for the NNX leaf {missing[0]}")

@@ -1,7 +1,8 @@
 """optax denoising-score-matching training, checkpoints, and score accuracy against exact scores.
 
-``DSMTrainer`` (jitted fused steps, EMA, progress bar, exact resumption; its checkpoints record
-and check the schedule, parameterization, network, training settings and data),
+``DSMTrainer`` (jitted fused steps, EMA, progress bar, exact resumption; trains a flax NNX
+module's parameter state or a linen module's parameters; its checkpoints record and check the
+schedule, parameterization, network, training settings and data),
 ``save_checkpoint`` / ``CheckpointWriter`` (asynchronous) / ``load_checkpoint`` /
 ``checkpoint_steps`` (orbax checkpoint directories
 with an integrity record on top: SHA-256 over the arrays and the metadata, every leaf's path,

@@ -12,7 +12,8 @@ step is a subdirectory holding two items::
     path/<step>/meta/    a JSON item (``ocp.args.JsonSave``): the integrity record below
 
 so any orbax user reads the arrays back with ``ocp.StandardCheckpointer().restore(path/<step>/
-"state")``. The record holds ``format_version``, ``step``, the *fingerprint* of the tree (for every
+"state")``. The parameters of a flax NNX network are its ``nnx.State``, stored under the same
+key paths (``params/proj_in/kernel/value``; list indices as ``"0"``, ``"1"``, ...). The record holds ``format_version``, ``step``, the *fingerprint* of the tree (for every
 leaf: its key path such as ``params/Dense_0/kernel``, its shape and dtype), the PRNG key
 implementations (``key_impls``), free-form JSON ``metadata`` (:class:`~.trainer.DSMTrainer` stores
 its configuration there), ``arrays_sha256`` and ``sha256``:
