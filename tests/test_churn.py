@@ -12,7 +12,7 @@ import pytest
 from test_dpm_solver import SCHEDS, _moments_match, fitted_order
 
 import composition_jax as cj
-from composition_jax.samplers import time_grid
+from composition_jax.samplers import driver, time_grid
 from composition_jax.samplers.methods import churn, churn_gammas
 from composition_jax.verify.sampler_law import sampler_law
 
@@ -65,14 +65,13 @@ def test_churn_options_validated_and_layouts(key):
     m = cj.ODEHeun(s_churn=2.0)
     assert m.num_normals == 1 and cj.ODEHeun().num_normals == 0
     assert cj.DDIM(eta=0.5, s_churn=1.0).num_normals == 2
-    assert m.elementwise is False and cj.ODEHeun.elementwise is True
+    assert m.elementwise is True  # the churn is element-wise: both layouts
     sch = cj.VPSchedule()
     mix = cj.diffuse(cj.GaussianMixture(jnp.array([0.5, 0.5]), jnp.array([[1.0, 0.0], [-1.0, 0.0]]),
                                         jnp.stack([0.2 * jnp.eye(2)] * 2), covariance="diag"), sch)
-    with pytest.raises(ValueError, match="columns"):
-        cj.sample(key, mix, sch, (16, 2), method=m, steps=4, layout="columns")
-    # reproducible per particle: a prefix of a larger run (auto layout runs rows)
-    big = cj.sample(key, mix, sch, (24, 2), method=m, steps=6, nonfinite="raise")
+    assert driver.choose_layout("auto", m, mix, 2, None, False) == "columns"
+    # reproducible per particle: a prefix of a larger run, over several tiles (auto: columns)
+    big = cj.sample(key, mix, sch, (24, 2), method=m, steps=6, nonfinite="raise", tile_size=8)
     small = cj.sample(key, mix, sch, (7, 2), method=m, steps=6, nonfinite="raise")
     np.testing.assert_allclose(small, big[:7], rtol=1e-5, atol=1e-6)
     # the churn noise is used: differs from the deterministic sampler
@@ -88,14 +87,20 @@ CHURNED = [cj.ODEEuler(s_churn=4.0), cj.ODEHeun(s_churn=4.0, s_tmin=0.05, s_nois
 
 
 @pytest.mark.parametrize(
-    "sch_name", ["vp"] + [pytest.param(s, marks=pytest.mark.slow) for s in SCHEDS if s != "vp"])
-def test_churned_sample_moments_match_exact_law(sch_name, key):
+    "sch_name,layout",
+    [("vp", "columns")]
+    + [pytest.param(s, lay, marks=pytest.mark.slow) for s in SCHEDS
+       for lay in ("rows", "columns") if (s, lay) != ("vp", "columns")])
+def test_churned_sample_moments_match_exact_law(sch_name, layout, key):
     """Sample moments of churned samplers within 5 standard errors (n = 2000) of sampler_law,
-    which propagates the churn noise exactly (it is affine in (x, normals))."""
+    which propagates the churn noise exactly (it is affine in (x, normals)); both layouts (the
+    rows layout in the slow lane: by default it is tied to the columns layout particle by
+    particle, ``test_churned_rows_equal_columns``)."""
     sch = SCHEDS[sch_name]
     p = cj.diffuse(cj.Gaussian(MEAN, COV), sch)
     for method in CHURNED:
-        x = cj.sample(key, p, sch, (N, 2), method=method, steps=10, nonfinite="raise")
+        x = cj.sample(key, p, sch, (N, 2), method=method, steps=10, nonfinite="raise",
+                      layout=layout)
         law = sampler_law(p, sch, method=method, steps=10)
         zm, zc = _moments_match(x, law)
         assert zm < 5 and zc < 5, (method, zm, zc)
@@ -132,3 +137,61 @@ def test_churn_at_zero_window_equals_plain_heun():
     b = sampler_law(p, sch, method=cj.ODEHeun(), steps=7)
     np.testing.assert_allclose(a.mean, b.mean, rtol=1e-13)
     np.testing.assert_allclose(a.cov, b.cov, rtol=1e-12)
+
+
+def _iso(seed, K=3):
+    rng = np.random.default_rng(seed)
+    w = rng.dirichlet(np.ones(K)).astype(np.float32)
+    m = rng.normal(size=(K, 2)).astype(np.float32)
+    v = rng.uniform(0.2, 0.6, K).astype(np.float32)
+    return cj.GaussianMixture(jnp.asarray(w), jnp.asarray(m),
+                              jnp.asarray(v)[:, None, None] * jnp.eye(2)[None])
+
+
+def composed(sch_name, background):
+    """``compose(background, [iso mixture])`` under schedule ``sch_name``, with a Gaussian or
+    an isotropic-mixture background: both declare ``columns_native``."""
+    sch = SCHEDS[sch_name]
+    bg = (cj.Gaussian(jnp.array([0.5, -0.5]), jnp.array([[1.0, 0.2], [0.2, 0.7]]))
+          if background == "gaussian" else _iso(0))
+    model = cj.compose(cj.diffuse(bg, sch), [cj.diffuse(_iso(1), sch)])
+    assert model.columns_native
+    return sch, model
+
+
+def rows_equal_columns(key, sch, model, method, n=50, steps=8):
+    """Same key, same samples in both layouts (several columns tiles and padding), within
+    float rounding: the noise of every particle is the same stream bit for bit, the arithmetic
+    is not (the rows layout vmaps ``model.score`` over (d,) particles, the columns layout
+    calls ``score_columns`` on (d, B) tiles, and XLA fuses and contracts the two programs
+    differently), so outputs of order 1 agree to a few 1e-6 (measured: at most 3e-6 after 8
+    steps), far below the 2e-5 used here and far above what a wrong noise row or a lost state
+    would give (order 0.1 or more)."""
+    kw = {"method": method, "steps": steps, "nonfinite": "raise"}
+    a = cj.sample(key, model, sch, (n, 2), layout="rows", **kw)
+    b = cj.sample(key, model, sch, (n, 2), layout="columns", tile_size=24, **kw)
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=2e-5)
+    return np.asarray(a)
+
+
+_CHURN_LAYOUT_CASES = [(m, s, b) for m in ("euler", "heun", "ddim")
+                       for s in ("vp", "ve") for b in ("mixture", "gaussian")]
+
+
+@pytest.mark.parametrize(
+    "name,sch_name,background",
+    [c if c == ("heun", "vp", "mixture") else pytest.param(*c, marks=pytest.mark.slow)
+     for c in _CHURN_LAYOUT_CASES])
+def test_churned_rows_equal_columns(key, name, sch_name, background):
+    """Churned Euler, Heun and DDIM (eta = 0.5): the same particles in both layouts (VP and VE,
+    Gaussian and mixture backgrounds; churned Heun on VP by default, the rest in the slow
+    lane); ``layout="auto"`` picks columns for them. Heun's window ``[0.5, 20]`` holds some
+    levels of the 8-step grids and not others (``gamma`` varies over the run), so a columns
+    body that misaligned the per-level ``gamma`` would be seen. (That the churn noise is used in the
+    columns layout: ``test_churn_options_validated_and_layouts``.)"""
+    sch, model = composed(sch_name, background)
+    method = {"euler": cj.ODEEuler(s_churn=4.0),
+              "heun": cj.ODEHeun(s_churn=4.0, s_tmin=0.5, s_tmax=20.0),
+              "ddim": cj.DDIM(eta=0.5, s_churn=2.0)}[name]
+    assert driver.choose_layout("auto", method, model, 2, None, False) == "columns"
+    rows_equal_columns(key, sch, model, method)

@@ -124,31 +124,45 @@ N = 2000
 
 
 @pytest.mark.parametrize(
-    "sch_name", ["flow"] + [pytest.param(s, marks=pytest.mark.slow) for s in SCHEDS if s != "flow"])
-def test_sample_moments_match_exact_law(sch_name, key):
+    "sch_name,layout",
+    [("flow", "columns")]
+    + [pytest.param(s, lay, marks=pytest.mark.slow) for s in SCHEDS
+       for lay in ("rows", "columns") if (s, lay) != ("flow", "columns")])
+def test_sample_moments_match_exact_law(sch_name, layout, key):
     """cj.sample with 2M and 2S: sample moments within 5 standard errors (n = 2000; 2 x (2 + 3)
-    statistics per schedule, so a false alarm has probability < 1e-5) of sampler_law."""
+    statistics per schedule, so a false alarm has probability < 1e-5) of sampler_law, in both
+    layouts (rows in the slow lane: by default it is tied to the columns layout particle by
+    particle, ``test_rows_equal_columns``)."""
     sch = SCHEDS[sch_name]
     p = cj.diffuse(cj.Gaussian(MEAN, COV), sch)
     for method in (cj.DPMSolver2M(), cj.DPMSolver2S()):
         x = cj.sample(key, p, sch, (N, 2), method=method, steps=12, grid="log_snr",
-                      nonfinite="raise")
+                      nonfinite="raise", layout=layout)
         law = sampler_law(p, sch, method=method, steps=12, grid="log_snr")
         zm, zc = _moments_match(x, law)
         assert zm < 5 and zc < 5, (method, zm, zc)
 
 
-def test_2s_rows_equal_columns_and_2m_runs_in_rows(key):
-    mix = cj.diffuse(cj.GaussianMixture(jnp.array([0.5, 0.5]), jnp.array([[1.0, 0.0], [-1.0, 0.0]]),
-                                        jnp.stack([0.2 * jnp.eye(2)] * 2), covariance="diag"),
-                     cj.VPSchedule())
-    kw = dict(steps=8, nonfinite="raise")
-    a = cj.sample(key, mix, cj.VPSchedule(), (40, 2), method="dpm_solver_2s", layout="rows", **kw)
-    b = cj.sample(key, mix, cj.VPSchedule(), (40, 2), method="dpm_solver_2s", layout="columns",
-                  **kw)
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-6)
-    c = cj.sample(key, mix, cj.VPSchedule(), (40, 2), method="dpm_solver_2m", **kw)  # auto: rows
-    assert np.all(np.isfinite(c))
-    with pytest.raises(ValueError, match="columns"):
-        cj.sample(key, mix, cj.VPSchedule(), (40, 2), method="dpm_solver_2m", layout="columns",
-                  **kw)
+_DPM_LAYOUT_CASES = [(m, s, b) for m in ("2m", "2s") for s in ("vp", "ve")
+                     for b in ("mixture", "gaussian")]
+
+
+@pytest.mark.parametrize(
+    "name,sch_name,background",
+    [c if c == ("2m", "ve", "gaussian") else pytest.param(*c, marks=pytest.mark.slow)
+     for c in _DPM_LAYOUT_CASES])
+def test_rows_equal_columns(key, name, sch_name, background):
+    """2M (its previous data prediction carried as a (d, B) state, its per-level order from
+    ``tune``) and 2S: the same particles in both layouts (VP and VE, Gaussian and mixture
+    backgrounds; 2M on VE by default, the rest in the slow lane; tolerance in
+    ``test_churn.rows_equal_columns``); ``layout="auto"`` picks columns for both. A columns
+    body that dropped 2M's state or its order would differ from the rows body (which
+    ``sampler_law`` checks exactly) by far more than the tolerance."""
+    from test_churn import composed, rows_equal_columns
+
+    from composition_jax.samplers import driver
+
+    sch, model = composed(sch_name, background)
+    method = cj.DPMSolver2M() if name == "2m" else cj.DPMSolver2S()
+    assert driver.choose_layout("auto", method, model, 2, None, False) == "columns"
+    rows_equal_columns(key, sch, model, method, steps=12)

@@ -131,6 +131,10 @@ def test_auto_layout_choice():
     assert choose("auto", em, comp, 2, None, True) == "rows"  # checkify
     assert choose("auto", cj.AnnealedMALA(), comp, 2, None, False) == "rows"
     assert choose("auto", cj.PredictorCorrector(), comp, 2, None, False) == "rows"
+    # EDM churn and DPM-Solver++(2M) (per-level parameters, a carried state) run in columns
+    for m in (cj.ODEHeun(s_churn=2.0), cj.DDIM(eta=0.5, s_churn=1.0), cj.DPMSolver2M()):
+        assert choose("auto", m, comp, 2, None, False) == "columns"
+        assert choose("auto", m, _full(), 2, None, False) == "rows"
     assert choose("auto", em, comp, driver.COLUMN_MAX_D + 1, None, False) == "rows"
     assert choose("rows", em, comp, 2, None, False) == "rows"
 

@@ -16,7 +16,7 @@ Design:
   one ulp where XLA vectorizes the per-particle arithmetic differently for another ``n``, e.g.
   the final denoising; the columns tiles alone are bit-identical for any tiling, tested).
 * One run, two bodies, chosen once from declarations (:func:`choose_layout`): rows (particles
-  ``(n, d)``, ``method.step`` vmapped) or particle-minor tiles (``method.transition`` on
+  ``(n, d)``, ``method.step`` vmapped) or particle-minor tiles (``method.init``/``method.step`` on
   ``(d, B)`` tiles with ``model.score_columns``) for element-wise methods. Both share the time
   grid, the keys, the final denoising, the non-finite accounting and :class:`SampleInfo`. The
   tile size ``B`` is a policy of the backend (:func:`tile_plan`): cache-sized tiles on CPU, one
@@ -632,7 +632,7 @@ def _tiles(n: int, devices: int, tile: int) -> tuple[int, int, int]:
 
 
 class _ScoreColumns(NamedTuple):
-    """What an element-wise ``method.transition`` sees of the model on a ``(d, B)`` tile: its
+    """What an element-wise method's ``step`` sees of the model on a ``(d, B)`` tile: its
     ``score`` is the model's particle-minor ``score_columns`` (built inside the compiled run)."""
 
     score: Any
@@ -640,16 +640,21 @@ class _ScoreColumns(NamedTuple):
 
 def _columns_body(cfg: _Config, model, schedule, key, keys, times, x_init):
     """Particle-minor layout: each device runs its particles tile by tile (``lax.map``), each
-    tile through all steps (``lax.scan``) as a ``(d, B)`` array through ``method.transition``
-    with ``model.score_columns``, so a tile's working set stays in cache. The noise of particle
-    ``j`` is the same counter-based stream as in the rows body (``noise.normals_columns``), so
-    both bodies give the same samples. Returns ``(x (n, d), per_step, None)``."""
-    del key  # element-wise methods have no pilot
+    tile through all steps (``lax.scan``) as a ``(d, B)`` array through ``method.init`` /
+    ``method.step`` (an element-wise method's state, e.g. DPM-Solver++(2M)'s previous data
+    prediction, is then a ``(d, B)`` array too) with ``model.score_columns``, so a tile's
+    working set stays in cache. The per-level parameters of ``method.tune`` (EDM churn's
+    ``gamma``, 2M's order) are computed once, as in the rows body, and scanned with the steps.
+    The noise of particle ``j`` is the same counter-based stream as in the rows body
+    (``noise.normals_columns``), so both bodies give the same samples. Returns
+    ``(x (n, d), per_step, None)``."""
     method = cfg.method
     n, d = cfg.shape
     dtype = cfg.dtype
     k_init, k_norm, _ = keys
     m_norm = method.num_normals
+    # per-level parameters, the same as the rows body's (replicated: outside shard_map)
+    params = method.tune(model, schedule, key, times, d, dtype)
     kp_steps = jax.vmap(lambda i: jnp.stack(noise.key_pair(jax.random.fold_in(k_norm, i))))(
         jnp.arange(cfg.steps))
     kp_init = jnp.stack(noise.key_pair(jax.random.fold_in(k_init, 0)))
@@ -666,18 +671,22 @@ def _columns_body(cfg: _Config, model, schedule, key, keys, times, x_init):
         else:
             X = prior_std * noise.normals_columns(kp_init, off, B, (1, d), dtype)[0]
         valid = (off + jnp.arange(B, dtype=jnp.uint32)) < n
+        no_uniforms = jnp.zeros((0, B), dtype)  # element-wise methods draw none
 
-        def one_step(X, inp):
-            i, kp = inp
+        def one_step(state, inp):
+            i, kp, p_i = inp
             if m_norm:
                 z = noise.normals_columns(kp, off, B, (m_norm, d), dtype)
             else:
                 z = jnp.zeros((0, d, B), dtype)
-            X = method.transition(view, schedule, X, z, times[i], times[i + 1])
-            bad = jnp.sum(valid & ~jnp.all(jnp.isfinite(X), axis=0)).astype(jnp.int32)
-            return X, bad
+            state, _ = method.step(view, schedule, state, times[i], times[i + 1], z,
+                                   no_uniforms, p_i)
+            bad = jnp.sum(valid & ~jnp.all(jnp.isfinite(state.position), axis=0))
+            return state, bad.astype(jnp.int32)
 
-        return jax.lax.scan(one_step, X, (jnp.arange(cfg.steps), kp_steps))
+        state, bad = jax.lax.scan(one_step, method.init(X, times[0]),
+                                  (jnp.arange(cfg.steps), kp_steps, params))
+        return state.position, bad
 
     if cfg.has_x_init:
         x0 = jnp.pad(x_init.astype(dtype), ((0, n_pad - n), (0, 0)))
@@ -721,12 +730,15 @@ def choose_layout(layout: str, method: SamplerMethod, model: Any, d: int, record
     ``model.columns_native``."""
     if layout not in ("auto", "rows", "columns"):
         raise ValueError(f"layout must be 'auto', 'rows' or 'columns', got {layout!r}")
-    ok = method.elementwise and record_every is None and not check
+    ok = (method.elementwise and method.num_uniforms == 0 and record_every is None
+          and not check)
     if layout == "columns" and not ok:
         raise ValueError(
-            "layout='columns' supports element-wise methods (method.elementwise: "
-            f"{sorted(k for k, c in METHODS.items() if c.elementwise)} and the like) without "
-            f"record_every or check; got method={method!r}, record_every={record_every!r}, "
+            "layout='columns' supports element-wise methods without uniforms "
+            f"(method.elementwise: {sorted(k for k, c in METHODS.items() if c.elementwise)} "
+            "and the like) without record_every or check; got "
+            f"method={method!r} (elementwise={method.elementwise}, "
+            f"num_uniforms={method.num_uniforms}), record_every={record_every!r}, "
             f"check={check!r}"
         )
     if layout == "auto":
@@ -845,7 +857,7 @@ def sample(
       dtype: floating dtype (default ``x_init``'s, else JAX's default float).
       layout: ``"rows"`` (particles ``(n, d)``, ``method.step`` vmapped),
         ``"columns"`` (particle-minor ``(d, B)`` tiles, each tile through all steps with
-        ``method.transition`` and the model's batched ``score_columns``; methods with
+        ``method.step`` and the model's batched ``score_columns``; methods with
         ``elementwise`` set, no ``record_every``/``check``) or ``"auto"`` (columns when
         allowed, ``d <= COLUMN_MAX_D`` and the model declares ``columns_native``: mixtures
         with diagonal covariances and their compositions). Same samples either way (the noise

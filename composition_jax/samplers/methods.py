@@ -71,8 +71,9 @@ forward transition ``x_{t_hat} | x_{t_i}`` (``alpha_{t_hat|t_i} x + sigma_{t_hat
 it maps ``p_{t_i}`` to ``p_{t_hat}``; the method's own deterministic step then goes from
 ``t_hat`` to ``t_{i+1}``. ``gamma_i`` depends on ``N``, so it is computed per level by
 ``tune`` from the time grid and passed to ``transition(..., gamma=)``; one extra normal per step
-(the last row). Churned instances declare ``elementwise = False`` (the particle-minor layout
-does not pass per-level parameters), so ``layout="auto"`` runs them in rows.
+(the last row). The churn is element-wise (per coordinate, with per-level scalars), so churned
+samplers run in both layouts, and ``layout="auto"`` picks the particle-minor one for the models
+that declare ``columns_native``.
 
 ``model_calls_per_step`` (every method): model evaluations (``score``, ``denoise``,
 ``log_prob_and_score``) per particle and step -- the cost unit to compare methods at equal cost.
@@ -174,9 +175,11 @@ class SamplerMethod(abc.ABC):
 
     Class-level facts the driver reads:
 
-    * ``elementwise``: ``transition`` is an element-wise formula in ``(x, score, normals)`` with
-      no reduction over coordinates, so it may run on particle-minor ``(d, B)`` tiles with
-      ``model.score_columns`` (``layout="columns"``);
+    * ``elementwise``: ``init`` and ``step`` are element-wise formulas in ``(state, score,
+      normals)`` and this level's ``params`` (scalars or arrays without a particle axis) with no
+      reduction over coordinates and no uniforms (``num_uniforms == 0``), so they may run on
+      particle-minor ``(d, B)`` tiles (``x`` and every state field ``(d, B)``, ``normals
+      (num_normals, d, B)``) with ``model.score_columns`` (``layout="columns"``);
     * ``affine_exact``: ``transition`` is affine in ``(x, normals)`` for affine scores, so
       :func:`~composition_jax.verify.sampler_law` gives the exact law of the output;
     * ``needs_log_prob``: the model must declare ``has_log_prob``.
@@ -297,9 +300,6 @@ def _check_churn(m):
             raise ValueError(f"{name} must be a float >= 0, got {v!r}")
     if not m.s_tmax >= m.s_tmin:
         raise ValueError(f"s_tmax must be >= s_tmin = {m.s_tmin}, got {m.s_tmax!r}")
-    if m.s_churn > 0:
-        # the per-level gamma comes from tune, which the particle-minor body does not pass
-        object.__setattr__(m, "elementwise", False)
 
 
 def churn_gammas(schedule, times, s_churn, s_tmin, s_tmax):
@@ -611,7 +611,6 @@ class _Annealed(SamplerMethod):
         (MALA) or per leapfrog step (HMC)."""
         return 2 + self.mcmc_steps * max(1, self._n_leapfrog)
 
-    def init(self, x, t):
     def pilot_model_calls(self, steps: int) -> int:
         """With ``adapt=True``: ``n_pilot * steps * (2 + (BISECT_ITERS + mcmc_steps) * L)``
         (per pilot particle and level: the predictor score, ``log_prob_and_score`` at the
@@ -623,6 +622,7 @@ class _Annealed(SamplerMethod):
         per_level = 2 + (mcmc.BISECT_ITERS + self.mcmc_steps) * max(1, self._n_leapfrog)
         return self.n_pilot * steps * per_level
 
+    def init(self, x, t):
         del t
         return MCMCState(x)
 
@@ -721,10 +721,12 @@ class DPMSolver2M(SamplerMethod):
     D_{i-1} / (2r))``. The first step is first order (``D_i`` alone: DDIM with ``eta = 0``, the
     warm-up: no ``D_{-1}`` yet); with ``lower_order_final`` (default) the last step is first
     order too when ``steps < 10`` (the reference implementation's rule, which stabilizes very
-    few steps). ``D_{i-1}`` is carried in the state (:class:`DPMState`); the per-level order
-    and previous time come from :meth:`tune` (the time grid). Weak order 2."""
+    few steps). ``D_{i-1}`` is carried in the state (:class:`DPMState`, element-wise, so it is a
+    ``(d, B)`` array in the particle-minor layout); the per-level order and previous time come
+    from :meth:`tune` (the time grid). Weak order 2."""
 
     lower_order_final: bool = True
+    elementwise: ClassVar[bool] = True
     num_normals: ClassVar[int] = 0
     model_calls_per_step: ClassVar[int] = 1
 
