@@ -442,12 +442,12 @@ def _locality_figure(res, plt, folder: Path) -> str:
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
     zeros = []
     for src, role, label, style in (
-            ("learned", "empty", "learned, empty background", dict(color="C0", ls="-")),
-            ("learned", "bayes", "learned, Bayes (p_u background)", dict(color="C3", ls="-")),
+            ("learned", "empty", "learned, empty background", {"color": "C0", "ls": "-"}),
+            ("learned", "bayes", "learned, Bayes (p_u background)", {"color": "C3", "ls": "-"}),
             ("learned", "control", "learned p_b alone (control; exact 0)",
-             dict(color="C7", ls="-.")),
-            ("exact", "empty", "exact laws, empty background", dict(color="C0", ls="--")),
-            ("exact", "bayes", "exact laws, Bayes", dict(color="C3", ls="--"))):
+             {"color": "C7", "ls": "-."}),
+            ("exact", "empty", "exact laws, empty background", {"color": "C0", "ls": "--"}),
+            ("exact", "bayes", "exact laws, Bayes", {"color": "C3", "ls": "--"})):
         y = np.asarray(loc[src][role]["off_block_ratio"], float)
         se = np.asarray(loc[src][role]["se"], float)
         pos = y > 0  # a log axis: exact zeros are named in the legend, not floored
@@ -724,10 +724,10 @@ def _markdown(results, cfg, env, figs: dict, gap_fig: str | None, seconds: float
                          f"{pv.get(k, '(not checked)')} |")
         if isinstance(r.metrics.get("score_locality"), dict):
             loc = r.metrics["score_locality"]
-            L += ["", f"Score locality, S = {loc['S']} (off-block Jacobian ratio ± SE; "
-                  f"learned empty background local: **{loc['verdict']['observed']}**):", "",
-                  "| t | exact empty | exact Bayes | learned empty | learned Bayes | "
-                  "learned p_b alone | threshold | empty local | Bayes resolved |",
+            L += ["", (f"Score locality, S = {loc['S']} (off-block Jacobian ratio ± SE; "
+                       f"learned empty background local: **{loc['verdict']['observed']}**):"), "",
+                  ("| t | exact empty | exact Bayes | learned empty | learned Bayes | "
+                   "learned p_b alone | threshold | empty local | Bayes resolved |"),
                   "|---|---|---|---|---|---|---|---|---|"]
             for j, (t, v) in enumerate(zip(loc["t"], loc["verdict"]["per_t"])):
                 cell = [f"{loc[s][m]['off_block_ratio'][j]:.3g} ± {loc[s][m]['se'][j]:.1g}"

@@ -76,3 +76,23 @@ def test_errors_name_the_argument():
         score_locality(p, x, 0.1, "01")
     with pytest.raises(ValueError, match="t must be"):
         score_locality(p, x, jnp.zeros((2, 2)), [[0], [1]])
+
+
+def test_off_block_ratio_se_matches_the_spread_over_particle_sets():
+    """The delta-method standard error against the spread of the ratio over 40 independent
+    particle sets (n = 32 each): the sample SD of 40 ratios has relative SE 1 / sqrt(78) = 0.11,
+    so SD / mean(SE) must lie within 1 +- 3 x 0.11 (widened to [0.6, 1.5] for the delta
+    method's O(1/n) bias); an SE that ignored the particles' spread would be far off."""
+    conds, empty, _ = eq17_laws(0.05)
+    model = eq17_model(SCH, conds, empty, "bayes", list(S_DEFAULT))
+    blocks = [[i] for i in range(8)]
+    keys = jax.random.split(jax.random.key(5), 40)
+    reps = [score_locality(model, 0.5 + 0.5 * jax.random.normal(k, (32, 8)), 0.2, blocks)
+            for k in keys]
+    ratios = np.array([float(r.off_block_ratio) for r in reps])
+    ses = np.array([float(r.off_block_ratio_se) for r in reps])
+    assert np.all(ses > 0)
+    assert 0.6 < ratios.std(ddof=1) / ses.mean() < 1.5, (ratios.std(ddof=1), ses.mean())
+    r_e = score_locality(eq17_model(SCH, conds, empty, "empty", list(S_DEFAULT)),
+                         0.5 + 0.5 * jax.random.normal(keys[0], (32, 8)), 0.2, blocks)
+    assert float(r_e.off_block_ratio_se) == 0.0  # R = 0 exactly: no spread to report
