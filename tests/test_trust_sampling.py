@@ -12,6 +12,7 @@ import textwrap
 import warnings
 
 import jax
+import jax.extend.core as jex_core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -334,3 +335,70 @@ def test_sharded_runs_report_once():
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "SHARDED_REPORT_OK" in r.stdout
+
+
+# ------------------------------------------------------------------ persistent compilation cache
+def _callbacks(jaxpr) -> int:
+    """Host-callback equations in ``jaxpr`` and all its sub-jaxprs."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    n = 0
+    for eqn in jaxpr.eqns:
+        n += "callback" in eqn.primitive.name
+        for v in eqn.params.values():
+            for sub in v if isinstance(v, (tuple, list)) else (v,):
+                if isinstance(sub, (jex_core.Jaxpr, jex_core.ClosedJaxpr)):
+                    n += _callbacks(sub)
+    return n
+
+
+@pytest.mark.parametrize("mode", ["warn", "raise"])
+def test_compiled_program_holds_no_host_callback(key, mode):
+    """The compiled ``cj.sample`` program returns the non-finite counts and holds no host
+    callback (JAX does not store programs with host callbacks in its persistent compilation
+    cache); traced by a caller (here ``make_jaxpr``), the report is staged in the CALLER's
+    program, outside the compiled run, as one conditional callback."""
+    for layout in ("rows", "columns"):
+        closed = jax.make_jaxpr(lambda k, lay=layout: cj.sample(
+            k, BAD, SCH, (8, 2), layout=lay, nonfinite=mode, **KW))(key)
+        runs = [e for e in closed.jaxpr.eqns if "jaxpr" in e.params
+                and "_run" in str(e.params.get("name"))]
+        assert len(runs) == 1, [e.primitive.name for e in closed.jaxpr.eqns]
+        assert _callbacks(runs[0].params["jaxpr"]) == 0
+        assert _callbacks(closed) == 1
+
+
+CACHE_PROBE = textwrap.dedent(
+    """
+    import collections, sys
+    import jax, jax.numpy as jnp
+    from jax import monitoring
+    import composition_jax as cj
+    events = collections.Counter()
+    monitoring.register_event_listener(lambda name, **kw: events.update([name]))
+    sch = cj.VPSchedule()
+    p = cj.diffuse(cj.Gaussian(jnp.zeros(2), jnp.eye(2)), sch)
+    jax.block_until_ready(cj.sample(jax.random.key(0), p, sch, (16, 2), steps=5,
+                                    nonfinite=sys.argv[1]))
+    print("REQUESTS", events["/jax/compilation_cache/compile_requests_use_cache"],
+          "HITS", events["/jax/compilation_cache/cache_hits"])
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["warn", "raise", "ignore"])
+def test_second_process_hits_the_persistent_cache(tmp_path, mode):
+    """A second process running the same small ``cj.sample`` finds EVERY program it compiles
+    (the sampler's included) in the persistent compilation cache the first one wrote."""
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path), JAX_PLATFORMS="cpu",
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+    out = []
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-c", CACHE_PROBE, mode], check=False, env=env,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        words = r.stdout.split()
+        out.append((int(words[words.index("REQUESTS") + 1]), int(words[words.index("HITS") + 1])))
+    (req1, hits1), (req2, hits2) = out
+    assert hits1 == 0 and req2 == req1 > 0 and hits2 == req2, out

@@ -26,13 +26,15 @@ Design:
 * ``mesh=``: particles are sharded along the mesh's batch axis for the whole run with
   ``with_sharding_constraint`` on the state and the noise (no gather).
 * No silent non-finite output (``nonfinite=``): the compiled program counts the non-finite
-  final particles (one pass over ``(n, d)``) and, only when the count is positive
-  (``lax.cond``), calls the host with ``jax.debug.callback`` to warn. Nothing is sent to the
-  host and nothing waits when the count is 0, so eager calls keep asynchronous dispatch and the
-  same code runs under the caller's ``jit``. The report is a ``custom_vmap`` whose batching rule
-  sums the counts, so ``vmap`` of ``cj.sample`` gives ONE report, and it sits outside
-  ``shard_map``, so a sharded run gives one, not one per device. ``nonfinite="raise"`` returns
-  the count instead and raises on the host when called eagerly (the one mode that waits).
+  final particles (one pass over ``(n, d)``, outside ``shard_map``: one count for a sharded run)
+  and returns the count with the samples; it holds no host callback, so JAX stores it in its
+  persistent compilation cache (programs with host callbacks are never stored, and every new
+  process would compile them again). Called eagerly, ``cj.sample`` reads the count after the
+  run (it waits for the run: one int32) and warns or raises in Python. Only when ``cj.sample``
+  is itself being traced (inside the caller's ``jit``/``vmap``/``grad``) is the report staged
+  into the caller's program: a ``jax.debug.callback`` under ``lax.cond(count > 0)``, wrapped
+  in a ``custom_vmap`` whose batching rule sums the counts, so ``vmap`` of ``cj.sample`` gives
+  ONE report (that caller's program then holds a host callback).
 """
 
 from __future__ import annotations
@@ -136,8 +138,8 @@ class NonFiniteWarning(RuntimeWarning):
 class NonFiniteError(FloatingPointError, RuntimeError):
     """``cj.sample(..., nonfinite="raise")`` produced particles with a ``nan``/``inf`` coordinate.
 
-    Raised as is when ``cj.sample`` is called eagerly. Under the caller's ``jit`` it is raised
-    by a host callback while the program runs, and JAX reports it as a
+    Raised as is when ``cj.sample`` is called eagerly (after the run). Under the caller's
+    ``jit`` it is raised by a host callback while the program runs, and JAX reports it as a
     ``jax.errors.JaxRuntimeError`` (a ``RuntimeError``) whose message contains this one: catch
     ``RuntimeError`` to handle both.
     """
@@ -177,7 +179,8 @@ def _nonfinite_message(count: int, n: int, steps: int, first: int, t_first: floa
 
 
 def _on_nonfinite(mode: str, n: int, steps: int, count, first, t_first) -> None:
-    """Host side of the report (runs in a ``jax.debug.callback``, only when ``count > 0``)."""
+    """Host side of the traced report (runs in a ``jax.debug.callback``, only when
+    ``count > 0``)."""
     msg = _nonfinite_message(int(count), n, steps, int(first), float(t_first), mode)
     if mode == "raise":
         raise NonFiniteError(msg)
@@ -186,7 +189,8 @@ def _on_nonfinite(mode: str, n: int, steps: int, count, first, t_first) -> None:
 
 @functools.lru_cache(maxsize=512)
 def _reporter(mode: str, n: int, steps: int):
-    """``report(count, first, t_first)``: a host callback under ``lax.cond(count > 0)``.
+    """``report(count, first, t_first)``: a host callback under ``lax.cond(count > 0)``, staged
+    into the CALLER's program when ``cj.sample`` is traced (never into the compiled run itself).
 
     A ``custom_vmap``: the ``vmap`` rule sums the counts (and keeps the earliest step) and makes
     ONE unbatched report over ``axis_size * n`` particles, instead of JAX's default of unrolling
@@ -274,8 +278,10 @@ def check_key(key: Any, name: str = "key") -> None:
 
 # Exact-law check of compositions (Python time, once per model: cached on the identity of the
 # arrays involved, which JAX never mutates), skipped when the exact product mixture would have
-# more than _MAX_LAW_COMPONENTS components (its cost).
+# more than _MAX_LAW_COMPONENTS components or components x d^3 above _MAX_LAW_FLOPS (its cost:
+# about a second of CPU), and not needed when every exponent is >= 0 (see _law_inputs).
 _MAX_LAW_COMPONENTS = 4096
+_MAX_LAW_FLOPS = 2**27
 _LAW_CACHE: OrderedDict = OrderedDict()
 _LAW_CACHE_SIZE = 32
 
@@ -317,6 +323,12 @@ def _law_inputs(kind: str, dists: list, w: Any):
             w = w / s
         w = w[1:]
     exps = [1.0 - float(w.sum())] + [float(v) for v in w]
+    if min(exps) >= 0.0:
+        # exponents e_j >= 0 summing to 1: by Hoelder's inequality int prod p_j^{e_j} <=
+        # prod (int p_j)^{e_j} = 1 (and > 0 for these everywhere-positive densities), so the law
+        # exists and there is nothing to check (no product mixture is built: at d = 256, K = 64
+        # that cost the first call of cj.sample tens of seconds)
+        return None
     size = 1
     for d, e in zip(dists, exps):
         # the family's own Gaussian-mixture form (None: none, or too many components)
@@ -326,6 +338,8 @@ def _law_inputs(kind: str, dists: list, w: Any):
         size *= mix.num_components ** max(0, math.ceil(e - 1e-6))
         if size > _MAX_LAW_COMPONENTS:  # the exact product mixture would cost too much
             return None
+    if size * int(dists[0].dim) ** 3 > _MAX_LAW_FLOPS:  # its algebra (d x d per component) too
+        return None
     return dists[0], list(dists[1:]), w
 
 
@@ -709,17 +723,34 @@ def _columns_body(cfg: _Config, model, schedule, key, keys, times, x_init):
 
 
 def _finish(out, x, per_step, times, cfg: _Config):
-    """Attach the non-finite report to a run's output (see ``nonfinite`` in ``cj.sample``):
-    "warn" stages the conditional host callback into the program; "raise" returns the
-    statistics next to the output for ``sample`` to check (eager) or report (traced). Outside
-    ``shard_map``: one report for the whole run, not one per device."""
+    """Attach the non-finite statistics to a run's output (see ``nonfinite`` in
+    ``cj.sample``): ``(out, (count, first, t_first))`` for "warn" and "raise", for
+    :func:`_report` to act on after the run; ``out`` alone for "ignore". The compiled program
+    holds no host callback, so it can be stored in JAX's persistent compilation cache (programs
+    with host callbacks are not). Computed outside ``shard_map``: one report for the whole run,
+    not one per device."""
     if cfg.nonfinite == "ignore":
         return out
-    stats = _nonfinite_stats(x, per_step, times, cfg.steps)
-    if cfg.nonfinite == "raise":
-        return out, stats
-    _reporter("warn", cfg.shape[0], cfg.steps)(*stats)
-    return out
+    return out, _nonfinite_stats(x, per_step, times, cfg.steps)
+
+
+def _report(mode: str, n: int, steps: int, stats: tuple) -> None:
+    """Act on a run's non-finite statistics (``mode`` "warn" or "raise").
+
+    Concrete statistics (``cj.sample`` called eagerly): read the count on the host -- this
+    waits for the run -- and warn or raise here, in Python, with the caller's frame. Traced
+    statistics (``cj.sample`` inside the caller's ``jit``/``vmap``/``grad``): stage the
+    conditional host callback (:func:`_reporter`) into the caller's program instead, so the
+    report comes while that program runs (and ``vmap`` gives one report for the batch)."""
+    if any(isinstance(a, jax.core.Tracer) for a in stats):
+        _reporter(mode, n, steps)(*stats)
+        return
+    count, first, t_first = (np.asarray(a) for a in stats)  # waits for the run
+    if int(count):
+        msg = _nonfinite_message(int(count), n, steps, int(first), float(t_first), mode)
+        if mode == "raise":
+            raise NonFiniteError(msg)
+        warnings.warn(msg, NonFiniteWarning, stacklevel=3)
 
 
 def choose_layout(layout: str, method: SamplerMethod, model: Any, d: int, record_every,
@@ -842,15 +873,20 @@ def sample(
         ``"warn"`` (default) one :class:`NonFiniteWarning` with the count (and, with
         ``return_info``, the step where they first appeared); ``"raise"`` a
         :class:`NonFiniteError`; ``"ignore"``. The count is computed inside the compiled
-        program; the host is called only when it is positive (``jax.debug.callback``), so a
-        finite run costs one pass over the samples and no synchronization, eagerly or under
-        the caller's ``jit``. ``"warn"`` warns while the program runs (block on the samples
-        before leaving a ``warnings.catch_warnings`` block); under ``jit`` (or ``vmap``)
-        ``"raise"`` makes the program fail with a ``jax.errors.JaxRuntimeError`` containing the
-        :class:`NonFiniteError` message (catch ``RuntimeError`` for both). Under ``vmap`` one
-        report counts the particles of all batch members; sharded runs report once. Eager
-        ``"raise"`` waits for the run to finish (to read the count). The count is of the final
-        samples, also with ``return_info``/``record_every`` (``info.nonfinite_final``).
+        program (one pass over the samples) and returned with them, so the program has no
+        host callback and is stored in JAX's persistent compilation cache. Called eagerly,
+        ``"warn"`` and ``"raise"`` wait for the run to finish, read the count and warn or
+        raise before ``cj.sample`` returns (``"ignore"`` returns at once, dispatch stays
+        asynchronous). When ``cj.sample`` is traced by your ``jit``/``vmap``/``grad``, the
+        report is a host callback in YOUR program, called only when the count is positive:
+        ``"warn"`` warns while that program runs (block on the samples before leaving a
+        ``warnings.catch_warnings`` block), ``"raise"`` makes it fail with a
+        ``jax.errors.JaxRuntimeError`` containing the :class:`NonFiniteError` message (catch
+        ``RuntimeError`` for both), and that program is not stored in the persistent cache
+        (pass ``"ignore"`` inside it and check ``info.nonfinite_final`` to keep it cacheable).
+        Under ``vmap`` one report counts the particles of all batch members; sharded runs
+        report once. The count is of the final samples, also with
+        ``return_info``/``record_every`` (``info.nonfinite_final``).
       mesh: a ``jax.sharding.Mesh``; particles are sharded along ``batch_axis`` (default: the
         mesh's first axis) for the whole run.
       x_init: optional initial particles ``(n, d)`` at ``t_max``.
@@ -972,15 +1008,8 @@ def sample(
         err, out = fn(key, model, schedule, x_init)
         err.throw()
         return out
-    if cfg.nonfinite != "raise":
+    if cfg.nonfinite == "ignore":
         return fn(key, model, schedule, x_init)
     out, stats = fn(key, model, schedule, x_init)
-    if any(isinstance(a, jax.core.Tracer) for a in stats):  # inside the caller's jit / vmap
-        _reporter("raise", n, steps)(*stats)
-        return out
-    count, first, t_first = (np.asarray(a) for a in stats)  # waits for the run
-    if int(count):
-        raise NonFiniteError(
-            _nonfinite_message(int(count), n, steps, int(first), float(t_first), "raise")
-        )
+    _report(cfg.nonfinite, n, steps, stats)
     return out
