@@ -271,40 +271,51 @@ def test_reproduce_learned_default_on_in_full_mode(tmp_path, monkeypatch):
 
 
 def _report(*tests):
+    """A projective report from ``(name, p, effect, effect_name[, effect_lower])`` tuples (level
+    0.001; without ``effect_lower`` the outcome carries none and is judged by its effect)."""
     from composition_jax.verify.projective import BlockReport, ProjectiveReport, TestOutcome
 
-    outs = tuple(TestOutcome(name, 0.0, p, eff, en, 0.001, p < 0.001)
-                 for name, p, eff, en in tests)
+    outs = tuple(TestOutcome(t[0], 0.0, t[1], t[2], t[3], 0.001, t[1] < 0.001,
+                             effect_lower=t[4] if len(t) > 4 else float("nan"))
+                 for t in tests)
     return ProjectiveReport(blocks=(BlockReport("conditional 0", (0, 1), outs),), alpha=0.01,
                             num_tests=len(outs), n=100)
 
 
 def test_learned_vector_decision_rule():
-    """success without material rejection; failure only beyond CONTROL_FACTOR x the model-error
-    control; a material rejection the control explains is inconclusive."""
-    from composition_jax.experiments.learned_vector import CONTROL_FACTOR, _effects, decide
-
-    assert CONTROL_FACTOR == 2.0
-    ctrl = _effects(_report(("ks", 1e-5, 0.08, "max_ks_D"), ("cov", 0.5, 0.1,
-                                                               "relative_cov_error")))
-    assert ctrl == {"max_ks_D": 0.08, "relative_cov_error": 0.1}
+    """success without material rejection; failure only when a KS (or MMD) effect's lower bound
+    exceeds its floor plus the total-variation budget of the learned models' score error; a
+    material rejection the budget explains is inconclusive; an effect a TV budget does not
+    bound (covariance) is never decisive."""
+    from composition_jax.experiments.learned_vector import _effects, decide
     from composition_jax.zoo.rules import EFFECT_FLOORS
 
-    ks_floor = EFFECT_FLOORS["max_ks_D"]
-    # rejected but below the zoo floor: not material -> success
-    assert decide([_report(("ks", 1e-9, 0.98 * ks_floor, "max_ks_D"))], ctrl)[0] == "success"
-    # rejected just above the floor (far below the control): material, inconclusive
-    assert decide([_report(("ks", 1e-9, 1.02 * ks_floor, "max_ks_D"))], ctrl)[0] == "inconclusive"
+    assert _effects(_report(("ks", 1e-5, 0.08, "max_ks_D"), ("cov", 0.5, 0.1,
+                                                             "relative_cov_error"))) == {
+        "max_ks_D": 0.08, "relative_cov_error": 0.1}
+    f, tv = EFFECT_FLOORS["max_ks_D"], 0.05
+    # rejected but below the floor: not material -> success
+    assert decide([_report(("ks", 1e-9, 0.98 * f, "max_ks_D"))], tv)[0] == "success"
+    # just above the floor (far within the budget): material, inconclusive
+    assert decide([_report(("ks", 1e-9, 1.02 * f, "max_ks_D"))], tv)[0] == "inconclusive"
     # not rejected, large effect: success
-    assert decide([_report(("ks", 0.5, 0.3, "max_ks_D"))], ctrl)[0] == "success"
-    # material, within 2 x control (0.16): inconclusive
-    obs, mat, dec = decide([_report(("ks", 1e-9, 0.159, "max_ks_D"))], ctrl)
+    assert decide([_report(("ks", 0.5, 0.3, "max_ks_D"))], tv)[0] == "success"
+    # within floor + budget: inconclusive; beyond: failure
+    obs, mat, dec = decide([_report(("ks", 1e-9, f + 0.99 * tv, "max_ks_D"))], tv)
     assert obs == "inconclusive" and len(mat) == 1 and dec == []
-    # material and beyond 2 x control: failure
-    obs, mat, dec = decide([_report(("ks", 1e-9, 0.161, "max_ks_D"))], ctrl)
-    assert obs == "failure" and len(dec) == 1 and "2 x control 0.08" in dec[0]
-    # an effect kind absent from the control (control 0): any material rejection is decisive
-    assert decide([_report(("mmd", 1e-9, 0.02, "mmd2_unbiased"))], ctrl)[0] == "failure"
+    obs, mat, dec = decide([_report(("ks", 1e-9, f + 1.01 * tv, "max_ks_D"))], tv)
+    assert obs == "failure" and len(dec) == 1 and "TV budget 0.05" in dec[0]
+    # the lower bound is what is compared: a large effect whose lower bound is within the
+    # budget is not decisive, and one whose lower bound is below the floor is not material
+    assert decide([_report(("ks", 1e-9, 0.5, "max_ks_D", f + 0.5 * tv))], tv)[0] == "inconclusive"
+    assert decide([_report(("ks", 1e-9, 0.5, "max_ks_D", 0.5 * f))], tv)[0] == "success"
+    # MMD (a metric bounded by 2 TV): decisive iff sqrt(MMD^2) > sqrt(floor) + 2 TV
+    fm = EFFECT_FLOORS["mmd2_unbiased"]
+    edge = (np.sqrt(fm) + 2 * tv) ** 2
+    assert decide([_report(("mmd", 1e-9, 0.98 * edge, "mmd2_unbiased"))], tv)[0] == "inconclusive"
+    assert decide([_report(("mmd", 1e-9, 1.02 * edge, "mmd2_unbiased"))], tv)[0] == "failure"
+    # a covariance error is not bounded by a TV budget: never decisive, even with budget 0
+    assert decide([_report(("cov", 1e-9, 0.9, "relative_cov_error"))], 0.0)[0] == "inconclusive"
     # decisive in one of several reports is enough
-    assert decide([_report(("ks", 1e-9, 0.1, "max_ks_D")),
-                   _report(("cov", 1e-9, 0.25, "relative_cov_error"))], ctrl)[0] == "failure"
+    assert decide([_report(("cov", 1e-9, 0.9, "relative_cov_error")),
+                   _report(("ks", 1e-9, 0.3, "max_ks_D"))], tv)[0] == "failure"

@@ -17,6 +17,15 @@ its p-value is below ``alpha / m``; a block passes when none of its tests reject
 ``.passed`` when every block passes. The family-wise error rate under the null is therefore at
 most ``alpha`` (the permutation and chi-square p-values are valid; the KS and covariance p-values
 are asymptotic).
+
+**Effect sizes with their sampling error.** Each test also reports ``effect_se`` (the standard
+error of its effect size, estimated from the data) and ``effect_lower``, a one-sided lower
+confidence bound on the sampled law's true effect at the test's own level ``alpha / m``
+(:func:`~composition_jax.verify.stats.effect_lower_bound`: exact and distribution-free for the
+KS distance, normal approximation otherwise). By the union bound, with probability at least
+``1 - alpha`` every true effect is at least its ``effect_lower``: a decision rule that asks
+``effect_lower > floor`` (the zoo's, :mod:`composition_jax.zoo.rules`) has family-wise error at
+most ``alpha`` whenever every true effect is at most its floor.
 """
 
 from __future__ import annotations
@@ -35,7 +44,9 @@ __all__ = ["ProjectiveReport", "BlockReport", "TestOutcome", "projective", "chec
 
 @dataclasses.dataclass(frozen=True)
 class TestOutcome:
-    """One test on one block."""
+    """One test on one block. ``effect_se``: the estimated standard error of ``effect_size``;
+    ``effect_lower``: a lower confidence bound on the sampled law's true effect at confidence
+    ``1 - threshold`` (:func:`~composition_jax.verify.stats.effect_lower_bound`)."""
 
     name: str
     statistic: float
@@ -44,6 +55,8 @@ class TestOutcome:
     effect_name: str
     threshold: float
     rejected: bool
+    effect_se: float = float("nan")
+    effect_lower: float = float("nan")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -119,7 +132,7 @@ class ProjectiveReport:
                 flag = "REJECT" if t.rejected else "ok"
                 lines.append(
                     f"    {t.name:<20s} stat={t.statistic:<11.4g} p={t.p_value:<10.3g} "
-                    f"{t.effect_name}={t.effect_size:<10.4g} {flag}"
+                    f"{t.effect_name}={t.effect_size:<10.4g} lower={t.effect_lower:<10.3g} {flag}"
                 )
         for note in self.notes:
             lines.append(f"  note: {note}")
@@ -281,6 +294,7 @@ def projective(
     m = sum(len(r[2]) for r in raw)
     thr = alpha / max(1, m)
     reports = []
+    n = int(x.shape[0])
     for name, b, tests in raw:
         outs = tuple(
             TestOutcome(
@@ -291,6 +305,9 @@ def projective(
                 effect_name=r.effect_name,
                 threshold=thr,
                 rejected=bool(float(r.p_value) < thr),
+                effect_se=float(r.effect_se),
+                effect_lower=float(stats.effect_lower_bound(
+                    r.effect_name, r.effect_size, r.effect_se, thr, n, len(b))),
             )
             for tn, r in tests
         )

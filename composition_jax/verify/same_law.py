@@ -32,6 +32,15 @@ any dependence between the components, uniformly more powerful than Bonferroni).
 ``.passed`` when no component rejects; the family-wise false-positive rate is at most ``alpha``
 (up to the asymptotic approximations of the ``mean`` / ``cov`` components, measured in
 ``tests/test_calibration.py``).
+
+**Effect sizes with their sampling error.** Each component reports the standard error of its
+effect size estimated from the data (``effect_se``): delta method for the mean and covariance
+effects (:func:`~composition_jax.verify.stats.mahalanobis_se`,
+:func:`~composition_jax.verify.stats.relative_frobenius_se`), Hoeffding's first-order term plus
+the permutation variance for MMD and energy
+(:func:`~composition_jax.verify.stats.two_sample_se`), and ``effect_lower = effect_size -
+z_{1 - alpha/c} effect_se``, a lower confidence bound on the true effect (Bonferroni over the
+``c`` components).
 """
 
 from __future__ import annotations
@@ -56,7 +65,10 @@ _NAMES_2S = ("mmd", "energy")
 
 @dataclasses.dataclass(frozen=True)
 class SameLawComponent:
-    """One component test of :func:`same_law` (``threshold``: its Holm level)."""
+    """One component test of :func:`same_law` (``threshold``: its Holm level; ``effect_se``: the
+    standard error of ``effect_size`` estimated from the data; ``effect_lower``: a lower
+    confidence bound on the true effect at confidence ``1 - alpha / c``, Bonferroni over the
+    ``c`` components)."""
 
     name: str
     statistic: float
@@ -65,6 +77,8 @@ class SameLawComponent:
     effect_name: str
     threshold: float
     rejected: bool
+    effect_se: float = float("nan")
+    effect_lower: float = float("nan")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -108,8 +122,8 @@ class SameLawReport:
                  f"alpha={self.alpha})"]
         for c in self.components:
             lines.append(f"  {c.name:<8s} stat={c.statistic:<11.4g} p={c.p_value:<10.3g} "
-                         f"{c.effect_name}={c.effect_size:<10.4g} level={c.threshold:.2e} "
-                         f"{'REJECT' if c.rejected else 'ok'}")
+                         f"{c.effect_name}={c.effect_size:<10.4g} lower={c.effect_lower:<10.3g} "
+                         f"level={c.threshold:.2e} {'REJECT' if c.rejected else 'ok'}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -182,7 +196,11 @@ def _two_sample(key, x, y, bandwidth, num_permutations, block_size):
     dxx, dyy, dxy = _quadratic_forms(U, DW, n, m)  # zero diagonal
     exy = dxy / (n * m)
     energy = 2.0 * exy - dxx / (n * (n - 1)) - dyy / (m * (m - 1))
-    return mmd, energy, exy
+    # standard errors (first-order Hoeffding term + permutation variance); the energy distance
+    # is the U-statistic of the kernel -|u - v| (zero diagonal)
+    se_mmd = stats.two_sample_se(KW, U[:, 0], n, m, 1.0, mmd[1:])
+    se_energy = stats.two_sample_se(-DW, U[:, 0], n, m, 0.0, energy[1:])
+    return mmd, energy, exy, se_mmd, se_energy
 
 
 # ------------------------------------------------------------------------ moment statistics
@@ -232,7 +250,8 @@ def _moment_stats(x, mu, chol, G, r):
     W = n * jnp.sum(gv * gv)
     p_cov = gammaincc(jnp.asarray(r / 2.0, x.dtype), W / 2.0)
     rel = jnp.linalg.norm(S - Sig) / jnp.linalg.norm(Sig)
-    return (chi2, p_mean, jnp.sqrt(maha2)), (W, p_cov, rel)
+    return ((chi2, p_mean, jnp.sqrt(maha2), stats.mahalanobis_se(x, chol, wv)),
+            (W, p_cov, rel, stats.relative_frobenius_se(xc, S - Sig, Sig)))
 
 
 # ------------------------------------------------------------------------------ the core
@@ -241,24 +260,27 @@ def _moment_stats(x, mu, chol, G, r):
 def _core(key, x, ref, ref_sample, mu, chol, G, bandwidth, *, num_permutations, block_size,
           two_sample, moments, m, rank):
     kr, ks, kt = jax.random.split(key, 3)
-    stat, pv, eff = [], [], []
+    stat, pv, eff, se = [], [], [], []
     if two_sample:
         n = x.shape[0]
         xs = x
         if n > m:
             xs = x[jax.random.choice(ks, n, (m,), replace=False)]
         y = ref.sample(kr, m).astype(x.dtype) if ref_sample is None else ref_sample
-        mmd, energy, exy = _two_sample(kt, xs, y, bandwidth, num_permutations, block_size)
+        mmd, energy, exy, se_m, se_e = _two_sample(kt, xs, y, bandwidth, num_permutations,
+                                                   block_size)
         for s in (mmd, energy):
             stat.append(s[0])
             pv.append(stats._perm_pvalue(s))
         eff += [mmd[0], energy[0] / (2.0 * exy[0])]
+        se += [se_m, se_e / (2.0 * exy[0])]
     if moments:
-        (c2, pm, em), (W, pc, ec) = _moment_stats(x, mu, chol, G, rank)
+        (c2, pm, em, sm), (W, pc, ec, sc) = _moment_stats(x, mu, chol, G, rank)
         stat += [c2, W]
         pv += [pm, pc]
         eff += [em, ec]
-    return jnp.stack(stat), jnp.stack(pv), jnp.stack(eff)
+        se += [sm, sc]
+    return jnp.stack(stat), jnp.stack(pv), jnp.stack(eff), jnp.stack(se)
 
 
 _EFFECT_NAMES = {"mmd": "mmd2_unbiased", "energy": "energy_coefficient",
@@ -317,7 +339,8 @@ def same_law_arrays(x: Any, reference: Any, *, alpha: float = 0.01,
                     bandwidth: float | None = None, moments: bool = True,
                     two_sample: bool = True, block_size: int = 1024):
     """The arrays behind :func:`same_law`: ``(names, fn)`` where ``fn(key, x) -> (statistics,
-    p_values, effect_sizes)`` (each ``(c,)``) is a jitted pure function of ``(key, x)`` for this
+    p_values, effect_sizes, effect_ses)`` (each ``(c,)``) is a jitted pure function of
+    ``(key, x)`` for this
     reference, to be ``jax.vmap``-ed over many data sets (calibration). Same arguments as
     :func:`same_law`; ``x`` fixes the shape."""
     x, ref, ref_sample, mu, chol, G, rank, m, P, names, _ = _prepare(
@@ -383,13 +406,16 @@ def same_law(
     x_, ref, ref_sample, mu, chol, G, rank, m, P, names, notes = _prepare(
         x, reference, alpha, int(two_sample_n), num_permutations, moments, two_sample)
     bw = jnp.asarray(np.nan if bandwidth is None else bandwidth, x_.dtype)
-    st, pv, ef = _core(key, x_, ref, ref_sample, mu, chol, G, bw, num_permutations=P,
-                       block_size=int(block_size), two_sample=bool(two_sample),
-                       moments=mu is not None, m=m, rank=rank)
+    st, pv, ef, se = _core(key, x_, ref, ref_sample, mu, chol, G, bw, num_permutations=P,
+                           block_size=int(block_size), two_sample=bool(two_sample),
+                           moments=mu is not None, m=m, rank=rank)
     pv = np.asarray(pv, np.float64)
     rej, thr = holm(jnp.asarray(pv), float(alpha))
+    level = float(alpha) / len(names)
     comps = tuple(
-        SameLawComponent(nm, float(s), float(p), float(e), _EFFECT_NAMES[nm], float(t), bool(r))
-        for nm, s, p, e, t, r in zip(names, np.asarray(st), pv, np.asarray(ef),
-                                     np.asarray(thr), np.asarray(rej)))
+        SameLawComponent(nm, float(s), float(p), float(e), _EFFECT_NAMES[nm], float(t), bool(r),
+                         float(sd), float(stats.effect_lower_bound(_EFFECT_NAMES[nm], e, sd,
+                                                                   level, int(x_.shape[0]))))
+        for nm, s, p, e, t, r, sd in zip(names, np.asarray(st), pv, np.asarray(ef),
+                                         np.asarray(thr), np.asarray(rej), np.asarray(se)))
     return SameLawReport(comps, float(alpha), int(x_.shape[0]), m, "holm", tuple(notes))

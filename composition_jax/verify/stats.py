@@ -36,6 +36,13 @@ One-sample tests against an exact law:
   the p-value is Bonferroni over the ``d(d+1)/2`` entries of ``2 Phi(-|z|)``.
 
 Bonferroni: :func:`bonferroni` multiplies the smallest p-value by the number of tests.
+
+Effect sizes with their sampling error: every test also returns ``effect_se``, the standard error
+of its effect size as an estimate of the sampled law's true effect, estimated from the data
+(:func:`mahalanobis_se`, :func:`relative_frobenius_se`: delta method; :func:`two_sample_se`:
+Hoeffding's first-order term of the two-sample U-statistic plus its permutation variance), and
+:func:`effect_lower_bound` turns it into a one-sided lower confidence bound on the true effect
+(exact and distribution-free for the KS distance).
 """
 
 from __future__ import annotations
@@ -65,17 +72,25 @@ __all__ = [
     "mean_test",
     "cov_test",
     "bonferroni",
+    "effect_lower_bound",
+    "mahalanobis_se",
+    "relative_frobenius_se",
+    "two_sample_se",
 ]
 
 
 class TestResult(NamedTuple):
     """One test: ``statistic`` (the test statistic), ``p_value``, ``effect_size`` (a scale-free or
-    natural measure of the discrepancy, see ``effect_name``)."""
+    natural measure of the discrepancy, see ``effect_name``) and ``effect_se``, the estimated
+    standard error of ``effect_size`` as an estimate of the law's true effect (``nan`` where
+    the effect has no normal approximation: the KS distance, whose bound is distribution-free,
+    see :func:`effect_lower_bound`)."""
 
     statistic: jax.Array
     p_value: jax.Array
     effect_size: jax.Array
     effect_name: str = ""
+    effect_se: Any = float("nan")
 
 
 TestResult.__test__ = False  # not a pytest class
@@ -126,6 +141,30 @@ def bonferroni(p_values: Any) -> jax.Array:
     return jnp.minimum(1.0, p.size * jnp.min(p))
 
 
+def effect_lower_bound(effect_name: str, effect: Any, se: Any, level: Any, n: int,
+                       k: int = 1) -> jax.Array:
+    r"""One-sided lower confidence bound, at confidence ``1 - level``, on the TRUE effect of the
+    law the sample was drawn from (the quantity the effect size estimates).
+
+    * ``max_ks_D`` (``k`` coordinates, ``n`` points): with ``G_j`` the sampled law's CDF and
+      ``F_j`` the exact one, ``D_n = max_j sup|F_{n,j} - F_j| <= max_j sup|G_j - F_j| +
+      max_j sup|F_{n,j} - G_j|`` (triangle inequality), and the Dvoretzky--Kiefer--Wolfowitz
+      inequality with Massart's constant, ``P(sup|F_{n,j} - G_j| > e) <= 2 exp(-2 n e^2)`` for any
+      continuous ``G_j``, gives the exact, distribution-free bound
+      ``D_n - sqrt(log(2 k / level) / (2 n))`` (union bound over the ``k`` coordinates).
+    * every other effect: ``effect - z_{1 - level} se``, the normal approximation with the
+      standard error ``se`` estimated from the data (delta method, see the tests).
+
+    Traceable; ``nan`` where ``se`` is ``nan`` for an effect that needs it.
+    """
+    effect = jnp.asarray(effect)
+    dt = effect.dtype if jnp.issubdtype(effect.dtype, jnp.floating) else jnp.result_type(float)
+    level = jnp.asarray(level, dt)
+    if effect_name in ("max_ks_D", "ks_D"):
+        return effect - jnp.sqrt(jnp.log(2.0 * k / level) / (2.0 * n))
+    return effect - norm.ppf(1.0 - level) * jnp.asarray(se, dt)
+
+
 # ----------------------------------------------------------------------------------- MMD
 def median_bandwidth(key: jax.Array, z: Any, max_points: int = 1000) -> jax.Array:
     """Median heuristic ``h = median_{i<j} |z_i - z_j|`` over a random subsample of at most
@@ -137,8 +176,10 @@ def median_bandwidth(key: jax.Array, z: Any, max_points: int = 1000) -> jax.Arra
         z = z[idx]
     sq = jnp.sum(z * z, -1)
     d2 = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * z @ z.T, 0.0)
-    iu = np.triu_indices(z.shape[0], 1)
-    h = jnp.sqrt(jnp.median(d2[iu]))
+    # the off-diagonal entries are the upper triangle's twice over, which has the same median
+    # (no (N^2 / 2, 2) index constant for XLA to fold)
+    off = ~jnp.eye(z.shape[0], dtype=bool)
+    h = jnp.sqrt(jnp.nanmedian(jnp.where(off, d2, jnp.nan)))
     return jnp.where(h > 0, h, jnp.ones_like(h))
 
 
@@ -158,7 +199,43 @@ def _kernel_matmul(z, w, h, block_size):
     return out.reshape(nb * block_size, -1)[:N]
 
 
-def _mmd2_from_labels(z, U, h, n, m, block_size):
+def two_sample_se(MW: Any, u: Any, n: int, m: int, diag: float, perm_stats: Any = None
+                  ) -> jax.Array:
+    r"""Standard error of a two-sample U-statistic ``T = U_xx + U_yy - 2 V_xy`` of a symmetric
+    kernel ``k`` (``MMD_u^2`` with the Gaussian kernel; the energy distance with
+    ``k = -|u - v|``), estimated from the data.
+
+    Hoeffding's first-order term: ``Var T ~ 4 Var h_x(X) / n + 4 Var h_y(Y) / m`` with the
+    projections ``h_x(x) = E k(x, X') - E k(x, Y)`` and ``h_y(y) = E k(y, Y') - E k(y, X)``,
+    estimated by their leave-one-out plug-ins from the pooled kernel's row sums; it vanishes
+    when the laws are equal (the U-statistic is then degenerate), so the permutation variance of
+    ``T`` (``perm_stats``, the statistic under relabellings, which estimates the second-order
+    term) is added.
+
+    Args:
+      MW: ``(N, >= 2)``: column 0 is ``K u`` for the observed labelling ``u`` (1 on ``x``), the
+        last column ``K 1`` (row sums), ``K`` the pooled kernel matrix.
+      u: ``(N,)`` observed 0/1 labels.
+      n, m: group sizes.
+      diag: ``k(z, z)`` (1 for the Gaussian kernel, 0 for ``-|u - v|``).
+      perm_stats: ``(P,)`` permuted statistics, or ``None``.
+    """
+    a, r = MW[:, 0], MW[:, -1]
+    hx = (a - diag) / (n - 1) - (r - a) / m
+    hy = (r - a - diag) / (m - 1) - a / n
+    ux = u
+
+    def wvar(h, w, cnt):
+        mu = jnp.sum(w * h) / cnt
+        return jnp.sum(w * (h - mu) ** 2) / (cnt - 1)
+
+    var = 4.0 * wvar(hx, ux, n) / n + 4.0 * wvar(hy, 1.0 - ux, m) / m
+    if perm_stats is not None:
+        var = var + jnp.var(perm_stats)
+    return jnp.sqrt(var)
+
+
+def _mmd2_from_labels(z, U, h, n, m, block_size, return_kw=False):
     dt = z.dtype
     W = jnp.concatenate([U, jnp.ones((z.shape[0], 1), dt)], axis=1)
     KW = _kernel_matmul(z, W, h, block_size)
@@ -169,7 +246,8 @@ def _mmd2_from_labels(z, U, h, n, m, block_size):
     sxx = uKu - n  # k(z, z) = 1 on the diagonal
     syy = oKo - 2.0 * uK1 + uKu - m
     sxy = uK1 - uKu
-    return sxx / (n * (n - 1)) + syy / (m * (m - 1)) - 2.0 * sxy / (n * m)
+    out = sxx / (n * (n - 1)) + syy / (m * (m - 1)) - 2.0 * sxy / (n * m)
+    return (out, KW) if return_kw else out
 
 
 @functools.partial(jax.jit, static_argnames=("block_size",))
@@ -192,8 +270,9 @@ def _mmd_test(key, x, y, bandwidth, num_permutations, max_median_points, block_s
         jnp.isnan(bandwidth), median_bandwidth(kb, z, max_median_points), bandwidth
     ).astype(z.dtype)
     U = _perm_labels(kp, n, m, num_permutations, z.dtype)
-    stats = _mmd2_from_labels(z, U, h, n, m, block_size)
-    return stats[0], _perm_pvalue(stats), h
+    stats, KW = _mmd2_from_labels(z, U, h, n, m, block_size, return_kw=True)
+    se = two_sample_se(KW, U[:, 0], n, m, 1.0, stats[1:])
+    return stats[0], _perm_pvalue(stats), h, se
 
 
 def mmd_test(
@@ -218,14 +297,15 @@ def mmd_test(
       block_size: rows of the kernel matrix computed at once (memory ``block_size * (n+m)``).
 
     Returns:
-      ``TestResult(statistic=MMD_u^2, p_value, effect_size=MMD_u^2)``: the effect size is the
-      statistic itself (kernel units; at most 2 in absolute value).
+      ``TestResult(statistic=MMD_u^2, p_value, effect_size=MMD_u^2, effect_se)``: the effect size
+      is the statistic itself (kernel units; at most 2 in absolute value); ``effect_se`` from
+      :func:`two_sample_se`.
     """
     x, y = _pair(x, y)
     bw = jnp.asarray(np.nan if bandwidth is None else bandwidth, x.dtype)
-    stat, p, _ = _mmd_test(key, x, y, bw, int(num_permutations), int(max_median_points),
-                           int(block_size))
-    return TestResult(stat, p, stat, "mmd2_unbiased")
+    stat, p, _, se = _mmd_test(key, x, y, bw, int(num_permutations), int(max_median_points),
+                               int(block_size))
+    return TestResult(stat, p, stat, "mmd2_unbiased", se)
 
 
 # ----------------------------------------------------------------------------------- SW
@@ -278,7 +358,7 @@ def _sw_test(key, x, y, num_projections, num_permutations, batch):
         return _w2sq_presorted(compact(in_x, n), compact(~in_x, m))
 
     stats = jax.lax.map(one, perms, batch_size=batch)
-    return jnp.sqrt(stats[0]), _perm_pvalue(stats)
+    return jnp.sqrt(stats[0]), _perm_pvalue(stats), jnp.std(jnp.sqrt(stats[1:]))
 
 
 def sliced_wasserstein(key: jax.Array, x: Any, y: Any, num_projections: int = 64) -> jax.Array:
@@ -299,13 +379,15 @@ def sliced_wasserstein_test(
     """Permutation test of ``law(x) == law(y)`` with the sliced 2-Wasserstein distance.
 
     The same ``num_projections`` directions serve the observed and every permuted split. Returns
-    ``TestResult(statistic=SW_2, p_value, effect_size=SW_2)`` (in the data's units).
+    ``TestResult(statistic=SW_2, p_value, effect_size=SW_2, effect_se)`` (in the data's units;
+    ``effect_se`` is the standard deviation of ``SW_2`` over the permutations, its null
+    spread: it understates the sampling error under an alternative).
     """
     x, y = _pair(x, y)
     N, L = x.shape[0] + y.shape[0], int(num_projections)
     batch = max(1, min(int(num_permutations) + 1, (1 << 23) // max(1, N * L)))
-    stat, p = _sw_test(key, x, y, L, int(num_permutations), batch)
-    return TestResult(stat, p, stat, "sliced_w2")
+    stat, p, se = _sw_test(key, x, y, L, int(num_permutations), batch)
+    return TestResult(stat, p, stat, "sliced_w2", se)
 
 
 # ----------------------------------------------------------------------------------- KS
@@ -378,7 +460,8 @@ def mean_test(samples: Any, mean: Any, cov: Any) -> TestResult:
     """``chi2 = n (xbar - mu)^T Sigma^{-1} (xbar - mu)`` against the exact ``(mu, Sigma)``.
 
     Returns ``TestResult(statistic=chi2, p_value=P(chi2_d > chi2), effect_size=Mahalanobis
-    distance |xbar - mu|_{Sigma^{-1}}`` (in standard deviations)).
+    distance |xbar - mu|_{Sigma^{-1}}`` (in standard deviations), ``effect_se`` from
+    :func:`mahalanobis_se`).
     """
     x = check_samples(samples)
     n, d = x.shape
@@ -388,8 +471,32 @@ def mean_test(samples: Any, mean: Any, cov: Any) -> TestResult:
         raise ValueError(
             f"mean/cov must have shapes ({d},)/({d}, {d}), got {tuple(mu.shape)}/{tuple(S.shape)}"
         )
-    chi2, p, eff = _mean_core(x, mu, S)
-    return TestResult(chi2, p, eff, "mahalanobis_mean_error")
+    chi2, p, eff, se = _mean_core(x, mu, S)
+    return TestResult(chi2, p, eff, "mahalanobis_mean_error", se)
+
+
+def mahalanobis_se(x: Any, L: Any, w: Any) -> jax.Array:
+    r"""Delta-method standard error of ``|w|``, ``w = L^{-1} (xbar - mu)`` (the Mahalanobis mean
+    error, ``L L^T = Sigma``), from the data: ``Var |w| ~ v^T L^{-1} Cov(x) L^{-T} v / n`` with
+    ``v = w / |w|``, i.e. the sample standard deviation of ``v^T L^{-1} x_i`` over
+    ``sqrt(n)``."""
+    n = x.shape[0]
+    nw = jnp.sqrt(jnp.sum(w * w))
+    v = w / jnp.maximum(nw, jnp.finfo(x.dtype).tiny)
+    xc = x - jnp.mean(x, 0, keepdims=True)
+    y = jax.scipy.linalg.solve_triangular(L, xc.T, lower=True).T @ v
+    return jnp.std(y, ddof=1) / jnp.sqrt(n)
+
+
+def relative_frobenius_se(xc: Any, D: Any, S0: Any) -> jax.Array:
+    r"""Delta-method standard error of ``|S - Sigma|_F / |Sigma|_F`` (``D = S - Sigma``,
+    ``xc`` the centred sample), from the data: the gradient of ``|D|_F`` in ``S`` is
+    ``D / |D|_F`` and ``S`` is a mean of ``c c^T``, so ``Var ~ Var(c^T D c) / (n |D|_F^2
+    |Sigma|_F^2)``: the sample standard deviation of ``c_i^T D c_i`` scaled."""
+    n = xc.shape[0]
+    nd = jnp.maximum(jnp.linalg.norm(D), jnp.finfo(xc.dtype).tiny)
+    q = jnp.einsum("ni,ij,nj->n", xc, D, xc)
+    return jnp.std(q, ddof=1) / (nd * jnp.linalg.norm(S0) * jnp.sqrt(n))
 
 
 @jax.jit
@@ -401,7 +508,7 @@ def _mean_core(x, mu, S):
     maha2 = jnp.sum(w * w)
     chi2 = n * maha2
     p = gammaincc(jnp.asarray(d / 2.0, x.dtype), chi2 / 2.0)
-    return chi2, p, jnp.sqrt(maha2)
+    return chi2, p, jnp.sqrt(maha2), mahalanobis_se(x, L, w)
 
 
 def _fourth_moments_mixture(weights, means, covs, mu):
@@ -427,7 +534,7 @@ def cov_test(samples: Any, cov: Any, *, mean: Any = None, fourth: Any = None) ->
 
     Returns:
       ``TestResult(statistic=max |z|, p_value=Bonferroni over d(d+1)/2 entries,
-      effect_size=|S - Sigma|_F / |Sigma|_F)``.
+      effect_size=|S - Sigma|_F / |Sigma|_F, effect_se)`` (:func:`relative_frobenius_se`).
     """
     x = check_samples(samples)
     n, d = x.shape
@@ -435,8 +542,8 @@ def cov_test(samples: Any, cov: Any, *, mean: Any = None, fourth: Any = None) ->
     if S0.shape != (d, d):
         raise ValueError(f"cov must have shape ({d}, {d}), got {tuple(S0.shape)}")
     f4 = None if fourth is None else jnp.asarray(fourth, x.dtype)
-    zmax, p, eff = _cov_core(x, S0, f4)
-    return TestResult(zmax, p, eff, "relative_cov_error")
+    zmax, p, eff, se = _cov_core(x, S0, f4)
+    return TestResult(zmax, p, eff, "relative_cov_error", se)
 
 
 @jax.jit
@@ -455,4 +562,4 @@ def _cov_core(x, S0, fourth):
     zmax = jnp.max(jnp.abs(z[iu]))
     p = jnp.minimum(1.0, len(iu[0]) * 2.0 * norm.sf(zmax))
     eff = jnp.linalg.norm(S - S0) / jnp.linalg.norm(S0)
-    return zmax, p, eff
+    return zmax, p, eff, relative_frobenius_se(xc, S - S0, S0)

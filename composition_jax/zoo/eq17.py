@@ -31,7 +31,7 @@ from ._common import (
     strip,
 )
 from .registry import scenario
-from .rules import STANDARD_SAMPLERS, summarize, verdict
+from .rules import STANDARD_SAMPLERS, floors_for, summarize, verdict
 
 __all__ = ["D8", "S_DEFAULT", "eq17_laws", "eq17_model"]
 
@@ -82,10 +82,10 @@ def _run(cfg: Config, key: jax.Array, background: str, s0: float = 0.05):
     for i, m in enumerate(STANDARD_SAMPLERS):
         ks, kv = jax.random.split(jax.random.fold_in(k_s, i))
         x = sample_model(cfg, ks, model, sch, D8, m)
-        rep, mat = check_projective(cfg, kv, x, cS, blocks, background=empty)
-        joint, mat_j = check_same_law(cfg, jax.random.fold_in(kv, 1), x, exact)
-        per[m] = {**summarize(rep, mat), **activity(x, S), "joint_law": joint,
-                  "_material": mat + mat_j}
+        rep, mat = check_projective(cfg, kv, x, cS, blocks, background=empty, method=m)
+        joint, mat_j = check_same_law(cfg, jax.random.fold_in(kv, 1), x, exact, method=m)
+        per[m] = {**summarize(rep, mat, floors_for(cfg.steps, m)), **activity(x, S),
+                  "joint_law": joint, "_material": mat + mat_j}
         plots["heatmaps"][m] = x[:64]
     return metrics, per, plots
 

@@ -36,7 +36,7 @@ from ._common import (
 )
 from .eq17 import D8, S_DEFAULT
 from .registry import scenario
-from .rules import STANDARD_SAMPLERS, summarize, verdict
+from .rules import STANDARD_SAMPLERS, floors_for, summarize, verdict
 
 __all__ = ["eq18_factor_laws", "eq18_laws", "eq18_model"]
 
@@ -115,20 +115,21 @@ def _run(cfg: Config, key: jax.Array, background: str, q: float = 0.5, s0: float
         if background == "clutter":
             # the intended scene: objects on S, q-clutter elsewhere (background block vs p_b),
             # and the joint law against the exact C[p] (Theorem 5.3: blocks independent)
-            rep, mat = check_projective(cfg, kv, x, cS, blocks, background=pb)
-            joint, mat_j = check_same_law(cfg, jax.random.fold_in(kv, 1), x, exact)
+            rep, mat = check_projective(cfg, kv, x, cS, blocks, background=pb, method=m)
+            joint, mat_j = check_same_law(cfg, jax.random.fold_in(kv, 1), x, exact, method=m)
             mat = mat + mat_j
             extra = {"joint_law": joint}
         else:
             # Definition 4.1 constrains the conditional blocks only; the background block is
             # measured as its own effect (not part of the verdict)
-            rep, mat = check_projective(cfg, kv, x, cS, blocks)
+            rep, mat = check_projective(cfg, kv, x, cS, blocks, method=m)
             xb = x[:, rest]
             rb, mb = check_projective(cfg, jax.random.fold_in(kv, 1), xb,
-                                      [pb.marginal(rest)], [list(range(len(rest)))])
-            extra = {"background_block": {**summarize(rb, mb), "projective": not mb}}
+                                      [pb.marginal(rest)], [list(range(len(rest)))], method=m)
+            extra = {"background_block": {**summarize(rb, mb, floors_for(cfg.steps, m)),
+                                           "projective": not mb}}
         cond_only = [r for r in mat if r.startswith("conditional")]
-        per[m] = {**summarize(rep, mat), **activity(x, S), **extra,
+        per[m] = {**summarize(rep, mat, floors_for(cfg.steps, m)), **activity(x, S), **extra,
                   "frac_active_off_S": float((x[:, rest] > 0.5).mean()),
                   "conditional_blocks_projective": not cond_only, "_material": mat}
         plots["heatmaps"][m] = x[:64]

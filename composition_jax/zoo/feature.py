@@ -27,7 +27,7 @@ from ._common import (
     two_d,
 )
 from .registry import scenario
-from .rules import summarize, verdict
+from .rules import floors_for, summarize, verdict
 
 __all__ = ["TRANSFORMS"]
 
@@ -63,7 +63,8 @@ def _run(cfg: Config, key: jax.Array, which: str):
     metrics = {"A": A.round(4).tolist(), "factorized_conditionals_x": fc_x,
                "factorized_conditionals_z": fc_z,
                "heuristic_x": cosines(bg, conds), "heuristic_z": cosines(zb, zc),
-               "t0_composition": {**summarize(rep0, mat0), "projective": not mat0},
+               "t0_composition": {**summarize(rep0, mat0, floors_for(cfg.steps)),
+                                  "projective": not mat0},
                "composition_gap": g, "sampler_law": laws, "samplers": strip(per)}
     plots["target"] = (np.array([2.0, 2.0]), 0.25 * np.eye(2))
     plots["gap"] = g
@@ -150,7 +151,8 @@ def t0_composition(cfg: Config, key: jax.Array) -> Outcome:
         comp = composed_distribution(bg, conds)
         z = np.asarray(comp.sample(k1, cfg.n), np.float64) @ A.T
         rep, mat = check_projective(cfg, k2, z, zc, [[0], [1]])
-        metrics[which] = {**summarize(rep, mat), "z_mean": np.round(z.mean(0), 4).tolist()}
+        metrics[which] = {**summarize(rep, mat, floors_for(cfg.steps)),
+                          "z_mean": np.round(z.mean(0), 4).tolist()}
         ok = ok and not mat
         reasons.append(f"{which}: exact t = 0 samples projective in z: {not mat}")
     return Outcome("success" if ok else "failure", metrics, reasons, {})

@@ -32,7 +32,7 @@ from ..samplers.mcmc import _mh
 from ._common import Config, Outcome, check_projective, check_same_law, cosines, fc
 from .feature import _z_tuple
 from .registry import scenario
-from .rules import summarize
+from .rules import floors_for, summarize
 
 __all__ = ["MCMC_FINAL", "MCMC_LEVELS", "MCMC_STEP", "tempered_mala", "x_space_tuple"]
 
@@ -138,7 +138,8 @@ def nonlinear(cfg: Config, key: jax.Array) -> Outcome:
     ]
     metrics = {"factorized_conditionals_z": fc_z, "heuristic_z": cosines(zb, zc),
                "acceptance": float(acc), "z_mean": np.round(z.mean(0), 4).tolist(),
-               "z_cov": np.round(np.cov(z.T), 4).tolist(), "projective": summarize(rep, mat),
+               "z_cov": np.round(np.cov(z.T), 4).tolist(),
+               "projective": summarize(rep, mat, floors_for(cfg.steps)),
                "joint_law": joint}
     return Outcome("success" if ok else "failure", metrics, reasons,
                    {"scatter": {"tempered_mala": z[:1500]},

@@ -27,7 +27,7 @@ from ._common import (
     strip,
 )
 from .registry import scenario
-from .rules import STANDARD_SAMPLERS, summarize, verdict
+from .rules import STANDARD_SAMPLERS, floors_for, summarize, verdict
 
 __all__: list[str] = []
 
@@ -42,11 +42,13 @@ def _run(cfg: Config, key: jax.Array, w: float) -> Outcome:
     for i, m in enumerate(STANDARD_SAMPLERS):
         ks, kv = jax.random.split(jax.random.fold_in(key, i))
         x = sample_model(cfg, ks, model, sch, 1, m)
-        rep, mat = check_projective(cfg, kv, x, [p1], [[0]])
-        _, mat_t = check_projective(cfg, jax.random.fold_in(kv, 1), x, [tilted], [[0]])
+        rep, mat = check_projective(cfg, kv, x, [p1], [[0]], method=m)
+        _, mat_t = check_projective(cfg, jax.random.fold_in(kv, 1), x, [tilted], [[0]],
+                                    method=m)
         # the joint law against the exact t = 0 composition (the tilt; p_1 itself at w = 1)
-        joint, mat_j = check_same_law(cfg, jax.random.fold_in(kv, 2), x, tilted)
-        per[m] = {**summarize(rep, mat), "mean": float(x.mean()), "var": float(x.var()),
+        joint, mat_j = check_same_law(cfg, jax.random.fold_in(kv, 2), x, tilted, method=m)
+        per[m] = {**summarize(rep, mat, floors_for(cfg.steps, m)), "mean": float(x.mean()),
+                  "var": float(x.var()),
                   "matches_tilted_target": not mat_t, "joint_law": joint,
                   "_material": mat + mat_j}
     lm, lc = sampler_law(model, sch, method="euler_maruyama", steps=cfg.steps, t_min=cfg.t_min,
