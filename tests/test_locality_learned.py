@@ -163,7 +163,7 @@ def test_trained_quick_network_is_local_with_empty_background():
     entry): the learned empty-background composition shows no off-block Jacobian beyond the
     exact laws' leakage plus the network's own error (the control) at every t, the learned
     Bayes composition exceeds that level at the low-noise times, and the exact laws separate
-    by more than a factor 5 at every t."""
+    by more than a factor 10 at every t."""
     cfg = LengthGenConfig.for_mode("quick")
     m, _ = train_length_model(cfg, "single")
     s = score_locality_study(jax.random.fold_in(jax.random.key(cfg.seed), 2), cfg, m, m.schedule)
@@ -172,7 +172,9 @@ def test_trained_quick_network_is_local_with_empty_background():
     le, ex = s["learned"], s["exact"]
     for j, r in enumerate(v["per_t"]):
         assert le["empty"]["off_block_ratio"][j] <= r["threshold"], r
-        assert ex["empty"]["off_block_ratio"][j] < 0.2 * ex["bayes"]["off_block_ratio"][j]
+        # the blob laws are FC up to template leakage over the Voronoi blocks: measured
+        # exact empty / Bayes 0.081, 0.036, 0.044, 0.047 (0.14 at t = 0.05 on a transposed grid)
+        assert ex["empty"]["off_block_ratio"][j] < 0.1 * ex["bayes"]["off_block_ratio"][j]
     assert v["per_t"][0]["bayes_resolved"], v  # t = 0.05: the coupling is strongest
     assert v["per_t"][0]["fraction_of_bayes"] < 1.0
     assert jnp.isfinite(jnp.asarray(le["bayes"]["off_block_ratio"])).all()
