@@ -322,12 +322,22 @@ _TIMES = time_grid(SCH, _STEPS, 1e-3, "uniform", dtype=jnp.float32)
 _PILOTED = ("predictor_corrector", "annealed_mala", "annealed_hmc")
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_pilot_model_calls_counts_the_evaluations_of_tune(name, key):
+def _counted(name, **kw):
+    """The method with the smallest pilot (``n_pilot = 2``): each evaluation of a vmapped pilot
+    is one host callback per particle in the compiled program."""
+    small = {"n_pilot": 2} if "n_pilot" in _options(cj.METHODS[name]) else {}
+    return cj.METHODS[name](**{**small, **kw})
+
+
+@pytest.mark.parametrize("name,other", [(n, False) for n in NAMES] + [
+    (n, True) if n not in _PILOTED else pytest.param(n, True, marks=pytest.mark.slow)
+    for n in NAMES if n in OTHER])
+def test_pilot_model_calls_counts_the_evaluations_of_tune(name, other, key):
     """``pilot_model_calls(steps)`` equals the evaluations ``tune`` makes (all pilot particles),
-    for every registered method and a second option value; positive exactly for the tuned
-    methods (``n_pilot = 16``)."""
-    for m in [_method(name)] + ([_method(name, **OTHER[name])] if name in OTHER else []):
+    for every registered method with its default options and a second option value (for the
+    Metropolis methods in the slow lane); positive exactly for the tuned methods
+    (``n_pilot = 2``)."""
+    for m in [_counted(name, **(OTHER[name] if other else {}))]:
         tune = jax.jit(m.tune, static_argnums=(4, 5))
         _, calls = _tallied(lambda f=tune: f(_TallyModel(), SCH, key, _TIMES, D, jnp.float32))
         assert m.pilot_model_calls(_STEPS) == calls, (m, calls)
@@ -341,13 +351,14 @@ def test_pilot_model_calls_counts_the_evaluations_of_tune(name, key):
                                   for n in NAMES])
 def test_info_counts_every_model_evaluation_of_the_run(name, key):
     """A whole ``cj.sample`` run makes exactly ``n * info.model_calls +
-    info.pilot_model_calls`` evaluations, with ``info.pilot_model_calls`` the evaluations of the
-    pilot alone (counted by running ``tune`` by itself), for every registered method."""
-    m, n = _method(name), 3
-    tune = jax.jit(m.tune, static_argnums=(4, 5))
-    _, pilot = _tallied(lambda: tune(_TallyModel(), SCH, key, _TIMES, D, jnp.float32))
+    info.pilot_model_calls`` evaluations, for every registered method, with
+    ``info.pilot_model_calls = method.pilot_model_calls(steps)``, the evaluations of the pilot
+    alone (``test_pilot_model_calls_counts_the_evaluations_of_tune``)."""
+    m, n = _counted(name), 3
     r, total = _tallied(lambda: cj.sample(key, _TallyModel(), SCH, (n, D), method=m,
                                           steps=_STEPS, return_info=True, nonfinite="ignore"))
+    pilot = m.pilot_model_calls(_STEPS)
+    assert (pilot > 0) == (name in _PILOTED)
     assert int(r.info.pilot_model_calls) == pilot
     assert int(r.info.model_calls) == _STEPS * m.model_calls_per_step + 1
     assert total == n * int(r.info.model_calls) + pilot, (total, r.info)
