@@ -116,6 +116,26 @@ def test_exact_fc_composition_is_local_and_bayes_is_not(study):
     assert v["observed"] == "success" and all(r["bayes_resolved"] for r in v["per_t"]), v
 
 
+def test_leakage_grows_the_off_block_part_and_noise_shrinks_it():
+    """The approximate version of CPC => local scores (Bradley 2025): with full Gaussian
+    templates the blob laws are FC only up to the templates' overlap across blocks; the exact
+    empty-background composition's off-block ratio grows with the blob radius (more overlap)
+    and falls with the noise level t."""
+    ts = jnp.asarray([0.05, 0.2, 0.5])
+    rows = []
+    for radius in (0.5, 0.7, 0.9):
+        cfg = dataclasses.replace(CFG, blobs=dataclasses.replace(CFG.blobs, radius=radius))
+        conds, empty, _ = exact_models(cfg, SCH)
+        blocks, bg = blobs.location_blocks(cfg.blobs)
+        x = locality_particles(jax.random.key(2), cfg.blobs, (0, 1, 2), 16, (0.05,), SCH)[0]
+        r = score_locality(compose(empty, [conds[i] for i in (0, 1, 2)]), x, ts,
+                           blocks + ((bg,) if bg else ()))
+        rows.append(np.asarray(r.off_block_ratio))
+    rows = np.array(rows)  # (radius, t)
+    assert np.all(np.diff(rows, axis=0) > 0) and np.all(np.diff(rows, axis=1) < 0), rows
+    assert rows[0, 0] > 1e2 * FLOAT_TOL  # leakage at r = 0.5 is still far above rounding
+
+
 def test_wrong_partition_is_not_local(truncated):
     """The measurement sees the partition: cutting location 0's block in two (its left column
     made a block of its own) exposes the within-block coupling as off-block."""
