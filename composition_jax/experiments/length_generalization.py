@@ -273,7 +273,12 @@ def _role_ratios(models: dict, xs: jax.Array, ts: Any, blocks: tuple) -> dict:
 
 def exact_models(cfg: LengthGenConfig, schedule: Any, *, truncate: bool = False) -> tuple:
     """``(conditionals, empty, unconditional)``: exact noised families of the quadrature blob
-    laws (:func:`~composition_jax.experiments.blobs.mixture_law`), the oracle of the networks."""
+    laws (:func:`~composition_jax.experiments.blobs.mixture_law`), the oracle of the networks.
+
+    Quadrature error, measured on the quick configuration's locality particles: refining the
+    default ``(5, 5)`` nodes to ``(8, 7)`` changes the empty composition's off-block ratio by
+    2.0-2.3 % and the Bayes one by less than 0.1 % (3 significant digits agree) at
+    t = 0.05, 0.2, 0.5, 0.9; ``(3, 3)`` nodes are 7-8 % off."""
     na, nj = (int(v) for v in cfg.quadrature)
     law = functools.partial(blobs.mixture_law, cfg.blobs, amp_nodes=na, jitter_nodes=nj,
                             truncate=truncate)
