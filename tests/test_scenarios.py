@@ -163,7 +163,8 @@ def test_clutter_bayes_mixture_is_mean_of_conditionals():
 
 
 def test_material_rejections_use_effect_floors(key):
-    """A tiny shift that the test resolves at huge n is not material; a large one is."""
+    """A tiny shift that the test resolves at huge n is not material; a large one is; an effect
+    above its floor is material only once its lower confidence bound is."""
     p = cj.Gaussian(jnp.zeros(1), jnp.eye(1))
     n = 200_000
     z = jax.random.normal(key, (n, 1))
@@ -178,6 +179,18 @@ def test_material_rejections_use_effect_floors(key):
     assert sc.negligible_rejections(rep_s) and not sc.negligible_rejections(rep_b)
     summ = sc.summarize(rep_s, [])
     assert summ["material_rejections"] == 0 and summ["negligible_rejections"] >= 1
+    # a sample variance exactly 17 % too large at n = 1000: resolved by the covariance test
+    # (z = 0.17 / sqrt(2 / n) = 3.8), but its lower confidence bound (0.17 - 3.1 x 0.053 ~
+    # 0.005) is not above the floor 0.06: not material; the same error at n = 100000 is (lower
+    # bound ~ 0.15)
+    for n_var, material in ((1000, False), (100_000, True)):
+        zv = jax.random.normal(jax.random.fold_in(key, n_var), (n_var, 1))
+        zv = (zv - zv.mean()) / zv.std(ddof=1) * np.sqrt(1.17)
+        rep_v = cj.verify.projective(zv, [p], [[0]], key=key)
+        cov = next(t for t in rep_v.blocks[0].tests if t.name == "cov")
+        assert cov.rejected and cov.effect_size > sc.EFFECT_FLOORS["relative_cov_error"]
+        assert cov.effect_lower < cov.effect_size - 2.5 * cov.effect_se
+        assert bool(sc.material_rejections(rep_v)) == material, str(rep_v)
     observed, reasons = sc.verdict({m: {"_material": []} for m in sc.STANDARD_SAMPLERS})
     assert observed == "success" and len(reasons) == 3
     observed, _ = sc.verdict({m: {"_material": ["x"] if m == "ode_heun" else []}
