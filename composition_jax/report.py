@@ -434,38 +434,48 @@ def _length_figure(res, plt, folder: Path) -> str:
 
 
 def _locality_figure(res, plt, folder: Path) -> str:
-    """Off-block Jacobian ratios of the learned length-generalization compositions against ``t``
+    """Off-block Jacobian ratios of the length-generalization compositions against ``t``
     (``metrics["score_locality"]`` of
-    :func:`composition_jax.experiments.length_generalization.score_locality_study`)."""
+    :func:`composition_jax.experiments.length_generalization.score_locality_study`): the exact
+    blob laws on a log axis (left), the learned network with its control and the locality
+    threshold on a linear axis (right, where the learned values lie close together)."""
     loc = res.metrics["score_locality"]
     ts = np.asarray(loc["t"], float)
-    fig, ax = plt.subplots(figsize=(5.2, 3.4))
-    zeros = []
-    for src, role, label, style in (
-            ("learned", "empty", "learned, empty background", {"color": "C0", "ls": "-"}),
-            ("learned", "bayes", "learned, Bayes (p_u background)", {"color": "C3", "ls": "-"}),
-            ("learned", "control", "learned p_b alone (control; exact 0)",
-             {"color": "C7", "ls": "-."}),
-            ("exact", "empty", "exact laws, empty background", {"color": "C0", "ls": "--"}),
-            ("exact", "bayes", "exact laws, Bayes", {"color": "C3", "ls": "--"})):
-        y = np.asarray(loc[src][role]["off_block_ratio"], float)
-        se = np.asarray(loc[src][role]["se"], float)
-        pos = y > 0  # a log axis: exact zeros are named in the legend, not floored
-        if not pos.all():
-            zeros.append(label)
-        if pos.any():
-            ax.errorbar(ts[pos], y[pos], yerr=se[pos], marker="o", ms=3.5, capsize=2,
-                        label=label, **style)
+    fig, axs = plt.subplots(1, 2, figsize=(9.6, 3.4))
+    panels = (
+        (axs[0], "exact", (("empty", "empty background", {"color": "C0"}),
+                           ("bayes", "Bayes (p_u background)", {"color": "C3"}))),
+        (axs[1], "learned", (("empty", "empty background", {"color": "C0"}),
+                             ("bayes", "Bayes (p_u background)", {"color": "C3"}),
+                             ("control", "p_b alone (control; exact 0)",
+                              {"color": "C7", "ls": "-."}))))
+    for ax, src, roles in panels:
+        zeros = []
+        for role, label, style in roles:
+            y = np.asarray(loc[src][role]["off_block_ratio"], float)
+            se = np.asarray(loc[src][role]["se"], float)
+            pos = y > 0 if src == "exact" else np.isfinite(y)  # log axis: zeros named, not floored
+            if not pos.all():
+                zeros.append(label)
+            if pos.any():
+                ax.errorbar(ts[pos], y[pos], yerr=se[pos], marker="o", ms=3.5, capsize=2,
+                            label=label, **style)
+        if zeros:
+            ax.plot([], [], " ", label="exactly 0 at some t (not drawn): " + "; ".join(zeros))
+        ax.set_xlabel("diffusion time t")
+        ax.set_ylabel("off-block Jacobian ratio")
+    axs[0].set_yscale("log")
+    axs[0].set_title("exact blob laws (quadrature)", fontsize=9)
     per = loc["verdict"]["per_t"]
-    ax.plot(ts, [r["threshold"] for r in per], "k:", lw=1.2,
-            label=f"locality threshold (learned empty local: {loc['verdict']['observed']})")
-    if zeros:
-        ax.plot([], [], " ", label="exactly 0 at some t (not drawn): " + "; ".join(zeros))
-    ax.set_yscale("log")
-    ax.set_xlabel("diffusion time t")
-    ax.set_ylabel("off-block Jacobian ratio")
-    ax.set_title(f"score locality, S = {loc['S']} ({loc['n']} particles per t)", fontsize=9)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    axs[1].plot(ts, [r["threshold"] for r in per], "k:", lw=1.2,
+                label=f"locality threshold (empty local: {loc['verdict']['observed']})")
+    axs[1].set_ylim(bottom=0.0)
+    axs[1].set_title("learned network", fontsize=9)
+    for ax in axs:
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+    fig.suptitle(f"score locality of compositions of S = {loc['S']} ({loc['n']} particles per t)",
+                 fontsize=10)
+    fig.subplots_adjust(wspace=0.3)
     fn = f"{res.name}_locality.png"
     fig.savefig(folder / fn, dpi=80, bbox_inches="tight")
     plt.close(fig)

@@ -236,14 +236,15 @@ def test_mean_error_panel_is_standardized_against_the_experts(tmp_path):
 
 
 def test_locality_figure_draws_the_study(figures):
-    """Learned and exact ratios on a log axis, the threshold per t, exact zeros named."""
-    ax = figures["learned_length_empty_locality.png"].axes[0]
-    assert ax.get_yscale() == "log"
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert any(s.startswith("learned, empty background") for s in labels), labels
-    assert any("exactly 0 at some t" in s and "exact laws, empty background" in s
-               for s in labels), labels
-    thr = [line for line in ax.get_lines() if line.get_label().startswith("locality threshold")]
+    """Exact ratios on a log axis (exact zeros named, not drawn), learned ratios with the
+    control and the threshold per t."""
+    exact, learned = figures["learned_length_empty_locality.png"].axes
+    assert exact.get_yscale() == "log"
+    labels = [t.get_text() for t in exact.get_legend().get_texts()]
+    assert any("exactly 0 at some t" in s and "empty background" in s for s in labels), labels
+    labels = [t.get_text() for t in learned.get_legend().get_texts()]
+    assert {"empty background", "Bayes (p_u background)"} <= set(labels), labels
+    thr = [ln for ln in learned.get_lines() if ln.get_label().startswith("locality threshold")]
     assert len(thr) == 1 and list(thr[0].get_ydata()) == [0.07, 0.04, 0.009, 0.003]
 
 
