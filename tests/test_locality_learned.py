@@ -177,6 +177,14 @@ def test_bayes_coupled_learner_fails_the_rule(truncated):
     assert row["threshold"] == pytest.approx(0.005) and row["fraction_of_bayes"] == pytest.approx(0.05)
 
 
+def test_nonfinite_jacobian_is_an_error(truncated):
+    conds, empty, uncond = truncated
+    broken = [lambda x, t: x * jnp.nan] + conds[1:]  # a "network" whose p_0 score is NaN
+    with pytest.raises(FloatingPointError, match="'empty' model is not finite"):
+        score_locality_study(jax.random.key(0), CFG, ExactNetwork(broken, empty, uncond), SCH,
+                             exact=truncated)
+
+
 @pytest.mark.slow
 def test_trained_quick_network_is_local_with_empty_background():
     """The quick-mode network of the length-generalization experiment (its training and cache

@@ -266,6 +266,10 @@ def _role_ratios(models: dict, xs: jax.Array, ts: Any, blocks: tuple) -> dict:
     out = {}
     for role, m in models.items():
         reps = [score_locality(m, xs[j], float(t), blocks) for j, t in enumerate(ts)]
+        bad = [float(t) for t, r in zip(ts, reps) if not np.isfinite(float(r.off_block_ratio))]
+        if bad:
+            raise FloatingPointError(f"the score Jacobian of the {role!r} model is not finite on "
+                                     f"the particles at t = {bad}")
         out[role] = {"off_block_ratio": [float(r.off_block_ratio) for r in reps],
                      "se": [float(r.off_block_ratio_se) for r in reps]}
     return out
