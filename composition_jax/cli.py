@@ -221,9 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "length generalization on blob scenes, learned 4-D ring composition "
                             "vs exact). Default: on with --size full, off with --size "
                             "quick (adds about 3.5 minutes on 2 cores with an empty parameter "
-                            "cache, less once cached; in quick mode the ring composition over "
-                            "the empty background and configuration C come out "
-                            "'inconclusive'); never with --size minimal. Parameters are cached "
+                            "cache, less once cached; in quick mode the ring compositions, whose "
+                            "deviation stays within the error budget of their trained models, "
+                            "and configuration C come out 'inconclusive'); never with --size "
+                            "minimal. Parameters are cached "
                             "in $COMPOSITION_JAX_CACHE (default: $XDG_CACHE_HOME/composition_jax, "
                             "else ~/.cache/composition_jax; a folder other users can write is "
                             "ignored), not in --out")

@@ -612,8 +612,8 @@ def _learned_note(learned: str) -> list[str]:
               "the exact composition's sampling chain); a verdict the statistics cannot settle "
               "at this size is reported "
               "as `inconclusive` and flagged, not counted as agreement (in quick mode this is "
-              "expected for the ring composition over the empty background, whose training "
-              "error is of the size of the effect floors, and for configuration C).",
+              "expected for the ring compositions, whose deviations lie within the error budget "
+              "of their trained models, and for configuration C).",
         "off": "Not run (default in quick mode: the scenario zoo alone fills the quick budget; "
                "pass `--learned` to add them, about 3.5 extra minutes on 2 cores with an empty "
                "parameter cache, or use full mode, where they run by default).",
