@@ -49,8 +49,9 @@ def _random_params(net, seed, scale=0.3):
     """Random linen parameters of ``net``, drawn with NumPy (shapes from tracing its ``init``:
     nothing compiled). The zero-initialised output layer of the initial parameters would make
     every output 0 and any comparison vacuous."""
-    shapes = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, net.dim)),
-                            jnp.full((1,), 0.5), jnp.full((1,), net.null_condition, jnp.int32))
+    f32 = jnp.float32
+    shapes = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, net.dim), f32),
+                            jnp.full((1,), 0.5, f32), jnp.full((1,), net.null_condition, jnp.int32))
     rng = np.random.default_rng(seed)
     return jax.tree.map(lambda s: jnp.asarray(scale * rng.standard_normal(s.shape), s.dtype),
                         shapes)
@@ -100,6 +101,25 @@ def test_converted_parameters_give_the_same_function(case, key):
     assert lin2 == lin
     _assert_trees_equal(params2, params)
     _assert_trees_equal(nnx.state(nn.nnx_from_linen(lin2, params2)), nnx.state(module))
+
+
+@pytest.mark.x64
+def test_float64_inputs(key):
+    """float64 points: the model casts the float32 parameters to float64 for NNX as for linen,
+    and the two agree bit for bit. (Standard promotion: flax's normalization layers, linen's as
+    NNX's, compute their statistics in ``promote_types(dtype, float32)``, which the suite's
+    strict promotion rejects for float64.)"""
+    lin = _LINEN["mlp_cond"]()
+    params = _random_params(lin, 2)
+    m_lin = nn.ScoreNetModel(lin, params, SCHED).condition(1)
+    m_nnx = nn.ScoreNetModel.from_nnx(nn.nnx_from_linen(lin, params), SCHED).condition(1)
+    assert jax.tree.leaves(m_nnx.params)[0].dtype == jnp.float32
+    x = jax.random.normal(key, (2,), jnp.float64)
+    f = jax.jit(lambda m: m.score(x, 0.01))
+    with jax.numpy_dtype_promotion("standard"):
+        out, ref = f(m_nnx), f(m_lin)
+    assert out.dtype == jnp.float64 and float(np.max(np.abs(out))) > 0.1
+    np.testing.assert_array_equal(out, ref)
 
 
 def test_conversion_refuses_other_architectures(key):

@@ -51,6 +51,21 @@ __all__ = [
 
 
 # -- layers ---------------------------------------------------------------------------------------
+class _Embed(nnx.Module):
+    """Embedding table lookup ``table[c]`` in the table's dtype, as linen's ``nn.Embed``.
+
+    (``nnx.Embed`` fixes its output dtype when it is built, to the parameter dtype, so a model
+    evaluated in float64, which casts the parameters to float64, would get float32 condition
+    embeddings from it.)"""
+
+    def __init__(self, num_embeddings: int, features: int, *, rngs: nnx.Rngs):
+        init = nnx.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
+        self.embedding = nnx.Param(init(rngs.params(), (num_embeddings, features), jnp.float32))
+
+    def __call__(self, c):
+        return jnp.take(self.embedding[...], c, axis=0)
+
+
 class _CondTimeEmbedding(nnx.Module):
     """Sinusoidal time features -> Linear -> silu -> Linear, plus a learned condition embedding
     (``C + 1`` rows, the last = NULL) for a conditional network."""
@@ -60,7 +75,7 @@ class _CondTimeEmbedding(nnx.Module):
         self.time_in = nnx.Linear(features, features, rngs=rngs)
         self.time_out = nnx.Linear(features, features, rngs=rngs)
         self.cond_embed = (None if num_conditions is None
-                           else nnx.Embed(num_conditions + 1, features, rngs=rngs))
+                           else _Embed(num_conditions + 1, features, rngs=rngs))
 
     def __call__(self, t, cond):
         emb = sinusoidal_embedding(t, self.features)
