@@ -505,7 +505,7 @@ class GaussianMixture(Distribution):
     def _unnormalized(logits):
         """``e = exp(logits - max)`` and ``Z = sum(e)`` (as a product with ones: sums over a
         small axis are slow on XLA:CPU, a matvec is not)."""
-        e = jnp.exp(logits - jnp.max(logits))
+        e = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits)))
         return e, e @ jnp.ones_like(e)
 
     def _diag_score(self, logits, xp, mp, w, a):
@@ -610,7 +610,7 @@ class GaussianMixture(Distribution):
         def branch(form):
             def f(Xp):
                 logits = base[:, None] - 0.5 * self._quad_columns(Xp, a, mp, w, form)
-                e = jnp.exp(logits - jnp.max(logits, 0, keepdims=True))
+                e = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, 0, keepdims=True)))
                 z = jnp.sum(e, 0, keepdims=True)
                 if form == "difference":
                     # -sum_k r_k w_kj (x'_j - a m'_kj) from explicit differences (a sum over
