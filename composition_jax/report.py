@@ -633,14 +633,18 @@ def _floors_section() -> list[str]:
     rows = {s: {r["effect"]: r for r in rules.floors(s)} for s in sorted(rules.FLOORS_BY_STEPS)}
     steps = sorted(rows)
     L = ["### Floors and the discretization bias they absorb", "",
-         "Each floor is at most twice the largest exact bias (`cj.verify.sampler_law`) of the "
-         "zoo's samplers on its affine Factorized-Conditionals cases at the run's step count "
-         "(t_min = 1e-4; runs with 200-999 steps use the 200-step row). A rejection counts only "
-         "when the effect exceeds its floor by its own sampling error (a minimum-effect test "
-         "at the test's level), so a sampler whose true effects are all within the floors is "
-         "declared non-projective with probability at most alpha, whatever n: the floors "
-         "absorb the bias at every size. A 10 % variance error (relative covariance error "
-         "0.10) is flagged at the full size (n = 10000, 1000-step floors). Where the exact "
+         "Each floor is at least the largest bias of the zoo's samplers on its affine "
+         "Factorized-Conditionals cases at the run's step count (t_min = 1e-4; runs with "
+         "200-999 steps use the 200-step row), computed exactly with `cj.verify.sampler_law` "
+         "for euler_maruyama and ode_heun and by Monte Carlo (n = 1e5) for the "
+         "predictor-corrector, and at most about twice it. A rejection counts only when the "
+         "effect exceeds its floor by its own sampling error (a minimum-effect test at the "
+         "test's level), so a sampler whose true effects are all within the floors is declared "
+         "non-projective with probability at most alpha at every n (normal approximation of "
+         "the standard errors; the KS bound is exact): the floors absorb the bias at every "
+         "size. A 10 % variance error (relative covariance error 0.10) in Euler-Maruyama or "
+         "Heun output is flagged at the full size (n = 10000, their 1000-step floors). Where "
+         "the exact "
          "t = 0 composition has a closed form, the joint law is also tested "
          "(`cj.verify.same_law`, Holm over MMD, energy distance, exact mean chi-square and Wald "
          "covariance test) with the same floors.", "",
