@@ -43,30 +43,56 @@ JOBS ?= 2
 LANE_F32 = $(PY) -m pytest -q -m "not slow and not x64" --ignore=$(PROPS)
 LANE_X64 = JAX_ENABLE_X64=1 $(PY) -m pytest -q -m "x64 and not slow"
 LANE_PROPS = $(PY) -m pytest -q -m "not slow and not x64" $(PROPS)
+# The slow lane (`make test-slow`, run by CI after `make test`): the float32 slow tests dealt the
+# same way by their own measured costs (--lane-costs=slow), the float64 slow tests in lane B.
+SLOW_F32 = $(PY) -m pytest -q -m "slow and not x64" --lane-costs=slow
+SLOW_X64 = JAX_ENABLE_X64=1 $(PY) -m pytest -q -m "slow and x64"
 lane_cache = JAX_COMPILATION_CACHE_DIR="$(if $(JAX_CACHE_DIR),$(JAX_CACHE_DIR)/$(1),)"
+
+# Two lanes: $(A1) then $(A2) in the foreground, $(B1) then $(B2) in the background (set per
+# target below; each a full command line with its environment).
+define run_lanes
+	@log=$$(mktemp); \
+	( $(B1); r=$$?; $(B2); s=$$?; [ $$r -ne 0 ] && exit $$r; exit $$s ) > $$log 2>&1 & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; rm -f $$log; exit 130' INT; \
+	trap 'kill $$pid 2>/dev/null; rm -f $$log; exit 143' TERM; \
+	echo "lane A: $(A_WHAT) (lane B's output follows)"; \
+	$(A1); r=$$?; \
+	$(A2); s=$$?; \
+	wait $$pid; b=$$?; \
+	echo "lane B: $(B_WHAT)"; cat $$log; rm -f $$log; \
+	for c in $$r $$s $$b; do [ $$c -ne 0 ] && exit $$c; done; exit 0
+endef
+
+test: A_WHAT = float32 group 0, then the property-based suite
+test: A1 = $(TEST_ENV) $(call lane_cache,lane-a) $(LANE_F32) --lane-shard=0/2
+test: A2 = $(PROP_ENV) $(call lane_cache,lane-a) $(LANE_PROPS)
+test: B_WHAT = float32 group 1, then the float64 tests
+test: B1 = $(TEST_ENV) $(call lane_cache,lane-b) $(LANE_F32) --lane-shard=1/2
+test: B2 = $(TEST_ENV) $(call lane_cache,lane-b) $(LANE_X64)
 test: $(STAMP)
 ifeq ($(JOBS),1)
 	$(TEST_ENV) $(LANE_F32)
 	$(PROP_ENV) $(LANE_PROPS)
 	$(TEST_ENV) $(LANE_X64)
 else
-	@log=$$(mktemp); \
-	( $(TEST_ENV) $(call lane_cache,lane-b) $(LANE_F32) --lane-shard=1/2; r=$$?; \
-	  $(TEST_ENV) $(call lane_cache,lane-b) $(LANE_X64); s=$$?; \
-	  [ $$r -ne 0 ] && exit $$r; exit $$s ) > $$log 2>&1 & pid=$$!; \
-	trap 'kill $$pid 2>/dev/null; rm -f $$log; exit 130' INT; \
-	trap 'kill $$pid 2>/dev/null; rm -f $$log; exit 143' TERM; \
-	echo "lane A: float32 group 0, then the property-based suite (lane B's output follows)"; \
-	$(TEST_ENV) $(call lane_cache,lane-a) $(LANE_F32) --lane-shard=0/2; r=$$?; \
-	$(PROP_ENV) $(call lane_cache,lane-a) $(LANE_PROPS); s=$$?; \
-	wait $$pid; b=$$?; \
-	echo "lane B: float32 group 1, then the float64 tests"; cat $$log; rm -f $$log; \
-	for c in $$r $$s $$b; do [ $$c -ne 0 ] && exit $$c; done; exit 0
+	$(run_lanes)
 endif
 
+# The slow lane has no property-based tests: all of it runs at the suite's optimization level.
+test-slow: A_WHAT = slow float32 group 0
+test-slow: A1 = $(TEST_ENV) $(call lane_cache,lane-a) $(SLOW_F32) --lane-shard=0/2
+test-slow: A2 = true
+test-slow: B_WHAT = slow float32 group 1, then the slow float64 tests
+test-slow: B1 = $(TEST_ENV) $(call lane_cache,lane-b) $(SLOW_F32) --lane-shard=1/2
+test-slow: B2 = $(TEST_ENV) $(call lane_cache,lane-b) $(SLOW_X64)
 test-slow: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -q -m "slow and not x64"
-	$(TEST_ENV) JAX_ENABLE_X64=1 $(PY) -m pytest -q -m "slow and x64"
+ifeq ($(JOBS),1)
+	$(TEST_ENV) $(SLOW_F32)
+	$(TEST_ENV) $(SLOW_X64)
+else
+	$(run_lanes)
+endif
 
 bench: $(STAMP)
 	$(VENV)/bin/composition-jax bench --out bench_out --force
