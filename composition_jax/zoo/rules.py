@@ -27,7 +27,7 @@ null ``theta = 0`` lies inside ``H0'``, requiring both is an intersection-union 
 true effects are all at most their floors is declared non-projective is at most
 ``PROCEDURE_ALPHA`` per procedure** (normal approximation of ``se`` apart from the KS bound).
 This covers biased samplers, not only exact ones; ``z`` is not a tuning constant but the quantile
-of the test's own Bonferroni level (``z ~ 2.9-3.4`` for the zoo's 3-20 tests at level 0.005).
+of the test's own Bonferroni level (``z ~ 2.9-3.5`` for the zoo's 3-20 tests at level 0.005).
 Measured in ``tests/test_calibration.py``: with every variance 6 % too large (the covariance
 effect exactly at its floor) the rule declares a material rejection in 17 of 500 data sets
 (``n = 2000``, both procedures at level 0.05: bound 10 %), the former rule (effect itself above
