@@ -50,11 +50,12 @@ def _worst_z(mean, cov, ref_mean, ref_cov, n):
 # plus the momentum term: along the narrow axis the mean error decayed by only 0.93 per move,
 # and the 2-move run stayed 8.8 SE off (keys 7, 11: 4.7, 5.7 SE). The method therefore draws
 # each move's step uniformly from (0, e] (independent of the state: every move is still an
-# exact Metropolis-Hastings kernel; Neal 2011, Sec. 5.4.2.2): worst mean error 1.7 / 1.4 / 1.2
-# SE and covariance 4.0 / 1.8 / 1.2 SE with the test's key and keys 7, 11 (measured; the
-# acceptance of the shorter moves is about 0.9). Tuning the jittered probe to 0.65 instead
-# (larger e, about a quarter of the draws past the leapfrog stability limit 2 / w) left
-# 1.3 / 3.7 / 4.0 SE on the mean and 5.2 SE on the covariance.
+# exact Metropolis-Hastings kernel; Neal 2011, Sec. 5.4.2.2): mean error 1.7 / 1.4 / 1.2 SE,
+# worst of mean and covariance 4.0 / 1.8 / 1.2 SE, with the test's key and keys 7, 11 (measured;
+# the acceptance of the shorter moves is about 0.9; with 8 moves per level 1.4 / 1.1 / 0.9 SE).
+# Tuning the jittered probe to 0.65 instead (larger e, about a quarter of the draws past the
+# leapfrog stability limit 2 / w) left 1.3 / 3.7 / 4.0 SE on the mean and 5.2 SE on the
+# covariance.
 
 
 @pytest.mark.parametrize(
