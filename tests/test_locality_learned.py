@@ -6,8 +6,8 @@ Factorized Conditionals over :func:`blobs.location_blocks`, so the empty-backgro
 score Jacobian has no off-block part (float rounding only), while the Bayes composition over the
 single-object mixture ``p_u`` couples the blocks. The default tests drive
 :func:`score_locality_study` with such exact laws standing in for the network (the measurement's
-wiring, the rule's both outcomes, a wrong partition); the ``slow`` test measures the quick-mode
-trained network (the experiment's own training and parameter cache).
+wiring, the rule's outcomes, a wrong partition); the ``slow`` tests measure the quick- and
+full-mode trained networks (the experiment's own training and parameter cache).
 """
 
 from __future__ import annotations
@@ -105,7 +105,9 @@ def test_exact_fc_composition_is_local_and_bayes_is_not(study):
     ex = study["exact"]
     assert np.all(np.asarray(ex["empty"]["off_block_ratio"]) < FLOAT_TOL), ex["empty"]
     assert np.all(np.asarray(ex["conditional"]["off_block_ratio"]) < FLOAT_TOL)
-    assert np.all(np.asarray(ex["control"]["off_block_ratio"]) == 0.0)  # diagonal score
+    # diagonal score: rounding only (the mixture's softmax weights are constant, their float
+    # derivative is not exactly 0)
+    assert np.all(np.asarray(ex["control"]["off_block_ratio"]) < FLOAT_TOL)
     bayes = np.asarray(ex["bayes"]["off_block_ratio"])
     assert np.all(bayes > 1e2 * FLOAT_TOL) and bayes[0] > 1e-2, bayes
     # the study's learned numbers come from the "network" it was given: here the same laws
@@ -160,12 +162,13 @@ def test_bayes_coupled_learner_fails_the_rule(truncated):
     coupled = [compose(empty, [c, uncond], weights=one) for c in conds]
     s = score_locality_study(jax.random.key(0), CFG, ExactNetwork(coupled, empty, uncond), SCH,
                              exact=truncated)
-    assert s["learned"]["control"]["off_block_ratio"] == [0.0, 0.0]
+    assert np.all(np.asarray(s["learned"]["control"]["off_block_ratio"]) < FLOAT_TOL)
     assert s["verdict"]["observed"] == "failure", s["verdict"]
     # the rule on given numbers: rho_local = hypot(0.003, 0.004) = 0.005
-    def fake(r_e, r_b, se=0.0):
+    def fake(r_e, r_b, se=0.0, exact_b=0.2):
         row = {"off_block_ratio": [r_e], "se": [se]}
-        return {"t": [0.1], "exact": {"empty": {"off_block_ratio": [0.003], "se": [0.0]}},
+        return {"t": [0.1], "exact": {"empty": {"off_block_ratio": [0.003], "se": [0.0]},
+                                      "bayes": {"off_block_ratio": [exact_b], "se": [0.0]}},
                 "learned": {"empty": row, "bayes": {"off_block_ratio": [r_b], "se": [0.0]},
                             "control": {"off_block_ratio": [0.004], "se": [0.0]}}}
 
@@ -173,6 +176,10 @@ def test_bayes_coupled_learner_fails_the_rule(truncated):
     assert locality_verdict(fake(0.0051, 0.1))["observed"] == "failure"
     assert locality_verdict(fake(0.0051, 0.1, se=1e-4))["observed"] == "success"  # within 3 SE
     assert locality_verdict(fake(0.0049, 0.00499))["observed"] == "inconclusive"  # not resolved
+    # an excess of the learned Bayes ratio where the exact coupling lies below the network's
+    # floor is network error, not coupling
+    assert locality_verdict(fake(0.0049, 0.1, exact_b=0.0049))["observed"] == "inconclusive"
+    assert locality_verdict(fake(0.0049, 0.1, exact_b=0.0051))["observed"] == "success"
     row = locality_verdict(fake(0.0049, 0.1))["per_t"][0]
     assert row["threshold"] == pytest.approx(0.005) and row["fraction_of_bayes"] == pytest.approx(0.05)
 
@@ -206,3 +213,24 @@ def test_trained_quick_network_is_local_with_empty_background():
     assert v["per_t"][0]["bayes_resolved"], v  # t = 0.05: the coupling is strongest
     assert v["per_t"][0]["fraction_of_bayes"] < 1.0
     assert jnp.isfinite(jnp.asarray(le["bayes"]["off_block_ratio"])).all()
+
+
+@pytest.mark.slow
+def test_trained_full_network_separates_bayes_where_the_coupling_exceeds_its_error():
+    """The full-mode network (MLP 256 x 3, the experiment's training and cache entry; about 6
+    minutes of training on 2 cores when not cached): at every ``t`` where the exact Bayes
+    coupling stands above the local level (exact leakage and the network's own error, the
+    control), the learned Bayes composition's off-block ratio exceeds the learned empty one's
+    by more than 3 standard errors, and the rule counts exactly those ``t`` as resolved. (Whether
+    the empty composition is local is the rule's call, recorded by the experiment; with this
+    network it sits at the control's level, measured in :func:`score_locality_study`.)"""
+    cfg = LengthGenConfig.for_mode("full")
+    m, _ = train_length_model(cfg, "single")
+    s = score_locality_study(jax.random.fold_in(jax.random.key(cfg.seed), 2), cfg, m, m.schedule)
+    le, ex, per = s["learned"], s["exact"], s["verdict"]["per_t"]
+    coupled = [j for j, r in enumerate(per) if ex["bayes"]["off_block_ratio"][j] > r["rho_local"]]
+    assert coupled and coupled[0] == 0, per  # the coupling is strongest at the smallest t
+    for j in coupled:
+        gap = le["bayes"]["off_block_ratio"][j] - le["empty"]["off_block_ratio"][j]
+        assert gap > 3.0 * (le["bayes"]["se"][j] + le["empty"]["se"][j]), (j, le)
+    assert [j for j, r in enumerate(per) if r["bayes_resolved"]] == coupled, per

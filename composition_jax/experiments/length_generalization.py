@@ -315,6 +315,31 @@ def score_locality_study(key: jax.Array, cfg: LengthGenConfig, learned: Any, sch
     Bayes are compared on identical inputs, where the empty composition is meant to be sampled;
     a composition's own sampled law would add sampler error and differ between backgrounds.
 
+    What the trained networks show (off-block ratio at ``t = 0.05, 0.2, 0.5, 0.9``, 64
+    particles, EMA parameters; exact empty 0.049, 0.0048, 2.2e-4, 2e-6 and exact Bayes 0.60,
+    0.14, 5.1e-3, 1.7e-5 on the same particles):
+
+    * quick network (MLP 128 x 2, 1500 steps): learned empty 0.118, 0.075, 0.071, 0.074; learned
+      Bayes 0.202, 0.093, 0.078, 0.078; control (learned ``p_b`` alone) 0.142, 0.074, 0.070, 0.073;
+    * full network (MLP 256 x 3, 4000 steps): learned empty 0.109, 0.048, 0.039, 0.041; learned
+      Bayes 0.176, 0.077, 0.044, 0.044; control 0.092, 0.043, 0.038, 0.040.
+
+    The learned empty composition sits at the control's level, not at the exact laws' near-zero
+    leakage: the network's own off-block error (every condition carries about the same: the
+    conditional alone measures about as the control does) is the floor. It falls with capacity and
+    training (0.07 -> 0.04 for ``t >= 0.2``), is largest at the smallest ``t`` (0.14 / 0.09 at
+    0.05, 0.19 at 0.02 for the quick network) and is no Monte Carlo effect (256 particles give
+    the 64-particle ratios within 2-3 of their SE, at half the SE); the raw (non-EMA) parameters
+    give ratios up to 17 % larger. The
+    Bayes coupling stands out of that floor only where the exact coupling exceeds it (``t <=
+    0.2``); the full network separates Bayes from empty there by more than 25 SE, while its empty
+    composition at ``t = 0.05`` (0.109) lies 0.001 above the rule's level ``sqrt(0.049^2 +
+    0.092^2) + 3 SE = 0.108`` (:func:`locality_verdict`: ``"failure"`` there, marginally; the
+    quick network's ``"success"`` comes with a larger floor). The learned coupling is also
+    weaker than the exact one: the off-block part of ``J_B - J_E = -(k - 1)(J_u - J_b)``, in
+    which an error common to all conditions cancels, measured 0.24 / 0.078 of ``||J_E||`` for the
+    quick network at ``t = 0.05 / 0.2`` against 1.64 / 0.145 for the exact laws.
+
     Returns:
       ``{"t", "S", "blocks", "background_block", "n", "quadrature", "learned": {role:
       {"off_block_ratio": [T], "se": [T]}}, "exact": {...}, "verdict": ...}`` (JSON-ready;
@@ -357,11 +382,15 @@ def locality_verdict(study: dict, z: float = Z) -> dict:
       to one, so an error common to all conditions passes through it once, as in the control);
     * *local* at ``t``: ``r_E <= rho_local + z (se_E + se_C)`` (learned empty composition; the
       margin covers the Monte Carlo error of both ratios, ``z`` standard errors);
-    * *resolved* at ``t``: ``r_B > rho_local + z (se_B + se_C)``: the learned Bayes composition
-      couples the blocks beyond what leakage and network error explain, so the measurement can
-      see a coupling at this ``t``. The exact Bayes coupling decays with the noise (every score
-      tends to ``-x / sigma^2``), so at high ``t`` it falls below the network error and no
-      network of this accuracy can resolve it.
+    * *resolved* at ``t``: ``r_B > rho_local + z (se_B + se_C)`` and ``r*_B > rho_local``: the
+      learned Bayes composition couples the blocks beyond what leakage and network error
+      explain, and the exact Bayes coupling ``r*_B`` itself stands above that level, so the
+      excess can be the coupling. The exact coupling decays with the noise (every score tends to
+      ``-x / sigma^2``), so at high ``t`` it falls below the network error and no network of this
+      accuracy can resolve it; there an excess of ``r_B`` over the control is network error
+      that the Bayes coefficients amplify (``(1 - k) s_u`` carries ``p_u``'s own error ``k - 1``
+      times), not coupling: measured on the full-mode network at ``t = 0.5``, ``r_B`` exceeded
+      the level by more than 3 SE while ``r*_B = 0.005`` lay far below the control's ``0.038``.
 
     As a fraction of the learned Bayes ratio the threshold is ``f(t) = (rho_local + margin) /
     r_B``, reported per ``t`` (``f >= 1``: ``t`` does not discriminate). A fixed fraction
@@ -384,7 +413,8 @@ def locality_verdict(study: dict, z: float = Z) -> dict:
         rows.append({"t": t, "rho_local": rho, "threshold": thr,
                      "fraction_of_bayes": thr / r_b if r_b > 0 else float("inf"),
                      "local": bool(r_e <= thr),
-                     "bayes_resolved": bool(r_b > rho + z * (se_b + se_c))})
+                     "bayes_resolved": bool(r_b > rho + z * (se_b + se_c)
+                                            and ex["bayes"]["off_block_ratio"][j] > rho)})
     if not all(r["local"] for r in rows):
         obs = "failure"
     else:
@@ -590,10 +620,17 @@ def _locality_reasons(loc: dict) -> list[str]:
          f"{fmt('exact', 'bayes')}"),
         ("locality rule: local at t when the learned empty ratio is at most sqrt(exact empty^2 "
          "+ control^2) + 3 SE (leakage plus the network's own error); the Bayes coupling is "
-         "resolved at t when the learned Bayes ratio exceeds that level; threshold as a "
+         "resolved at t when the learned Bayes ratio exceeds that level and the exact Bayes "
+         "ratio exceeds sqrt(exact empty^2 + control^2); threshold as a "
          "fraction of the learned Bayes ratio: "
          + ", ".join(f"t={r['t']:g}: {r['fraction_of_bayes']:.2g}"
                      + ("" if r["local"] else " (empty NOT local)")
                      + (" (Bayes resolved)" if r["bayes_resolved"] else "") for r in per)
          + f"; learned empty background local: {loc['verdict']['observed']}"),
+        ("the network's own off-block error (the control) is the floor of every learned ratio: "
+         "the exact Bayes coupling exceeds it at t = "
+         + str([r["t"] for r, b in zip(per, loc["exact"]["bayes"]["off_block_ratio"])
+                if b > r["rho_local"]])
+         + ", the only times at which any network of this accuracy can show the coupling; a "
+         "learned empty ratio at the control's level is local only up to that error"),
     ]
