@@ -325,20 +325,20 @@ def score_locality_study(key: jax.Array, cfg: LengthGenConfig, learned: Any, sch
       Bayes 0.176, 0.077, 0.044, 0.044; control 0.092, 0.043, 0.038, 0.040.
 
     The learned empty composition sits at the control's level, not at the exact laws' near-zero
-    leakage: the network's own off-block error is the floor (every condition carries about the
-    same: the conditional alone measures about as the control does). The floor falls with
+    leakage: the network's own off-block error sets the level (every condition carries about the
+    same: the conditional alone measures about as the control does). This error falls with
     capacity and training (0.07 -> 0.04 for ``t >= 0.2``), is largest at the smallest ``t``
     (0.14 / 0.09 at 0.05; 0.19 at 0.02 for the quick network) and is no Monte Carlo effect (256
     particles reproduce the 64-particle ratios within 2-3 of their SE, at half the SE); the raw
-    (non-EMA) parameters give ratios up to 17 % larger. The Bayes coupling stands out of the
-    floor only where the exact coupling exceeds it (``t <= 0.2``); there the full network
+    (non-EMA) parameters give ratios up to 17 % larger. The Bayes coupling stands out of this
+    error only where the exact coupling exceeds it (``t <= 0.2``); there the full network
     separates Bayes from empty by more than 25 SE, while its empty composition at ``t = 0.05``
     (0.109) lies 0.001 above the rule's level ``sqrt(0.049^2 + 0.092^2) + 3 SE = 0.108``
     (:func:`locality_verdict`: ``"failure"``, marginally; the quick network's ``"success"``
-    comes with its larger floor). With 256 particles (SE 3-5e-4) the full network's empty
+    comes with its larger error). With 256 particles (SE 3-5e-4) the full network's empty
     composition exceeds ``rho_local`` by 5-19 % at ``t = 0.05, 0.1, 0.2`` and is within the
     level at ``t = 0.02`` and ``t >= 0.35``. So the trained composition is local down to the
-    network's error floor; a residual coupling of a few per cent of the Jacobian at low noise is
+    network's own error; a residual coupling of a few per cent of the Jacobian at low noise is
     not excluded (the quadrature sum of leakage and control also assumes their off-block parts
     independent). The learned coupling is weaker than the exact one: the off-block part of
     ``J_B - J_E = -(k - 1)(J_u - J_b)``, in which an error common to all conditions cancels,
@@ -633,7 +633,7 @@ def _locality_reasons(loc: dict) -> list[str]:
                      + ("" if r["local"] else " (empty NOT local)")
                      + (" (Bayes resolved)" if r["bayes_resolved"] else "") for r in per)
          + f"; learned empty background local: {loc['verdict']['observed']}"),
-        ("the network's own off-block error (the control) is the floor of every learned ratio: "
+        ("the network's own off-block error (the control) sets the level of every learned ratio: "
          "the exact Bayes coupling exceeds it at t = "
          + str([r["t"] for r, b in zip(per, loc["exact"]["bayes"]["off_block_ratio"])
                 if b > r["rho_local"]])
