@@ -118,6 +118,16 @@ SLOW_TESTS: dict[str, str] = {
     "tests/test_claims.py::test_claim27_approximate_locality_grows_with_rho_shrinks_with_noise": (
         "20 s (float64); a sweep over rho and the noise level: the exact local-score claim "
         "(claim27_cpc_gives_local_scores_exactly) stays in the default suite"),
+    # the notebooks' quick-mode runs cost ~190 s of CPU in all (fork-server children, measured
+    # together: per notebook apportioned by wall time); the three costliest go to the slow lane,
+    # the other six keep the quick-mode runner, and the check helper and the .ipynb pairing of
+    # every notebook stay in the default suite
+    "tests/test_notebooks.py::test_notebook_runs_in_quick_mode[01_quickstart]": (
+        "~34 s; its numbers are checked in CI's slow lane"),
+    "tests/test_notebooks.py::test_notebook_runs_in_quick_mode[02_projective_and_fc]": (
+        "~39 s; its numbers are checked in CI's slow lane"),
+    "tests/test_notebooks.py::test_notebook_runs_in_quick_mode[04_feature_space]": (
+        "~39 s; its numbers are checked in CI's slow lane"),
     "tests/test_bench.py::test_tiny_end_to_end[names0]": (
         "17 s; two benchmark subprocesses end to end: CI runs `composition-jax bench --quick` "
         "(every installed implementation) right after the default suite, and the harness's "
@@ -146,7 +156,7 @@ def pytest_addoption(parser):
 #: ``--lane-shard`` groups of equal cost; a file not listed counts as DEFAULT_FILE_COST_S.
 FILE_COST_S: dict[str, float] = {
     "tests/test_factor_mixture.py": 46.0,
-    "tests/test_notebooks.py": 40.0,
+    "tests/test_notebooks.py": 80.0,
     "tests/test_methods_contract.py": 35.0,
     "tests/test_nn.py": 32.0,
     "tests/test_distributions_exact.py": 31.5,
@@ -191,7 +201,7 @@ SLOW_FILE_COST_S: dict[str, float] = {
     "tests/test_dpm_solver.py": 50.0,
     "tests/test_claims.py": 40.0,
     "tests/test_trust_sampling.py": 30.0,
-    "tests/test_notebooks.py": 30.0,
+    "tests/test_notebooks.py": 140.0,
     "tests/test_experiments.py": 30.0,
     "tests/test_training.py": 30.0,
     "tests/test_nnx.py": 20.0,
