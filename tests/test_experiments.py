@@ -319,3 +319,53 @@ def test_learned_vector_decision_rule():
     # decisive in one of several reports is enough
     assert decide([_report(("cov", 1e-9, 0.9, "relative_cov_error")),
                    _report(("ks", 1e-9, 0.3, "max_ks_D"))], tv)[0] == "failure"
+
+
+def test_learned_vector_radius_event_rule():
+    """The ring-collapse event rule: the disc probability equals the noncentral chi-square CDF
+    (scipy), the binary-KL bound is the smallest kl over the two intervals (0 when they meet),
+    and an event decides failure only beyond the path-KL budget and only with a material
+    rejection already present."""
+    from scipy.stats import ncx2
+
+    import composition_jax as cj
+    from composition_jax.experiments.learned_vector import (
+        VectorConfig,
+        binary_kl,
+        decide,
+        disc_probability,
+        event_kl_bound,
+        ring_tuple,
+    )
+    from composition_jax.zoo.rules import EFFECT_FLOORS
+
+    cfg = VectorConfig.for_mode("quick")
+    laws = ring_tuple(cfg)
+    exact = cj.composed_distribution(laws["background"], [laws["p1"], laws["p2"]])
+    v, R = cfg.std ** 2, cfg.radius
+    for r in (0.5 * R, R, 2 * R):  # |x_B|^2 / v ~ ncx2(2, R^2 / v) on either block (one ring)
+        want = ncx2.cdf(r * r / v, 2, R * R / v)
+        for b in laws["blocks"]:
+            assert abs(disc_probability(exact, b, r) - want) < 1e-6
+    with pytest.raises(ValueError, match="isotropic"):
+        disc_probability(cj.Gaussian(jnp.zeros(2), jnp.diag(jnp.array([1.0, 2.0]))), [0, 1], 1.0)
+    # binary KL: closed values and the interval minimum
+    assert binary_kl(0.5, 0.5) == 0.0 and binary_kl(0.0, 0.5) == pytest.approx(math.log(2))
+    assert binary_kl(0.1, 0.6) == pytest.approx(0.1 * math.log(0.1 / 0.6)
+                                                + 0.9 * math.log(0.9 / 0.4))
+    f = EFFECT_FLOORS["max_ks_D"]
+    kl, lo, hi = event_kl_bound(0.004, 600, 1000, f)
+    assert kl == pytest.approx(binary_kl(0.004 + f, lo)) and 0.55 < lo < 0.6 < hi
+    assert event_kl_bound(0.5, 500, 1000, f)[0] == 0.0
+    kl_low, _, hi = event_kl_bound(0.9, 100, 1000, f)  # the other side: fewer hits than exact
+    assert hi < 0.2 and kl_low == pytest.approx(binary_kl(0.9 - f, hi))
+    ev = [{"name": "e", "p_exact": 0.004, "hits": 600, "n": 1000}]
+    mat = _report(("ks", 1e-9, f + 0.01, "max_ks_D"))  # material, far within a TV budget 0.5
+    assert decide([mat], 0.5, events=ev, kl_budget=0.99 * kl)[0] == "failure"
+    obs, _, dec = decide([mat], 0.5, events=ev, kl_budget=1.01 * kl)
+    assert obs == "inconclusive" and dec == []
+    # no material rejection: an event never creates one
+    assert decide([_report(("ks", 0.5, 0.3, "max_ks_D"))], 0.5, events=ev,
+                  kl_budget=0.0)[0] == "success"
+    with pytest.raises(ValueError, match="kl_budget"):
+        decide([mat], 0.5, events=ev)

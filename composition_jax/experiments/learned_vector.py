@@ -50,6 +50,14 @@ on the effect above its floor, :func:`composition_jax.zoo.rules.is_material`):
 * otherwise ``inconclusive``: the deviation is within what the score error explains (or only
   effects a TV budget does not bound, mean and covariance errors, are material).
 
+* with a material rejection, also ``failure`` when an event ``E_i = {|x_{M_i}| <= R / 2}``
+  (the ring of block ``M_i`` collapsed to half its radius) is so much more (or less) frequent in
+  the sample than under ``C[p]`` that the binary KL between the two probabilities exceeds the
+  path-KL budget itself (:func:`event_kl_bound`: by data processing, ``kl(P_X(E) || P_L(E))`` is
+  at most the path KL, so an exact composition within the KS floor of ``C[p]`` on ``E`` could
+  not be that far from the learned one). For an event that is rare under ``C[p]`` and common in
+  the sample this is far tighter than the Pinsker route through the TV budget.
+
 The budget is taken at its upper 3-standard-error bound (:data:`~composition_jax.experiments._common.Z`),
 which can only make ``failure`` rarer. Why not a control from a learned model sampled on its own
 (the former rule: failure beyond twice the largest effect of a learned conditional sampled
@@ -92,8 +100,8 @@ from ..training import DSMTrainer, fisher_divergence
 from ..verify.projective import projective
 from ._common import Z, cache_dir, train_cached
 
-__all__ = ["TV_BOUNDED", "VectorConfig", "composition_budget", "decide", "ring_tuple",
-           "run_learned_vector"]
+__all__ = ["TV_BOUNDED", "VectorConfig", "binary_kl", "composition_budget", "decide",
+           "disc_probability", "event_kl_bound", "ring_tuple", "run_learned_vector"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,7 +246,8 @@ TV distance of the joint laws, and the Gaussian-kernel ``MMD`` (kernel bounded b
 twice it."""
 
 
-def decide(reports, tv_budget: float, floors: dict | None = None) -> tuple[str, list, list]:
+def decide(reports, tv_budget: float, floors: dict | None = None, events=(),
+           kl_budget: float | None = None) -> tuple[str, list, list]:
     """Verdict of a learned composition (see the module docstring).
 
     Args:
@@ -246,6 +255,11 @@ def decide(reports, tv_budget: float, floors: dict | None = None) -> tuple[str, 
       tv_budget: the total-variation distance the learned models' score error can cause
         (:func:`composition_budget`).
       floors: the effect floors (default: the zoo's :data:`~composition_jax.zoo.rules.EFFECT_FLOORS`).
+      events: ``{"name", "p_exact", "hits", "n"}`` records of events of the sample
+        (:func:`event_kl_bound`); they only decide between ``failure`` and ``inconclusive``
+        when some test already rejects materially, never create a rejection.
+      kl_budget: the path-KL budget the events are compared with (its upper bound,
+        :func:`composition_budget`'s ``kl_upper``); required with ``events``.
 
     Returns:
       ``(observed, material, decisive)``: ``observed`` in ``{"success", "failure",
@@ -272,7 +286,89 @@ def decide(reports, tv_budget: float, floors: dict | None = None) -> tuple[str, 
                                     f"{np.sqrt(fl):.3g} + 2 x TV budget {tv_budget:.3g}")
     if not material:
         return "success", material, decisive
+    if events and kl_budget is None:
+        raise ValueError("kl_budget is required with events")
+    for ev in events:
+        kl, lo, hi = event_kl_bound(ev["p_exact"], ev["hits"], ev["n"],
+                                    floors.get("max_ks_D", 0.0))
+        if kl > kl_budget:
+            decisive.append(f"{ev['name']}: {ev['hits']}/{ev['n']} (interval [{lo:.3g}, "
+                            f"{hi:.3g}]) against exact {ev['p_exact']:.3g} +- floor: binary KL "
+                            f"lower bound {kl:.3g} > path KL budget {kl_budget:.3g}")
     return ("failure" if decisive else "inconclusive"), material, decisive
+
+
+def binary_kl(q: float, p: float) -> float:
+    """``kl(q || p) = q log(q / p) + (1 - q) log((1 - q) / (1 - p))`` (nats), ``0 log 0 = 0``."""
+    def term(a, b):
+        return 0.0 if a <= 0.0 else (np.inf if b <= 0.0 else a * np.log(a / b))
+    return float(term(q, p) + term(1.0 - q, 1.0 - p))
+
+
+def event_kl_bound(p_exact: float, hits: int, n: int, floor: float, z: float = Z
+                   ) -> tuple[float, float, float]:
+    r"""Smallest binary KL between an event's probability under the exact composition's sampler
+    and under the learned one that the data allow: ``(kl, lower, upper)``.
+
+    For any event ``E``, data processing gives ``kl(P_X(E) || P_L(E)) <= KL(X || L)``, ``X`` the
+    exact chain's output and ``L`` the learned chain's, and ``KL(X || L)`` is at most the path KL
+    of :func:`composition_budget`. If ``X`` were within the floors of ``C[p]`` -- here:
+    ``|P_X(E) - P_C(E)| <= floor`` with the KS floor, the largest tolerated deviation of a 1-D
+    distribution function (``E`` is ``{phi(x) <= c}`` for a 1-D statistic ``phi``) -- then
+    ``P_X(E)`` lies in ``[P_C(E) - floor, P_C(E) + floor]`` while ``P_L(E)`` lies in the Wilson
+    interval (``z`` standard errors) of the observed ``hits / n``. The return value is the
+    smallest ``kl(q || p)`` over the two intervals (0 when they meet; ``kl`` is jointly convex
+    and zero on ``q = p``, so the minimum is at the nearest ends). When it exceeds the budget,
+    ``X`` is NOT within the floor on ``E``: the exact composition itself misses ``C[p]``. Unlike
+    the total-variation route (Pinsker), this uses the KL budget directly, which is much
+    tighter for events that are rare under ``C[p]`` and common in the sample."""
+    from ._common import binomial
+
+    b = binomial(int(hits), int(n), z)
+    qa, qb = max(0.0, p_exact - floor), min(1.0, p_exact + floor)
+    if qb < b["lower"]:
+        kl = binary_kl(qb, b["lower"])
+    elif b["upper"] < qa:
+        kl = binary_kl(qa, b["upper"])
+    else:
+        kl = 0.0
+    return kl, b["lower"], b["upper"]
+
+
+def disc_probability(dist: Any, block, radius: float, points: int = 4001) -> float:
+    r"""``P(|x_B| <= radius)`` for ``x ~ dist`` (a Gaussian mixture whose components are
+    isotropic on the 2-D block ``B``), exactly up to quadrature: per component with mean ``m``
+    and variance ``v`` on ``B``, the radial density of ``|x_B|`` is the Rice density
+    ``(rho / v) exp(-(rho^2 + |m|^2) / (2 v)) I_0(rho |m| / v)``, integrated by the trapezoid
+    rule on ``points`` nodes of ``[0, radius]`` (float64)."""
+    from ..verify import _laws
+
+    mix = _laws.as_mixture(dist)
+    if mix is None:
+        raise ValueError(f"dist has no Gaussian-mixture form: {type(dist).__name__}")
+    blk = np.asarray(block)
+    if blk.shape != (2,):
+        raise ValueError(f"block must hold 2 coordinates, got {blk.tolist()}")
+    w, M, C = (np.asarray(a, np.float64) for a in mix)
+    Cb = C[:, blk][:, :, blk]
+    v = Cb[:, 0, 0]
+    if not np.allclose(Cb, v[:, None, None] * np.eye(2)[None], rtol=1e-5, atol=1e-12):
+        raise ValueError("the components are not isotropic on the block")
+    mu = np.linalg.norm(M[:, blk], axis=1)
+    rho = np.linspace(0.0, float(radius), int(points))
+    dens = (rho[None] / v[:, None]) * np.exp(-(rho[None] - mu[:, None]) ** 2 / (2 * v[:, None])) \
+        * _i0e(rho[None] * mu[:, None] / v[:, None])
+    return float(np.clip(w @ np.trapezoid(dens, rho, axis=1), 0.0, 1.0))
+
+
+def _i0e(x):
+    """``exp(-x) I_0(x)`` for ``x >= 0`` (``np.i0`` below 500, the asymptotic series above)."""
+    x = np.asarray(x, np.float64)
+    small = x < 500.0
+    xs = np.where(small, x, 0.0)
+    xl = np.where(small, 1.0, x)
+    big = (1.0 + 1.0 / (8 * xl) + 9.0 / (128 * xl * xl)) / np.sqrt(2 * np.pi * xl)
+    return np.where(small, np.exp(-xs) * np.i0(xs), big)
 
 
 def run_learned_vector(cfg: VectorConfig | None = None, *, key: jax.Array | None = None,
@@ -363,7 +459,14 @@ def run_learned_vector(cfg: VectorConfig | None = None, *, key: jax.Array | None
                            num_permutations=cfg.num_permutations)
         rep_j = projective(x, [exact], [np.arange(4)], key=kj, alpha=ALPHA,
                            two_sample_n=cfg.two_sample_n, num_permutations=cfg.num_permutations)
-        observed, material, decisive = decide([rep_b, rep_j], budget["tv"], floors)
+        # ring-collapse events {|x_Mi| <= R / 2}: binary KL against the path-KL budget
+        r0 = 0.5 * cfg.radius
+        events = [{"name": f"block {list(map(int, b))} radius <= {r0:g}",
+                   "p_exact": disc_probability(exact, b, r0),
+                   "hits": int(np.sum(np.linalg.norm(np.asarray(x)[:, np.asarray(b)], axis=1)
+                                      <= r0)), "n": int(x.shape[0])} for b in blocks]
+        observed, material, decisive = decide([rep_b, rep_j], budget["tv"], floors,
+                                              events=events, kl_budget=budget["kl_upper"])
         label = "empty" if bname == "background" else "Bayes (p_u)"
         radii = records_block_means(x, blocks)
         records.append({
@@ -377,18 +480,29 @@ def run_learned_vector(cfg: VectorConfig | None = None, *, key: jax.Array | None
                         "budget_seconds": round(budget_secs, 2),
                         "single_model_control_effects": control, "fisher": fisher,
                         "training": info, "sample_seconds": round(secs, 2),
-                        "block_mean_norms": radii},
+                        "block_mean_norms": radii, "radius_events": [
+                            dict(ev, kl_lower_bound=event_kl_bound(
+                                ev["p_exact"], ev["hits"], ev["n"],
+                                floors.get("max_ks_D", 0.0))[0]) for ev in events]},
             "reasons": [
                 "theory: (p_b, p_1, p_2) is FC on blocks {0,1}, {2,3}: the composition is the "
                 "product of the two rings (Theorem 5.3); over p_u (Bayes) FC fails",
                 "decision rule: success iff neither the block-wise projective test nor the joint "
                 "test against cj.composed_distribution has a material rejection (alpha = "
                 f"{ALPHA}, Bonferroni, the zoo's floors, effect lower bound above its floor); "
-                "failure iff a KS or MMD effect exceeds its floor plus what the learned "
-                "models' score error can cause (the total-variation budget from Girsanov's "
-                "theorem along the exact composition's noised path); else inconclusive",
+                "failure iff, with a material rejection, a KS or MMD effect exceeds its floor "
+                "plus what the learned models' score error can cause (the total-variation "
+                "budget from Girsanov's theorem along the exact composition's noised path), or "
+                "a ring-collapse event's binary KL exceeds that path-KL budget; else "
+                "inconclusive",
                 "material rejections: " + ("; ".join(material) or "none"),
-                "decisive (beyond floor + TV budget): " + ("; ".join(decisive) or "none"),
+                "decisive (beyond floor + TV budget, or event binary KL beyond the KL budget): "
+                + ("; ".join(decisive) or "none"),
+                "ring-collapse events (learned fraction vs exact C[p] probability, binary-KL "
+                f"lower bound vs path-KL budget {budget['kl_upper']:.3g}): " + ", ".join(
+                    f"{ev['name']}: {ev['hits']}/{ev['n']} vs {ev['p_exact']:.3g}, kl >= "
+                    f"{event_kl_bound(ev['p_exact'], ev['hits'], ev['n'], floors.get('max_ks_D', 0.0))[0]:.3g}"
+                    for ev in events),
                 f"TV budget {budget['tv']:.3g} (path KL of the learned vs the exact composition "
                 f"{budget['kl']:.3g} ± {budget['kl_se']:.2g}); path KL of each learned model "
                 "along the exact composition's chain / along its own chain: " + ", ".join(
