@@ -7,6 +7,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import composition_jax as cj
 from composition_jax.distributions.base import cast_tree
@@ -16,8 +17,9 @@ VP = cj.VPSchedule()
 TS = np.array([0.1, 0.3])
 
 
-def _paths(bg, conds, weights, key, n):
-    """(vectorised, per-law) Fisher paths of a tuple on the same key: the same samples."""
+def _paths(bg, conds, weights, key, n, generic=True):
+    """(vectorised, per-law) Fisher paths of a tuple on the same key: the same samples (the
+    per-law one only with ``generic``)."""
     comp = cast_tree(cj.composed_distribution(bg, conds, weights), jnp.float32)
     dt = comp.dtype
     inputs = tuple(cast_tree(p, dt) for p in [bg] + list(conds))
@@ -26,7 +28,7 @@ def _paths(bg, conds, weights, key, n):
     a, s = jax.vmap(VP.alpha)(t), jax.vmap(VP.sigma)(t)
     groups = G._block_mixture_groups((comp,) + inputs, dt)
     new = G._fisher_path(key, comp, tuple(groups), w, a, s, n, 64)  # several chunks
-    old = G._fisher_path_generic(key, comp, inputs, w, a, s, n)
+    old = G._fisher_path_generic(key, comp, inputs, w, a, s, n) if generic else new
     return [tuple(np.asarray(v, np.float64) for v in r) for r in (new, old)]
 
 
@@ -65,17 +67,19 @@ def test_fisher_path_matches_the_closed_form_gaussian_gap(key):
     """The Monte Carlo Fisher divergence of the shear tuple (non-diagonal covariances: the
     eigenvector path) within 4 standard errors of its closed form, at t = 0.1 and 0.3."""
     bg, conds = _shear_tuple()
-    (m, se), _ = _paths(bg, conds, None, key, 2048)
+    (m, se), _ = _paths(bg, conds, None, key, 2048, generic=False)
     exact = np.array([_exact_fisher(bg, conds, t) for t in TS])
     assert np.all(exact > 0.05)  # a material gap, not rounding
     assert np.all(np.abs(m - exact) < 4.0 * se), (m, se, exact)
 
 
+@pytest.mark.slow
 def test_vectorised_equals_per_law_scores_on_the_same_samples(key):
     """A non-FC mixture tuple (a 2-component mixture factor in a Product, and a weight-2
     mixture tilt, C[p] a mixture over pairs): the vectorised evaluation and each law's own
     ``_noised_score`` give the same estimate on the same samples, to float32 rounding
-    (measured relative difference ~1e-5)."""
+    (measured relative difference ~1e-5). Slow lane: it compiles the per-law path, ~10-20 s of
+    CPU; the padded path is checked by default against float64 scores and a closed form."""
     s0 = 0.3
     pb = cj.Gaussian(jnp.zeros(2), jnp.eye(2))
     mix0 = cj.GaussianMixture(jnp.array([0.5, 0.5]), jnp.array([[-1.0], [1.0]]),
@@ -150,11 +154,17 @@ def test_product_tuples_are_evaluated_blockwise():
 
 
 def test_fisher_gap_fc_product_tuple_is_rounding(key):
-    """Eq. (18)'s clutter tuple (products of 1-D mixtures, FC holds): the gap is float32
-    rounding at every t (Theorem 5.3: the noised composition is a diffusion path)."""
-    from composition_jax.zoo.eq18 import eq18_laws
-
-    conds, pb, _ = eq18_laws(0.5, 0.05)
-    g = cj.verify.composition_gap(pb, [conds[0], conds[2]], VP, TS, key=key, n=100)
+    """A 3-D analogue of eq. (18)'s clutter tuple (products of 1-D two-component mixtures, each
+    conditional forcing one coordinate to be an object; FC holds): the gap is float32 rounding
+    at every t (Theorem 5.3: the noised composition is a diffusion path)."""
+    var = jnp.full((1, 1), 0.05 ** 2)
+    clutter = cj.GaussianMixture(jnp.array([0.5, 0.5]), jnp.array([[0.0], [1.0]]),
+                                 jnp.stack([var, var]))
+    active = cj.Gaussian(jnp.ones((1,)), var)
+    blocks = ([0], [1], [2])
+    pb = cj.Product((clutter,) * 3, blocks)
+    conds = [cj.Product((active, clutter, clutter), blocks),
+             cj.Product((clutter, clutter, active), blocks)]
+    g = cj.verify.composition_gap(pb, conds, VP, TS, key=key, n=100)
     assert g.kind == "fisher_mc"
     assert np.max(g.divergence) < 1e-6
