@@ -121,7 +121,7 @@ def test_mixture_scores_match_a_float64_oracle():
     mix = cj.GaussianMixture(jnp.asarray(w, jnp.float32), jnp.asarray(m, jnp.float32),
                              jnp.asarray(C, jnp.float32))
     gauss = cj.Gaussian(jnp.asarray(m[0], jnp.float32), jnp.asarray(C[1], jnp.float32))
-    ((idx, *params),) = G._block_mixture_groups((mix, gauss), jnp.float32)
+    ((_, *params),) = G._block_mixture_groups((mix, gauss), jnp.float32)
     laws = [(w, m, C), (np.ones(1), m[:1], C[1:2])]
     for t in (0.05, 0.5):
         a, s = float(VP.alpha(t)), float(VP.sigma(t))
@@ -145,7 +145,7 @@ def test_product_tuples_are_evaluated_blockwise():
     pa, pb = cj.Product((g1, g2), blocks), cj.Product((m1, g2), blocks)
     groups = G._block_mixture_groups((pa, pb), jnp.float32)
     assert [tuple(g[0].shape) for g in groups] == [(1, 1), (1, 2)]  # (blocks, block size)
-    idx, logw, means, evecs, evals = groups[0]
+    _, logw, means, _, _ = groups[0]
     assert logw.shape == (1, 2, 2) and means.shape == (1, 2, 2, 1)
     np.testing.assert_allclose(np.exp(np.asarray(logw[0, 1])), [0.25, 0.75], rtol=1e-6)
     assert np.asarray(logw[0, 0, 0]) == 0.0 and np.isneginf(np.asarray(logw[0, 0, 1]))

@@ -82,7 +82,6 @@ than of the models.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from typing import Any
 
@@ -485,16 +484,16 @@ def run_learned_vector(cfg: VectorConfig | None = None, *, key: jax.Array | None
                                 ev["p_exact"], ev["hits"], ev["n"],
                                 floors.get("max_ks_D", 0.0))[0]) for ev in events]},
             "reasons": [
-                "theory: (p_b, p_1, p_2) is FC on blocks {0,1}, {2,3}: the composition is the "
-                "product of the two rings (Theorem 5.3); over p_u (Bayes) FC fails",
-                "decision rule: success iff neither the block-wise projective test nor the joint "
-                "test against cj.composed_distribution has a material rejection (alpha = "
-                f"{ALPHA}, Bonferroni, the zoo's floors, effect lower bound above its floor); "
-                "failure iff, with a material rejection, a KS or MMD effect exceeds its floor "
-                "plus what the learned models' score error can cause (the total-variation "
-                "budget from Girsanov's theorem along the exact composition's noised path), or "
-                "a ring-collapse event's binary KL exceeds that path-KL budget; else "
-                "inconclusive",
+                ("theory: (p_b, p_1, p_2) is FC on blocks {0,1}, {2,3}: the composition is the "
+                 "product of the two rings (Theorem 5.3); over p_u (Bayes) FC fails"),
+                ("decision rule: success iff neither the block-wise projective test nor the "
+                 "joint test against cj.composed_distribution has a material rejection (alpha = "
+                 f"{ALPHA}, Bonferroni, the zoo's floors, effect lower bound above its floor); "
+                 "failure iff, with a material rejection, a KS or MMD effect exceeds its floor "
+                 "plus what the learned models' score error can cause (the total-variation "
+                 "budget from Girsanov's theorem along the exact composition's noised path), or "
+                 "a ring-collapse event's binary KL exceeds that path-KL budget; else "
+                 "inconclusive"),
                 "material rejections: " + ("; ".join(material) or "none"),
                 "decisive (beyond floor + TV budget, or event binary KL beyond the KL budget): "
                 + ("; ".join(decisive) or "none"),
