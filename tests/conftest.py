@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import zlib
 from pathlib import Path
+from typing import NamedTuple
 
 # Before jax is imported, so that this process reads the same settings as its subprocesses.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
@@ -83,32 +84,87 @@ def pytest_sessionstart(session):
         _sweep_compilation_cache(CACHE_DIR)
 
 
-#: Tests of other files that run in the slow lane (``make test-slow``; not run by `.ci/run`, see
-#: there): node id, or node id without its ``[parameters]`` for every parametrization
-#: -> why, with the measured cost (CPU seconds of the test process and its subprocesses, empty
-#: compilation cache, float32 lane, XLA backend optimization level 0, 2-core machine under the
-#: load of other work; the default suite's budget is ~5 minutes of wall time on 2 idle cores).
+class Moved(NamedTuple):
+    """A default-suite test that runs in the slow lane instead (see SLOW_TESTS)."""
+
+    cost_s: float  #: measured cost, CPU seconds (see SLOW_TESTS for the conditions)
+    why: str  #: why it may leave the default suite: which default test keeps checking the same
+    x64: bool = False  #: a float64 test (runs in the float64 process of the slow lane)
+
+
+#: Default-suite tests of other files that run in the slow lane instead (``make test-slow``):
+#: node id, or node id without its ``[parameters]`` for every parametrization -> its measured
+#: cost (CPU seconds of the test process and its subprocesses, empty compilation cache, XLA
+#: backend optimization level 0, 2-core machine under the load of other work; the default
+#: suite's budget is ~5 minutes of wall time on 2 idle cores) and why the default suite keeps
+#: its check without it. CI runs every one of them right after the default suite
+#: (``make test-slow SLOW=listed``, see .ci/run), so moving a test here takes nothing out of CI.
 #: Marked here, centrally, so that the test files stay as their authors wrote them.
-SLOW_TESTS: dict[str, str] = {
-    "tests/test_driver_tiles.py::test_same_samples_for_every_tiling[ode_heun]": (
-        "16 s; the tiling (one tile, memory-bounded tiles, CPU tiles) is the same code for every "
-        "element-wise method: the euler_maruyama case keeps checking it in the default suite"),
-    "tests/test_flow.py::test_flow_matching_training_learns_the_exact_velocity_1d": (
-        "10 s; trains a network (statistical); the loss and parameterization tests of the file "
+SLOW_TESTS: dict[str, Moved] = {
+    "tests/test_flow.py::test_flow_matching_training_learns_the_exact_velocity_1d": Moved(
+        10.0, "trains a network (statistical); the loss and parameterization tests of the file "
         "stay in the default suite"),
     "tests/test_methods_contract.py::test_sample_prefix_invariance_and_alias_equals_instance"
-    "[annealed_hmc]": (
-        "10 s; the pilot / pre-drawn-noise machinery that makes particle i depend on (key, i) is "
+    "[annealed_hmc]": Moved(
+        10.0, "the pilot / pre-drawn-noise machinery that makes particle i depend on (key, i) is "
         "shared by the annealed methods: the annealed_mala case keeps checking it by default"),
-    "tests/test_bench.py::test_tiny_end_to_end[names0]": (
-        "17 s; two benchmark subprocesses end to end: CI runs `composition-jax bench --quick` "
+    "tests/test_bench.py::test_tiny_end_to_end[names0]": Moved(
+        17.0, "two benchmark subprocesses end to end: CI runs `composition-jax bench --quick` "
         "(every installed implementation) right after the default suite, and the harness's "
         "backend-only sweep and the NumPy recursion against the exact law stay default"),
+    # Eight of the nine notebooks' quick-mode runs (~180 s of the default suite's CPU; costs
+    # measured through the fork server, per notebook apportioned by wall time). Each notebook
+    # checks its own numbers, which the unit tests of the modules it calls check against exact
+    # oracles by default; the default suite keeps the runner (08, the smallest notebook), the
+    # check helper, the no-bare-assert rule and the .ipynb pairing of every notebook.
+    "tests/test_notebooks.py::test_notebook_runs_in_quick_mode[01_quickstart]": Moved(
+        34.0, "sampling and composing as in the README: test_compose / test_samplers"),
+    "tests/test_notebooks.py::test_notebook_runs_in_quick_mode[02_projective_and_fc]": Moved(
+        39.0, "FC and projective checks: test_verify_fc_projective, test_calibration"),
+    "tests/test_notebooks.py::test_notebook_runs_in_quick_mode[03_length_generalization]": Moved(
+        13.0, "the length-generalization scenarios: test_scenarios, test_locality_learned"),
+    "tests/test_notebooks.py::test_notebook_runs_in_quick_mode[04_feature_space]": Moved(
+        39.0, "feature-space shear and rotation: test_claims, test_compose_exact"),
+    "tests/test_notebooks.py::test_notebook_runs_in_quick_mode[05_success_heuristic]": Moved(
+        13.0, "the success heuristics: test_verify_heuristics_gap, test_gap_fisher"),
+    "tests/test_notebooks.py::test_notebook_runs_in_quick_mode[06_weights_and_guidance]": Moved(
+        13.0, "weights and guidance: test_compose (Bayes and guidance are compose), "
+        "test_compose_exact"),
+    "tests/test_notebooks.py::test_notebook_runs_in_quick_mode[07_performance]": Moved(
+        13.0, "the benchmark harness: test_bench; CI also runs `composition-jax bench --quick`"),
+    "tests/test_notebooks.py::test_notebook_runs_in_quick_mode[09_smc_and_likelihoods]": Moved(
+        13.0, "SMC and likelihoods: test_smc, test_likelihood"),
+    # claims 26 / 27: one sample case and one sweep
+    "tests/test_claims.py::test_claim26_sampler_disagreement_feature[rotation-True]": Moved(
+        21.0, "three samplers at n = 20000: the shear case keeps the diagnostic on samples in "
+        "the default suite, and test_claim26_exact_laws_disagree_iff_fc_fails keeps the exact-law "
+        "claim for both cases"),
+    "tests/test_claims.py::test_claim27_approximate_locality_grows_with_rho_shrinks_with_noise":
+        Moved(23.0, "a sweep over rho and the noise level: the exact local-score claim "
+              "(test_claim27_cpc_gives_local_scores_exactly) stays in the default suite", x64=True),
+    # statistical cases whose law the default suite keeps checking exactly or in another case
+    "tests/test_churn.py::test_churned_sample_moments_match_exact_law[vp-columns]": Moved(
+        18.0, "sample moments of four churned samplers (n = 2000): the churn's exact transition "
+        "(test_churn_maps_p_t_to_p_t_hat_exactly), the churned law's weak order and zero-window "
+        "limit (float64) and churned sampling in both layouts (test_churned_rows_equal_columns) "
+        "stay default"),
+    "tests/test_trust_outputs.py::test_signal_leaves_nothing_behind[15-143]": Moved(
+        5.6, "SIGTERM: the same handler as SIGINT, whose case stays in the default suite"),
 }
 
 
-def _slow_reason(nodeid: str) -> str | None:
+def _moved(nodeid: str) -> Moved | None:
     return SLOW_TESTS.get(nodeid) or SLOW_TESTS.get(nodeid.split("[", 1)[0])
+
+
+def _moved_file_costs(x64: bool = False) -> dict[str, float]:
+    """CPU seconds of each file's SLOW_TESTS entries (float32 ones, or float64 with ``x64``)."""
+    costs: dict[str, float] = {}
+    for nodeid, m in SLOW_TESTS.items():
+        if m.x64 == x64:
+            f = nodeid.split("::", 1)[0]
+            costs[f] = costs.get(f, 0.0) + m.cost_s
+    return costs
 
 
 def pytest_addoption(parser):
@@ -120,7 +176,13 @@ def pytest_addoption(parser):
     parser.addoption(
         "--lane-costs", default="default", choices=("default", "slow"),
         help="which measured file costs deal the --lane-shard groups: the default suite's "
-             "(FILE_COST_S) or the slow lane's (SLOW_FILE_COST_S, `make test-slow`)")
+             "(FILE_COST_S) or the slow lane's (SLOW_FILE_COST_S and the SLOW_TESTS entries, "
+             "`make test-slow`)")
+    parser.addoption(
+        "--slow-set", default="all", choices=("all", "listed"),
+        help="which slow tests a `-m slow` run selects: all of them, or only the default-suite "
+             "tests moved to the slow lane in tests/conftest.py (SLOW_TESTS; with --lane-shard "
+             "the files are dealt by those tests' costs), `make test-slow SLOW=listed`")
 
 
 #: Measured CPU seconds of each test file's default-lane float32 tests (see SLOW_TESTS for the
@@ -155,32 +217,35 @@ FILE_COST_S: dict[str, float] = {
 }
 DEFAULT_FILE_COST_S = 10.0
 
-#: The same for the float32 tests of the slow lane (``make test-slow``), ESTIMATED from the tests'
-#: sizes (samples x steps x distinct compiled programs) relative to the default suite's measured
-#: costs, not yet measured cold; a file not listed (no slow float32 tests: collected and
-#: deselected) counts as DEFAULT_SLOW_FILE_COST_S.
+#: The same for the float32 slow tests of each file's own (``@pytest.mark.slow``; the SLOW_TESTS
+#: entries are added by their measured costs) in the slow lane (``make test-slow``), ESTIMATED
+#: from the tests' sizes (samples x steps x distinct compiled programs) relative to the default
+#: suite's measured costs unless marked measured; a file not listed (no slow float32 tests:
+#: collected and deselected) counts as DEFAULT_SLOW_FILE_COST_S.
 SLOW_FILE_COST_S: dict[str, float] = {
     "tests/test_scenarios.py": 600.0,
+    "tests/test_locality_learned.py": 600.0,  # trains the full-mode network (~6 min on 2 cores)
     "tests/test_distributions.py": 300.0,
     "tests/test_samplers_mcmc.py": 120.0,  # measured cold
     "tests/test_smc.py": 150.0,
     "tests/test_peer_suite.py": 150.0,
     "tests/test_samplers.py": 100.0,
     "tests/test_calibration.py": 60.0,
-    "tests/test_methods_contract.py": 60.0,
+    "tests/test_methods_contract.py": 50.0,
     "tests/test_churn.py": 60.0,
-    "tests/test_bench.py": 60.0,
+    "tests/test_bench.py": 43.0,
     "tests/test_dpm_solver.py": 50.0,
     "tests/test_claims.py": 40.0,
+    "tests/test_sampler_law.py": 30.0,
     "tests/test_trust_sampling.py": 30.0,
     "tests/test_notebooks.py": 140.0,
     "tests/test_experiments.py": 30.0,
     "tests/test_training.py": 30.0,
+    "tests/test_likelihood.py": 20.0,
     "tests/test_nnx.py": 20.0,
     "tests/test_verify_stats.py": 20.0,
-    "tests/test_driver_tiles.py": 16.0,
-    "tests/test_flow.py": 10.0,
     "tests/test_multiprocess.py": 20.0,
+    "tests/test_driver_tiles.py": 16.0,
     "tests/test_orbax_checkpoints.py": 10.0,
     "tests/test_report_figures.py": 10.0,
     "tests/test_same_law.py": 10.0,
@@ -222,21 +287,34 @@ def pytest_ignore_collect(collection_path, config):
     ignored = {Path(p).resolve() for p in config.getoption("ignore") or ()}
     files = sorted(f"tests/{f.name}" for f in here.glob("test_*.py") if f.resolve() not in ignored)
     slow = config.getoption("--lane-costs") == "slow"
-    if f"tests/{collection_path.name}" in lane_shard_files(files, *shard, slow=slow):
+    listed = config.getoption("--slow-set") == "listed"
+    if listed:  # only files with moved float32 tests take part
+        files = [f for f in files if f in _moved_file_costs()]
+    if f"tests/{collection_path.name}" in lane_shard_files(files, *shard, slow=slow,
+                                                            listed=listed):
         return None
     return True
 
 
-def lane_shard_files(files: list[str], shard: int, shards: int, *, slow: bool = False
-                     ) -> set[str]:
+def lane_shard_files(files: list[str], shard: int, shards: int, *, slow: bool = False,
+                     listed: bool = False) -> set[str]:
     """The files of group ``shard`` of ``shards``: greedy longest-processing-time dealing (each
     file, costliest first, to the group with the least cost so far; ties by name), a
-    deterministic function of the file names and FILE_COST_S (``slow``: SLOW_FILE_COST_S)."""
-    costs, default = ((SLOW_FILE_COST_S, DEFAULT_SLOW_FILE_COST_S) if slow
-                      else (FILE_COST_S, DEFAULT_FILE_COST_S))
+    deterministic function of the file names and FILE_COST_S (``slow``: SLOW_FILE_COST_S plus
+    the file's SLOW_TESTS entries; ``listed``: only those entries)."""
+    moved_x64 = sum(_moved_file_costs(x64=True).values())  # lane B's float64 process
+    if listed:
+        costs, default, after = _moved_file_costs(), 0.0, (0.0, moved_x64)
+    elif slow:
+        moved = _moved_file_costs()
+        costs = {f: SLOW_FILE_COST_S.get(f, DEFAULT_SLOW_FILE_COST_S) + moved.get(f, 0.0)
+                 for f in set(SLOW_FILE_COST_S) | set(moved)}
+        default = DEFAULT_SLOW_FILE_COST_S
+        after = (SLOW_LANE_AFTER_S[0], SLOW_LANE_AFTER_S[1] + moved_x64)
+    else:
+        costs, default, after = FILE_COST_S, DEFAULT_FILE_COST_S, LANE_AFTER_S
     # what each lane of `make test` / `make test-slow` runs after its float32 group
-    after = (SLOW_LANE_AFTER_S if slow else LANE_AFTER_S) if shards == 2 else (0.0,) * shards
-    loads = list(after)
+    loads = list(after) if shards == 2 else [0.0] * shards
     groups: list[set[str]] = [set() for _ in range(shards)]
     for f in sorted(files, key=lambda f: (-costs.get(f, default), f)):
         g = loads.index(min(loads))
@@ -252,14 +330,24 @@ def pytest_collection_modifyitems(config, items):
     # therefore runs the default suite.
     skip_slow = pytest.mark.skip(reason="slow test: select with -m slow (make test-slow)")
     run_slow = "slow" in (config.getoption("-m") or "")
+    listed_only = config.getoption("--slow-set") == "listed"
+    keep, drop = [], []
     for item in items:
-        reason = _slow_reason(item.nodeid)
-        if reason is not None and "slow" not in item.keywords:
-            item.add_marker(pytest.mark.slow(reason=reason))
+        moved = _moved(item.nodeid)
+        if "slow" in item.keywords:  # slow in its own file (whether listed or not)
+            if listed_only:
+                drop.append(item)
+                continue
+        elif moved is not None:
+            item.add_marker(pytest.mark.slow(reason=f"{moved.cost_s:g} s; {moved.why}"))
+        keep.append(item)
         if "x64" in item.keywords and not X64:
             item.add_marker(skip_x64)
         if "slow" in item.keywords and not run_slow:
             item.add_marker(skip_slow)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture(autouse=True)
