@@ -92,6 +92,19 @@ class Moved(NamedTuple):
     x64: bool = False  #: a float64 test (runs in the float64 process of the slow lane)
 
 
+_F32_SCHEDULES = (
+    "float32 at the cosine and VE schedules: the same formulas are checked at these schedules "
+    "to 1e-10 by the float64 cases (default suite), and in float32 at the VP schedule for every "
+    "family")
+_FM_MARGINALS = (
+    "the marginal's code path depends on the index set (FactorMixture or Product result), "
+    "checked for each index set with one covariance kind in rotation, and every kind stays "
+    "checked by default")
+_NN_PARAMS = (
+    "each output parameterization (eps, score, x0) and each schedule (VP, cosine, VE) keeps one "
+    "case in the default suite (eps-vp, score-ve, x0-cos)")
+
+
 #: Default-suite tests of other files that run in the slow lane instead (``make test-slow``):
 #: node id, or node id without its ``[parameters]`` for every parametrization -> its measured
 #: cost (CPU seconds of the test process and its subprocesses, empty compilation cache, XLA
@@ -150,6 +163,127 @@ SLOW_TESTS: dict[str, Moved] = {
         "stay default"),
     "tests/test_trust_outputs.py::test_signal_leaves_nothing_behind[15-143]": Moved(
         5.6, "SIGTERM: the same handler as SIGINT, whose case stays in the default suite"),
+    # exhaustive parametrizations: the default suite keeps one case of each code path
+    "tests/test_samplers_sharding.py::test_sharded_equals_unsharded_on_8_devices": Moved(
+        20.0, "a subprocess with 8 emulated devices: test_multiprocess keeps the same check "
+        "(annealed MALA and the default sampler over a 2-device mesh == unsharded) by default"),
+    "tests/test_samplers_columns.py::test_score_columns_equals_vmapped_score": Moved(
+        20.0, "test_score_columns keeps every family's columns score == vmap(score) by default, "
+        "and compositions in both layouts give the same samples (test_columns_equal_rows)"),
+    "tests/test_samplers_columns.py::test_columns_equal_rows[ode_euler]": Moved(
+        8.0, "Euler is the first stage of Heun, whose case stays default"),
+    "tests/test_samplers_columns.py::test_columns_equal_rows[ddpm]": Moved(
+        8.0, "DDPM is DDIM at eta = 1 (one transition), whose case stays default"),
+    "tests/test_verify_fc_projective.py::test_projective_passes_on_exact_composition": Moved(
+        11.3, "the exact composition passing the projective check is what "
+        "test_calibration::test_projective_family_wise_fpr checks at its level by default"),
+    "tests/test_distributions_exact.py::test_score_is_grad_log_prob[gaussian-cosine]": Moved(
+        0.5, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_log_prob_score_denoise_match_independent_oracle[gaussian-cosine]": Moved(
+        0.1, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_score_is_grad_log_prob[gaussian-ve]": Moved(
+        0.5, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_log_prob_score_denoise_match_independent_oracle[gaussian-ve]": Moved(
+        0.1, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_score_is_grad_log_prob[mixture-cosine]": Moved(
+        0.5, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_log_prob_score_denoise_match_independent_oracle[mixture-cosine]": Moved(
+        0.1, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_score_is_grad_log_prob[mixture-ve]": Moved(
+        0.5, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_log_prob_score_denoise_match_independent_oracle[mixture-ve]": Moved(
+        0.1, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_score_is_grad_log_prob[empirical-cosine]": Moved(
+        0.5, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_log_prob_score_denoise_match_independent_oracle[empirical-cosine]": Moved(
+        0.1, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_score_is_grad_log_prob[empirical-ve]": Moved(
+        0.5, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_log_prob_score_denoise_match_independent_oracle[empirical-ve]": Moved(
+        0.1, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_score_is_grad_log_prob[product-cosine]": Moved(
+        0.5, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_log_prob_score_denoise_match_independent_oracle[product-cosine]": Moved(
+        0.1, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_score_is_grad_log_prob[product-ve]": Moved(
+        0.5, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_log_prob_score_denoise_match_independent_oracle[product-ve]": Moved(
+        0.1, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_score_is_grad_log_prob[pf_gaussian-cosine]": Moved(
+        0.5, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_log_prob_score_denoise_match_independent_oracle[pf_gaussian-cosine]": Moved(
+        0.1, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_score_is_grad_log_prob[pf_gaussian-ve]": Moved(
+        0.5, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_log_prob_score_denoise_match_independent_oracle[pf_gaussian-ve]": Moved(
+        0.1, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_score_is_grad_log_prob[pf_mixture-cosine]": Moved(
+        0.5, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_log_prob_score_denoise_match_independent_oracle[pf_mixture-cosine]": Moved(
+        0.1, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_score_is_grad_log_prob[pf_mixture-ve]": Moved(
+        0.5, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_log_prob_score_denoise_match_independent_oracle[pf_mixture-ve]": Moved(
+        0.1, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_score_is_grad_log_prob[pf_empirical-cosine]": Moved(
+        0.5, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_log_prob_score_denoise_match_independent_oracle[pf_empirical-cosine]": Moved(
+        0.1, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_score_is_grad_log_prob[pf_empirical-ve]": Moved(
+        0.5, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_log_prob_score_denoise_match_independent_oracle[pf_empirical-ve]": Moved(
+        0.1, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_score_is_grad_log_prob[pf_orth_product-cosine]": Moved(
+        0.5, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_log_prob_score_denoise_match_independent_oracle[pf_orth_product-cosine]": Moved(
+        0.1, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_score_is_grad_log_prob[pf_orth_product-ve]": Moved(
+        0.5, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_log_prob_score_denoise_match_independent_oracle[pf_orth_product-ve]": Moved(
+        0.1, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_score_is_grad_log_prob[pf_blockdiag_product-cosine]": Moved(
+        0.5, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_log_prob_score_denoise_match_independent_oracle[pf_blockdiag_product-cosine]": Moved(
+        0.1, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_score_is_grad_log_prob[pf_blockdiag_product-ve]": Moved(
+        0.5, _F32_SCHEDULES),
+    "tests/test_distributions_exact.py::test_log_prob_score_denoise_match_independent_oracle[pf_blockdiag_product-ve]": Moved(
+        0.1, _F32_SCHEDULES),
+    "tests/test_factor_mixture.py::test_marginal[idx0-FactorMixture-full]": Moved(
+        1.6, _FM_MARGINALS),
+    "tests/test_factor_mixture.py::test_marginal[idx0-FactorMixture-iso]": Moved(
+        1.6, _FM_MARGINALS),
+    "tests/test_factor_mixture.py::test_marginal[idx1-FactorMixture-diag]": Moved(
+        1.6, _FM_MARGINALS),
+    "tests/test_factor_mixture.py::test_marginal[idx1-FactorMixture-iso]": Moved(
+        1.6, _FM_MARGINALS),
+    "tests/test_factor_mixture.py::test_marginal[idx2-FactorMixture-diag]": Moved(
+        1.6, _FM_MARGINALS),
+    "tests/test_factor_mixture.py::test_marginal[idx2-FactorMixture-full]": Moved(
+        1.6, _FM_MARGINALS),
+    "tests/test_factor_mixture.py::test_marginal[idx3-Product-full]": Moved(
+        1.6, _FM_MARGINALS),
+    "tests/test_factor_mixture.py::test_marginal[idx3-Product-iso]": Moved(
+        1.6, _FM_MARGINALS),
+    "tests/test_factor_mixture.py::test_marginal[idx4-Product-diag]": Moved(
+        1.6, _FM_MARGINALS),
+    "tests/test_factor_mixture.py::test_marginal[idx4-Product-iso]": Moved(
+        1.6, _FM_MARGINALS),
+    "tests/test_nn.py::test_parameterizations_exact_on_gaussian[eps-cos]": Moved(
+        1.9, _NN_PARAMS),
+    "tests/test_nn.py::test_parameterizations_exact_on_gaussian[eps-ve]": Moved(
+        1.9, _NN_PARAMS),
+    "tests/test_nn.py::test_parameterizations_exact_on_gaussian[score-vp]": Moved(
+        1.9, _NN_PARAMS),
+    "tests/test_nn.py::test_parameterizations_exact_on_gaussian[score-cos]": Moved(
+        1.9, _NN_PARAMS),
+    "tests/test_nn.py::test_parameterizations_exact_on_gaussian[x0-vp]": Moved(
+        1.9, _NN_PARAMS),
+    "tests/test_nn.py::test_parameterizations_exact_on_gaussian[x0-ve]": Moved(
+        1.9, _NN_PARAMS),
+    "tests/test_compose_exact.py::test_composed_normalizer_importance_sampling_4d_x64": Moved(
+        5.5, "a Monte Carlo estimate of the normalizer: the quadrature test of the composed "
+        "density's normalization stays in the default suite", x64=True),
 }
 
 
