@@ -22,9 +22,10 @@ $(STAMP): pyproject.toml
 # every tolerance is statistical or float-rounding based; --xla_cpu_use_fusion_emitters=false
 # would save ~30% more, but it moves some results by an ulp, which breaks the bitwise equality of
 # the NNX and linen training trajectories that tests/test_nnx.py asserts). Every process of the
-# run (both pytest sessions, the notebook scripts, the CLI subprocesses) shares one persistent compilation
-# cache, JAX_CACHE_DIR (kept between runs; `make test JAX_CACHE_DIR=` runs without it). Its key
-# includes XLA_FLAGS and jaxlib; tests/conftest.py drops unreadable entries at session start.
+# run (both pytest sessions, the notebook scripts, the CLI subprocesses) shares one persistent
+# compilation cache, JAX_CACHE_DIR (kept between runs; `make test JAX_CACHE_DIR=` runs without
+# it). Its key includes XLA_FLAGS and jaxlib; tests/conftest.py drops unreadable entries at
+# session start.
 JAX_CACHE_DIR ?= $(CURDIR)/.jax_cache
 TEST_ENV := XLA_FLAGS="--xla_backend_optimization_level=0 $$XLA_FLAGS" \
 	JAX_COMPILATION_CACHE_DIR="$(JAX_CACHE_DIR)" JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
