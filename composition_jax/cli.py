@@ -52,12 +52,12 @@ is refused). Folders and files get your umask's permissions."""
 QUICK_RUNTIME = ("about 5.7 minutes of CPU time for the 20 scenarios (measured 2026-11-30 on "
                  "the 2-core development machine under other load: wall time on 2 idle cores "
                  "is at most about that)")
-FULL_RUNTIME = ("the 20 scenarios took 38 minutes of wall time (measured 2026-11-30 on the 2-core "
-                "development machine under heavy other load, load average 9-14; the 8-D eq. 17 "
-                "and eq. 18 scenarios 4-12 minutes each, the others under 2); the learned "
-                "experiments' end-to-end runtime was not measured for this release (their "
-                "learned ring study alone took 36 minutes under the same load, 4 of them "
-                "training)")
+FULL_RUNTIME = ("55 minutes of wall time with the learned experiments (measured 2026-11-30 on the "
+                "2-core development machine under heavy other load, load average 5-14: the 20 "
+                "scenarios 38 minutes, the 8-D eq. 17 and eq. 18 ones 4-12 minutes each, the "
+                "others under 2.5; the learned stage 17 minutes with the ring network's "
+                "parameters cached and one blob network trained; its runtime was not measured "
+                "on an idle machine)")
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
