@@ -392,12 +392,14 @@ SLOW_FILE_COST_S: dict[str, float] = {
 }
 DEFAULT_SLOW_FILE_COST_S = 1.0
 
-#: CPU seconds that each of the two lanes runs after its float32 group: `make test` lane A the
-#: property-based suite (measured 51 s with its process start), lane B the float64 tests
-#: (measured 244 s before its two SLOW_TESTS entries left); `make test-slow` lane B the slow
+#: What each of the two lanes runs after its float32 group, in FILE_COST_S units: `make test`
+#: lane A the property-based suite, lane B the float64 tests; `make test-slow` lane B the slow
 #: float64 tests (estimated). The dealing starts from these loads so that the lanes finish
-#: together.
-LANE_AFTER_S = (51.0, 215.0)
+#: together. Measured on a clean clone (cold cache, idle 2 cores, .ci/run at 02cb7dc): property
+#: suite 40 s and float64 tests 152 s of wall time, while the two float32 groups took 1043 s for
+#: 846 s of FILE_COST_S (1.233 s of wall per unit), hence 40 / 1.233 and 152 / 1.233. (That run
+#: dealt from (51, 215): lane A 11:18, lane B 9:16.)
+LANE_AFTER_S = (32.4, 123.3)
 SLOW_LANE_AFTER_S = (0.0, 100.0)
 
 
