@@ -47,3 +47,29 @@ def test_compilation_cache_sweep(tmp_path):
     size = good[0].stat().st_size
     assert _sweep_compilation_cache(str(tmp_path), max_bytes=2 * size) == 1
     assert not good[0].exists() and good[1].exists() and good[2].exists()
+
+
+def test_cache_is_verified_only_after_a_session_cut_short(tmp_path):
+    """A session marks the cache folder while it runs; the next session reads every entry only
+    when a mark of a process that is gone is left (a session cut short), else it applies the
+    size cap alone."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import _OPEN_MARK, _open_cache_session
+    from jax._src.compilation_cache import compress_executable
+
+    truncated = tmp_path / f"jit_g-{7:064x}-cache"
+    truncated.write_bytes(compress_executable(b"x" * 1000)[:-4])
+    assert _open_cache_session(str(tmp_path)) == 0  # no mark: the entry is not read
+    assert truncated.exists()
+    mine = tmp_path / f"{_OPEN_MARK}{os.getpid()}"
+    assert mine.exists()
+    assert _open_cache_session(str(tmp_path)) == 0  # our own mark: a live session
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = tmp_path / f"{_OPEN_MARK}{int(gone.stdout)}"
+    dead.touch()  # a session whose process has ended without removing its mark
+    assert _open_cache_session(str(tmp_path)) == 1
+    assert not truncated.exists() and not dead.exists() and mine.exists()
