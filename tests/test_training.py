@@ -73,12 +73,16 @@ def test_time_sampling(key):
 
 
 def test_fisher_divergence_oracles(key):
-    """model = exact -> 0; model = (1+c) exact -> F = c^2 E|s|^2 exactly on the same samples,
-    relative = c^2."""
+    """model = exact -> 0 (to float rounding: the two evaluations of the same score may be
+    compiled into different fusions, e.g. with XLA:CPU's loop emitters, and round differently;
+    each is within a few ulps of |s|); model = (1+c) exact -> F = c^2 E|s|^2 exactly on the
+    same samples, relative = c^2."""
     p = cj.diffuse(_ring(), cj.VPSchedule())
     ts = jnp.array([0.1, 0.5])
     r0 = training.fisher_divergence(p, p, ts, key=key, n=256)
-    np.testing.assert_array_equal(r0.fisher, np.zeros(2))
+    ulp = float(jnp.finfo(jnp.result_type(float)).eps)
+    assert np.all(r0.fisher >= 0) and np.all(r0.fisher <= (8 * ulp) ** 2 * r0.score_norm2), (
+        r0.fisher, r0.score_norm2)
     c = 0.3
     r = training.fisher_divergence(lambda x, t: (1 + c) * p.score(x, t), p, ts, key=key, n=256)
     np.testing.assert_allclose(r.fisher, c * c * r.score_norm2, rtol=1e-5)
