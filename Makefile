@@ -21,9 +21,10 @@ $(STAMP): pyproject.toml
 # small eager-op programs, so it compiles for speed: XLA:CPU's loop emitters, LLVM at level 0,
 # no expensive LLVM passes (an eager op compiles in 21 ms instead of 46 ms at the default
 # settings; seven unit-test files ran in 23% less wall than with the loop emitters alone, side
-# by side, cold; numerics differ from the default settings only by
-# rounding, and the bitwise multi-process test compiles at the default settings). The slow lane
-# runs long programs, which level 0 would run up to 5x slower: it keeps LLVM's optimizations.
+# by side, cold). Results differ from the default settings by rounding, which at extreme scales
+# can overflow: the property-based suite (below) runs at the default settings, and the bitwise
+# multi-process test compiles at them. The slow lane runs long programs, which level 0 would
+# run up to 5x slower: it keeps LLVM's optimizations.
 # Every process of the run (both pytest sessions, the notebook scripts, the CLI subprocesses)
 # shares one persistent compilation cache, JAX_CACHE_DIR (kept between runs;
 # `make test JAX_CACHE_DIR=` runs without it). Its key includes XLA_FLAGS and jaxlib;
