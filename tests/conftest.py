@@ -331,10 +331,12 @@ def _group(file: str, why: str, costs: dict[str, float],
     return {f"{file}::{name}": Moved(cost, why, name in x64) for name, cost in costs.items()}
 
 
-# Moved at e6cb44e to bring `make test` under ~5 minutes on 2 cores (costs: CPU seconds measured
-# cold on a clean clone, two lanes, XLA backend optimization level 0 as the suite then ran):
-# statistical and end-to-end cases, and further parametrizations of checks that keep a case in
-# the default suite. Each reason names what the default suite keeps.
+# Moved after e6cb44e to bring `make test` to ~5 minutes on 2 cores (costs: seconds from pytest's
+# durations in `make test`, cold, two lanes on 2 cores, at e6cb44e's compiler settings (LLVM
+# level 0); test_same_law_family_wise_fpr, test_nnx_checkpoint_of_another_network_is_refused and
+# test_sample_moments[diag] with the loop emitters instead): statistical and end-to-end cases,
+# and further parametrizations of checks that keep a case in the default suite. Each reason
+# names what the default suite keeps.
 for _file, _why, _costs, _x64 in (
     ('tests/test_calibration.py',
      ("the decision rules' calibration by repetition (hundreds of simulated verdicts each): "
