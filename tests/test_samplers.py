@@ -156,10 +156,11 @@ def test_jit_equals_eager(key):
 
 @pytest.fixture
 def one_trace(monkeypatch):
-    """The driver's compiled body wrapped in ``chex.assert_max_traces(n=1)``, jit cache cleared
+    """The driver's compiled runs (both layouts) wrapped in ``chex.assert_max_traces(n=1)``, jit cache cleared
     before and after (so the count starts at the first call and no other test sees it)."""
     chex.clear_trace_counter()
-    monkeypatch.setattr(driver, "_run", chex.assert_max_traces(driver._run, n=1))
+    for name in ("_rows_run", "_columns_run"):
+        monkeypatch.setattr(driver, name, chex.assert_max_traces(getattr(driver, name), n=1))
     driver._build.cache_clear()
     yield
     driver._build.cache_clear()

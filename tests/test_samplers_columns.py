@@ -151,7 +151,7 @@ def test_layout_errors(key):
 
 def test_columns_no_retrace_on_new_weights(key, monkeypatch):
     chex.clear_trace_counter()
-    monkeypatch.setattr(driver, "_run", chex.assert_max_traces(driver._run, n=1))
+    monkeypatch.setattr(driver, "_columns_run", chex.assert_max_traces(driver._columns_run, n=1))
     driver._build.cache_clear()
     try:
         model = _composition()

@@ -15,10 +15,12 @@ Design:
   ``n > m`` equal a run with ``m`` particles, under jit and sharded over devices (up to about
   one ulp where XLA vectorizes the per-particle arithmetic differently for another ``n``, e.g.
   the final denoising; the columns tiles alone are bit-identical for any tiling, tested).
-* One run, two bodies, chosen once from declarations (:func:`choose_layout`): rows (particles
-  ``(n, d)``, ``method.step`` vmapped) or particle-minor tiles (``method.init``/``method.step`` on
-  ``(d, B)`` tiles with ``model.score_columns``) for element-wise methods. Both share the time
-  grid, the keys, the final denoising, the non-finite accounting and :class:`SampleInfo`. The
+* Two compiled runs, one chosen once from declarations (:func:`choose_layout`): rows
+  (:func:`_rows_run`: particles ``(n, d)``, ``method.step`` vmapped) or particle-minor tiles
+  (:func:`_columns_run`: ``method.init``/``method.step`` on ``(d, B)`` tiles with
+  ``model.score_columns``) for element-wise methods. Both share the time grid and keys
+  (:func:`_grid_and_keys`) and the final denoising, non-finite accounting and
+  :class:`SampleInfo` (:func:`_tail`). The
   tile size ``B`` is a policy of the backend (:func:`tile_plan`): cache-sized tiles on CPU, one
   memory-bounded tile per device on GPU/TPU; the samples do not depend on it.
 * Memory ``O(n d)``: only the current particles are carried; ``record_every=k`` keeps every
@@ -527,14 +529,16 @@ def _constrainer(cfg: _Config):
     return lambda tree: jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, sharding), tree)
 
 
-def _run(key, model, schedule, x_init, cfg: _Config):
-    """The compiled run: time grid and keys, ONE of the two bodies (:func:`_rows_body`,
-    :func:`_columns_body`, chosen once by :func:`choose_layout`), then the shared tail (final
-    denoising, non-finite accounting, :class:`SampleResult`)."""
+def _grid_and_keys(key, schedule, cfg: _Config):
+    """The start of a compiled run (both bodies): the time grid and the keys ``(k_init,
+    k_normal, k_uniform)``."""
     times = time_grid(schedule, cfg.steps, cfg.t_min, cfg.grid, rho=cfg.rho, dtype=cfg.dtype)
-    keys = jax.random.split(key, 3)  # (k_init, k_normal, k_uniform)
-    body = _rows_body if cfg.layout == "rows" else _columns_body
-    x, per_step, traj = body(cfg, model, schedule, key, keys, times, x_init)
+    return times, jax.random.split(key, 3)
+
+
+def _tail(model, schedule, x, per_step, traj, times, cfg: _Config):
+    """The end of a compiled run (both bodies): final denoising, non-finite accounting,
+    :class:`SampleResult`."""
     constrain = _constrainer(cfg)
     if cfg.denoise_final:
         x = constrain(jax.vmap(denoise, (None, None, 0, None))(model, schedule, x, times[-1]))
@@ -574,10 +578,10 @@ def _int32(v: int, name: str) -> jax.Array:
     return jnp.int32(v)
 
 
-def _rows_body(cfg: _Config, model, schedule, key, keys, times, x_init):
+def _rows_run(key, model, schedule, x_init, cfg: _Config):
     """Particles ``(n, d)`` through ``method.step`` vmapped over particles, one batched noise
-    block per step; ``record_every`` through a nested scan. Returns ``(x, per_step,
-    trajectory)``."""
+    block per step; ``record_every`` through a nested scan; then :func:`_tail`."""
+    times, keys = _grid_and_keys(key, schedule, cfg)
     method = cfg.method
     n, d = cfg.shape
     dtype = cfg.dtype
@@ -616,7 +620,7 @@ def _rows_body(cfg: _Config, model, schedule, key, keys, times, x_init):
 
     if cfg.record_every is None:
         state, per_step = jax.lax.scan(one_step, state, jnp.arange(cfg.steps))
-        return state.position, per_step, None
+        return _tail(model, schedule, state.position, per_step, None, times, cfg)
     k = cfg.record_every
     n_chunks, rem = divmod(cfg.steps, k)
 
@@ -631,7 +635,7 @@ def _rows_body(cfg: _Config, model, schedule, key, keys, times, x_init):
     if rem:
         state, inf2 = jax.lax.scan(one_step, state, n_chunks * k + jnp.arange(rem))
         per_step = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), per_step, inf2)
-    return state.position, per_step, traj
+    return _tail(model, schedule, state.position, per_step, traj, times, cfg)
 
 
 def _tiles(n: int, devices: int, tile: int) -> tuple[int, int, int]:
@@ -652,7 +656,7 @@ class _ScoreColumns(NamedTuple):
     score: Any
 
 
-def _columns_body(cfg: _Config, model, schedule, key, keys, times, x_init):
+def _columns_run(key, model, schedule, x_init, cfg: _Config):
     """Particle-minor layout: each device runs its particles tile by tile (``lax.map``), each
     tile through all steps (``lax.scan``) as a ``(d, B)`` array through ``method.init`` /
     ``method.step`` (an element-wise method's state, e.g. DPM-Solver++(2M)'s previous data
@@ -660,8 +664,8 @@ def _columns_body(cfg: _Config, model, schedule, key, keys, times, x_init):
     working set stays in cache. The per-level parameters of ``method.tune`` (EDM churn's
     ``gamma``, 2M's order) are computed once, as in the rows body, and scanned with the steps.
     The noise of particle ``j`` is the same counter-based stream as in the rows body
-    (``noise.normals_columns``), so both bodies give the same samples. Returns
-    ``(x (n, d), per_step, None)``."""
+    (``noise.normals_columns``), so both bodies give the same samples. Then :func:`_tail`."""
+    times, keys = _grid_and_keys(key, schedule, cfg)
     method = cfg.method
     n, d = cfg.shape
     dtype = cfg.dtype
@@ -719,7 +723,7 @@ def _columns_body(cfg: _Config, model, schedule, key, keys, times, x_init):
         spec = PartitionSpec(cfg.batch_axis)
         X, bad = jax.shard_map(local, mesh=cfg.mesh, in_specs=(spec,), out_specs=(spec, spec))(x0)
     x = _constrainer(cfg)(X.transpose(0, 2, 1).reshape(n_pad, d)[:n])
-    return x, {"nonfinite": bad.sum(0)}, None
+    return _tail(model, schedule, x, {"nonfinite": bad.sum(0)}, None, times, cfg)
 
 
 def _finish(out, x, per_step, times, cfg: _Config):
@@ -779,7 +783,8 @@ def choose_layout(layout: str, method: SamplerMethod, model: Any, d: int, record
 
 @functools.lru_cache(maxsize=256)
 def _build(cfg: _Config):
-    fn = functools.partial(_run, cfg=cfg)
+    # one compiled run per layout: the body chosen once (choose_layout), no dispatcher between
+    fn = functools.partial(_rows_run if cfg.layout == "rows" else _columns_run, cfg=cfg)
     if cfg.check:
         return jax.jit(checkify.checkify(fn, errors=checkify.user_checks))
     return jax.jit(fn)
