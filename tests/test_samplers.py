@@ -156,8 +156,9 @@ def test_jit_equals_eager(key):
 
 @pytest.fixture
 def one_trace(monkeypatch):
-    """The driver's compiled runs (both layouts) wrapped in ``chex.assert_max_traces(n=1)``, jit cache cleared
-    before and after (so the count starts at the first call and no other test sees it)."""
+    """The driver's compiled runs (both layouts) wrapped in ``chex.assert_max_traces(n=1)``, jit
+    cache cleared before and after (so the count starts at the first call and no other test sees
+    it)."""
     chex.clear_trace_counter()
     for name in ("_rows_run", "_columns_run"):
         monkeypatch.setattr(driver, name, chex.assert_max_traces(getattr(driver, name), n=1))
