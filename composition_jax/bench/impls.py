@@ -269,10 +269,10 @@ def run_torch_fused(p: Problem, seed: int, method: str, compile: bool = False,
                     noise_in_graph: bool = True):
     """PyTorch as its best users write it: the fused score (:func:`fused_tables`), the step's
     scalars folded into its tables, ``torch.no_grad``; with ``compile``, ONE
-    ``torch.compile(dynamic=False)`` of the whole step including the noise draw (so Inductor
-    fuses the softmax, the update and the normals), tables passed as tensors (no recompiles).
-    ``noise_in_graph=False``: the compiled step takes the normals as an input, drawn eagerly
-    by ``torch.randn`` into a preallocated buffer (Inductor's in-graph RNG is slower on CPU)."""
+    ``torch.compile(dynamic=False)`` of the step, tables passed as tensors (no recompiles).
+    ``noise_in_graph``: the noise draw is part of the step (Inductor fuses the softmax, the
+    update and the normals); otherwise the step takes the normals as an input, drawn eagerly by
+    ``torch.randn`` into a preallocated buffer (faster on CPU: :func:`run_torch_compile`)."""
     import torch
 
     tab = {k: torch.from_numpy(v) for k, v in _step_tables(p, method).items()}
