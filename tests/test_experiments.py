@@ -131,17 +131,21 @@ def test_length_generalization_pipeline_minimal(tmp_path):
     cfg = LengthGenConfig.for_mode("minimal")
     out = run_length_generalization(cfg, cache=tmp_path)
     names = [r["name"] for r in out["records"]]
-    assert names == ["learned_length_empty", "learned_length_bayes", "learned_length_cluttered"]
+    assert names == ["learned_length_empty", "learned_length_bayes", "learned_length_cluttered",
+                     "learned_length_local"]
     for r in out["records"]:
         assert set(r) == {"name", "title", "expected", "observed", "metrics", "reasons"}
         assert r["observed"] in ("success", "failure", "inconclusive")
         assert set(r["metrics"]["per_k"]) == {"1", "2"}
         for v in r["metrics"]["per_k"].values():
             assert v["exact"]["n"] == cfg.n_samples
-    assert set(out["counts"]) == {"single", "cluttered"}
+    assert set(out["counts"]) == {"single", "cluttered", "local"}
     assert not out["training"]["single"]["cached"]
+    # the block-local network is exactly local even after 4 training steps
+    v = out["records"][3]["metrics"]["score_locality"]["verdict"]
+    assert v["exactly_local"] and v["off_block_max"] == 0.0
     again = run_length_generalization(cfg, cache=tmp_path)  # parameters come from the cache
-    assert again["training"]["single"]["cached"] and again["training"]["cluttered"]["cached"]
+    assert all(again["training"][v]["cached"] for v in ("single", "cluttered", "local"))
     assert _same_counts(again["counts"], out["counts"])  # same key + params: same samples
 
 
@@ -168,6 +172,12 @@ def test_length_generalization_quick_contrast(tmp_path):
     assert rec["learned_length_bayes"]["observed"] == "failure"
     c = rec["learned_length_empty"]["metrics"]["contrast_empty_minus_unconditional"]["2"]
     assert c["difference"] > 3 * c["se"]
+    # the block-local network (LocalScoreNet) length-generalizes over its empty background, its
+    # score is exactly local there, and its conditionals over the MLP's p_u are not
+    loc = rec["learned_length_local"]
+    assert loc["observed"] == "success", loc["reasons"]
+    v = loc["metrics"]["score_locality"]["verdict"]
+    assert v["observed"] == "success" and v["off_block_max"] == 0.0, v
 
 
 # ------------------------------------------------------------------ reproduce wiring (no training)

@@ -24,6 +24,7 @@ from composition_jax.experiments import blobs
 from composition_jax.experiments.length_generalization import (
     LengthGenConfig,
     exact_models,
+    local_locality_verdict,
     locality_particles,
     locality_verdict,
     score_locality_study,
@@ -238,3 +239,29 @@ def test_trained_full_network_separates_bayes_where_the_coupling_exceeds_its_err
         gap = le["bayes"]["off_block_ratio"][j] - le["empty"]["off_block_ratio"][j]
         assert gap > 3.0 * (le["bayes"]["se"][j] + le["empty"]["se"][j]), (j, le)
     assert [j for j, r in enumerate(per) if r["bayes_resolved"]] == coupled, per
+
+
+@pytest.mark.slow
+def test_trained_local_network_is_exactly_local_and_its_bayes_composition_is_not():
+    """The quick-mode block-local network (``train_length_model(cfg, "local")``, LocalScoreNet,
+    the experiment's training and cache entry): its empty-background composition, its empty
+    background alone and a conditional have off-block ratio exactly 0 at every t; composed over
+    the unconstrained network's p_u (Bayes) the ratio exceeds 10 SE at every t, and beyond that
+    network's own error (its control) plus the exact leakage at t = 0.05, where the exact Bayes
+    coupling is strongest."""
+    cfg = LengthGenConfig.for_mode("quick")
+    key = jax.random.fold_in(jax.random.key(cfg.seed), 2)
+    mlp, _ = train_length_model(cfg, "single")
+    loc, _ = train_length_model(cfg, "local")
+    ref = score_locality_study(key, cfg, mlp, mlp.schedule)
+    s = score_locality_study(key, cfg, loc, loc.schedule, unconditional=mlp.unconditional(),
+                             exact_ratios=ref["exact"])
+    le = s["learned"]
+    for role in ("empty", "control", "conditional"):
+        assert le[role]["off_block_ratio"] == [0.0] * len(s["t"]), (role, le[role])
+    b = np.asarray(le["bayes"]["off_block_ratio"])
+    assert np.all(b > 10 * np.asarray(le["bayes"]["se"])), le["bayes"]
+    s["bayes_background_control"] = ref["learned"]["control"]
+    v = local_locality_verdict(s)
+    assert v["exactly_local"] and v["observed"] == "success", v
+    assert v["per_t"][0]["bayes_resolved"], v

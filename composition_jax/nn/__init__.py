@@ -17,7 +17,7 @@ from .model import (
     output_to_eps,
     param_count,
 )
-from .networks import MLPScoreNet, UNetScoreNet
+from .networks import LocalScoreNet, MLPScoreNet, UNetScoreNet
 from .nnx_networks import (
     NNXMLPScoreNet,
     NNXNetwork,
@@ -28,6 +28,7 @@ from .nnx_networks import (
 
 __all__ = [
     "PARAMETERIZATIONS",
+    "LocalScoreNet",
     "MLPScoreNet",
     "NNXMLPScoreNet",
     "NNXNetwork",
