@@ -54,7 +54,14 @@ record's verdict is whether that composition length-generalizes (same rule, chec
 A block-local network cannot represent ``p_u`` (one object at a *random* location couples the
 blocks), so the Bayes composition takes the unconstrained network's ``p_u``: its off-block
 ratio is non-zero, and beyond that network's own error where the exact coupling is (low
-noise); its object counts are reported beside the verdict.
+noise); its object counts are reported beside the verdict. Measured (quick / full
+configuration, 2026-12-01): the local empty composition has the exact object set in 0.99-1.00 /
+1.000 of the samples for every k = 1..6, and off-block ratio 0.0 at t = 0.05, 0.2, 0.5, 0.9;
+over the MLP's ``p_u`` the ratio is 0.246 / 0.244 at t = 0.05 and 0.156 / 0.112 at t = 0.2
+against that MLP's own error 0.142 / 0.092 and 0.074 / 0.043 (resolved at both times, in both
+configurations; at t >= 0.5 the ratio is that error), and the exact-set fractions fall to
+0.98 / 0.94 (k = 2), 0.38 / 0.22 (k = 3) and 0 (k = 6): inconclusive at the quick size
+(128 samples), failure at the full size (500).
 """
 
 from __future__ import annotations
