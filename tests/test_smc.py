@@ -168,6 +168,16 @@ def test_same_key_and_n_same_output_eager_and_jit():
     assert np.asarray(a.resampled).any()  # the coupling step was exercised
 
 
+@pytest.mark.x64
+def test_float64_run_resamples():
+    """Under jax_enable_x64 (strict promotion) the resampling step's index arrays agree in dtype
+    (``arange`` is int64 there, ``searchsorted`` int32: it raised before), the output is float64
+    and finite, and resampling happened."""
+    r = smc.smc_sample(jax.random.key(3), _tilt(4.0), SCH, (64, 1), steps=10, return_info=True)
+    assert r.samples.dtype == jnp.float64 and np.isfinite(np.asarray(r.samples)).all()
+    assert np.isfinite(float(r.log_normalizer)) and np.asarray(r.resampled).any()
+
+
 # ----------------------------------------------------------------------------- target laws
 def test_tilt_w4_reached_and_normalizer():
     """w = 4: N(32/13, 1/13) at t = 0 (exact law at t_min within 1e-3 of it); 8 repeats of

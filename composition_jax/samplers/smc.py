@@ -127,7 +127,7 @@ def resample_indices(key: jax.Array, log_weights: jax.Array, scheme: str = "syst
         u = (base + jax.random.uniform(key, (n,), dtype)) / n
     else:
         u = (base + jax.random.uniform(key, (), dtype)) / n
-    idx = jnp.searchsorted(c, u, side="right")
+    idx = jnp.searchsorted(c, u, side="right").astype(jnp.int32)
     return jnp.minimum(idx, n - 1)
 
 
@@ -280,7 +280,7 @@ def _run(key, model, schedule, cfg: _Config):
         ess = _ess(lw)
         do = ess < cfg.ess_threshold * n
         idx = resample_indices(jax.random.fold_in(k_res, i), lw, cfg.resample)
-        idx = jnp.where(do, idx, jnp.arange(n))
+        idx = jnp.where(do, idx, jnp.arange(n, dtype=idx.dtype))
         carry = jax.tree.map(lambda a: a[idx], carry)
         lw = jnp.where(do, jnp.full_like(lw, lse(lw) - log_n), lw)
         return lw, carry, ess, do
