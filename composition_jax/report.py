@@ -613,12 +613,12 @@ def _learned_note(learned: str) -> list[str]:
               "effects, the path-KL budget itself for the binary KL of a ring-collapse event); "
               "a verdict the statistics cannot settle "
               "at this size is reported "
-              "as `inconclusive` and flagged, not counted as agreement (in quick mode this is "
+              "as `inconclusive` and flagged, not counted as agreement (this is "
               "expected for the ring compositions, whose deviations lie within the error budget "
-              "of their trained models, and for configuration C).",
+              "of their trained models: measured in quick and in full mode on 2026-12-01).",
         "off": "Not run (default in quick mode: the scenario zoo alone fills the quick budget; "
-               "pass `--learned` to add them, about 3.5 extra minutes on 2 cores with an empty "
-               "parameter cache, or use full mode, where they run by default).",
+               "pass `--learned` to add them, about 1.5 extra minutes on 2 cores with an empty "
+               "parameter cache (79 s measured on 2026-12-01), or use full mode, where they run by default).",
         "skipped": "Not run: the minimal size is for tests only.",
     }[learned]]
 
