@@ -618,7 +618,8 @@ def _learned_note(learned: str) -> list[str]:
               "of their trained models: measured in quick and in full mode on 2026-12-01).",
         "off": "Not run (default in quick mode: the scenario zoo alone fills the quick budget; "
                "pass `--learned` to add them, about 1.5 extra minutes on 2 cores with an empty "
-               "parameter cache (79 s measured on 2026-12-01), or use full mode, where they run by default).",
+               "parameter cache (79 s measured on 2026-12-01), or use full mode, where they run "
+               "by default).",
         "skipped": "Not run: the minimal size is for tests only.",
     }[learned]]
 

@@ -381,17 +381,16 @@ def score_locality_study(key: jax.Array, cfg: LengthGenConfig, learned: Any, sch
     separates Bayes from empty by more than 25 SE, while its empty composition at ``t = 0.05``
     (0.109) lies 0.001 above the rule's level ``sqrt(0.049^2 + 0.092^2) + 3 SE = 0.108``
     (:func:`locality_verdict`: ``"failure"``, marginally; the quick network's empty composition,
-    0.101 against the level 0.114, is ``"success"``). With 256 particles (SE 3-5e-4) the full network's empty
-    composition exceeds ``rho_local`` by 5-19 % at ``t = 0.05, 0.1, 0.2`` and is within the
-    level at ``t = 0.02`` and ``t >= 0.35``. So the trained composition is local down to the
-    network's own error; a residual coupling of a few per cent of the Jacobian at low noise is
-    not excluded (the quadrature sum of leakage and control also assumes their off-block parts
-    independent). The learned coupling is weaker than the exact one: the off-block part of
-    ``J_B - J_E = -(k - 1)(J_u - J_b)``, in which an error common to all conditions cancels,
-    measured 0.24 / 0.078 (1500-step quick) and 0.22 / 0.084 (full) of ``||J_E||`` at
-    ``t = 0.05 / 0.2``,
-    against 1.64 / 0.145 for the exact laws (consistent with networks that smooth ``p_u``'s
-    posterior over locations).
+    0.101 against the level 0.114, is ``"success"``). With 256 particles (SE 3-5e-4) the full
+    network's empty composition exceeds ``rho_local`` by 5-19 % at ``t = 0.05, 0.1, 0.2`` and is
+    within the level at ``t = 0.02`` and ``t >= 0.35``. So the trained composition is local down
+    to the network's own error; a residual coupling of a few per cent of the Jacobian at low
+    noise is not excluded (the quadrature sum of leakage and control also assumes their
+    off-block parts independent). The learned coupling is weaker than the exact one: the
+    off-block part of ``J_B - J_E = -(k - 1)(J_u - J_b)``, in which an error common to all
+    conditions cancels, measured 0.24 / 0.078 (1500-step quick) and 0.22 / 0.084 (full) of
+    ``||J_E||`` at ``t = 0.05 / 0.2``, against 1.64 / 0.145 for the exact laws (consistent with
+    networks that smooth ``p_u``'s posterior over locations).
 
     ``unconditional``: the learned ``p_u`` of the Bayes role (default
     ``learned.unconditional()``; :func:`run_length_generalization` passes the unconstrained
@@ -510,8 +509,9 @@ def local_locality_verdict(study: dict, z: float = Z, tol: float = LOCAL_TOL) ->
     le = study["learned"]
     worst = max(max(le[r]["off_block_ratio"]) for r in ("empty", "control", "conditional"))
     ctrl = study.get("bayes_background_control")
-    base = locality_verdict(study if ctrl is None else {**study, "learned": {**le, "control": ctrl}},
-                            z)
+    if ctrl is not None:
+        study = {**study, "learned": {**le, "control": ctrl}}
+    base = locality_verdict(study, z)
     exact = bool(worst <= tol)
     if not exact:
         obs = "failure"
