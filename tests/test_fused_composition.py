@@ -1,0 +1,87 @@
+"""The fused score of compositions of diffused isotropic mixtures (``Composition.score`` when
+every input qualifies, :func:`composition_jax.compose._fused_mixtures`): all inputs' components
+in one logits product and one output product, against the per-model formula
+``(1 - sum w) s_b + sum_i w_i s_i`` built from each input's own score (float64: to rounding),
+for different component counts and schedules per input, negative and traced weights, points far
+from the means; and which compositions take it."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import composition_jax as cj
+from composition_jax.compose import _fused_mixtures
+
+
+def _iso_mixture(rng, K, d, scale=1.0, dtype=None):
+    dtype = jnp.result_type(float) if dtype is None else dtype
+    w = rng.dirichlet(np.ones(K))
+    m = rng.normal(size=(K, d)) * scale
+    v = 10 ** rng.uniform(-1, 0.5, size=K)
+    return cj.GaussianMixture(jnp.asarray(w, dtype), jnp.asarray(m, dtype),
+                              jnp.asarray(v[:, None, None] * np.eye(d), dtype), covariance="iso")
+
+
+SCHEDULES = (cj.VPSchedule(), cj.CosineVPSchedule(), cj.VESchedule(0.01, 5.0))
+
+
+def _composition(seed, d=12, ks=(3, 5, 2), weights=(1.0, -0.5)):
+    rng = np.random.default_rng(seed)
+    models = [cj.diffuse(_iso_mixture(rng, K, d), SCHEDULES[j % 3]) for j, K in enumerate(ks)]
+    return cj.compose(models[0], models[1:], weights=jnp.asarray(weights)), rng
+
+
+def _per_model(comp, x, t):
+    sb = comp.background.score(x, t)
+    return (1.0 - jnp.sum(comp.weights)) * sb + sum(
+        w * c.score(x, t) for w, c in zip(comp.weights, comp.conditionals))
+
+
+@pytest.mark.x64
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fused_score_is_the_per_model_formula_x64(seed):
+    comp, rng = _composition(seed)
+    assert _fused_mixtures(comp._inputs) is not None
+    score = jax.jit(jax.vmap(comp.score, (0, None)))
+    ref = jax.jit(jax.vmap(lambda x, t: _per_model(comp, x, t), (0, None)))
+    for scale in (1.0, 30.0):
+        x = jnp.asarray(rng.normal(size=(64, 12)) * scale)
+        for t in (1e-3, 0.05, 0.4, 1.0):
+            a, b = np.asarray(score(x, t)), np.asarray(ref(x, t))
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10 * np.abs(b).max())
+
+
+def test_fused_score_float32_jit_and_traced_weights():
+    comp, rng = _composition(3, weights=(0.7, 1.3))
+    x = jnp.asarray(rng.normal(size=(32, 12)), jnp.float32)
+    f = jax.jit(lambda c, x, t: jax.vmap(c.score, (0, None))(x, t))
+    for w in ((0.7, 1.3), (2.0, -1.0)):
+        c = cj.compose(comp.background, comp.conditionals, weights=jnp.asarray(w, jnp.float32))
+        got = np.asarray(f(c, x, 0.2))
+        ref = np.asarray(jax.vmap(lambda x: _per_model(c, x, 0.2))(x))
+        np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-5 * np.abs(ref).max())
+    assert f._cache_size() == 1  # new weights: no retrace
+
+
+def test_which_compositions_are_fused():
+    rng = np.random.default_rng(4)
+    sch = cj.VPSchedule()
+    iso = [cj.diffuse(_iso_mixture(rng, 3, 12), sch) for _ in range(2)]
+    assert _fused_mixtures(tuple(iso)) is not None
+    small = [cj.diffuse(_iso_mixture(rng, 3, 8), sch) for _ in range(2)]  # d <= 8: differences
+    assert _fused_mixtures(tuple(small)) is None
+    far = cj.diffuse(_iso_mixture(rng, 3, 12, scale=1e3), sch)  # centred expansion
+    assert far.dist._centered and _fused_mixtures((iso[0], far)) is None
+    diag = cj.diffuse(cj.GaussianMixture(jnp.full((2,), 0.5), jnp.zeros((2, 12)),
+                                         jnp.broadcast_to(jnp.diag(jnp.arange(1.0, 13.0)),
+                                                          (2, 12, 12)), covariance="diag"), sch)
+    assert _fused_mixtures((iso[0], diag)) is None
+    gauss = cj.diffuse(cj.Gaussian(jnp.zeros(12), jnp.eye(12)), sch)
+    assert _fused_mixtures((gauss, iso[0])) is None
+    # the composed score still agrees where the fused path is not taken
+    c = cj.compose(iso[0], [far])
+    x = jnp.asarray(rng.normal(size=(12,)), jnp.result_type(float))
+    np.testing.assert_allclose(c.score(x, 0.3), _per_model(c, x, 0.3), rtol=1e-5, atol=1e-5)
