@@ -61,7 +61,7 @@ def test_fused_score_float32_jit_and_traced_weights():
     for w in ((0.7, 1.3), (2.0, -1.0)):
         c = cj.compose(comp.background, comp.conditionals, weights=jnp.asarray(w, jnp.float32))
         got = np.asarray(f(c, x, 0.2))
-        ref = np.asarray(jax.vmap(lambda x: _per_model(c, x, 0.2))(x))
+        ref = np.asarray(jax.vmap(lambda x, c=c: _per_model(c, x, 0.2))(x))
         np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-5 * np.abs(ref).max())
     assert f._cache_size() == 1  # new weights: no retrace
 
