@@ -122,51 +122,65 @@ def score_columns(model: Any, X: Any, t: Any) -> jax.Array:
 
 
 def _fused_mixtures(models: tuple) -> tuple | None:
-    """``models`` when every one is a diffused isotropic :class:`GaussianMixture` of dimension
-    above ``_SMALL_INNER`` that evaluates its quadratic in the expanded form at every noise level
-    (neither centred nor guarded: decided from concrete parameters when it was built), else
-    ``None``. Only then does :func:`_fused_mixture_score` compute exactly what each model's own
-    score computes (in one pass over all components)."""
+    """``models`` when every one is a diffused isotropic or diagonal :class:`GaussianMixture` of
+    dimension above ``_SMALL_INNER`` that evaluates its quadratic in the expanded form at every
+    noise level (neither centred nor guarded: decided from concrete parameters when it was
+    built), else ``None``. Only then does :func:`_fused_mixture_score` compute what each model's
+    own score computes (in one pass over all components)."""
     from .distributions.diffuse import Diffused
     from .distributions.gaussian import _SMALL_INNER, GaussianMixture
 
     for m in models:
         g = getattr(m, "dist", None)
-        if not (isinstance(m, Diffused) and isinstance(g, GaussianMixture) and g.isotropic
+        if not (isinstance(m, Diffused) and isinstance(g, GaussianMixture) and g.diagonal
                 and not g._centered and not g._guarded and g.dim > _SMALL_INNER):
             return None
     return models
 
 
 def _fused_mixture_score(models: tuple, coeffs: jax.Array, x: Any, t: Any) -> jax.Array:
-    """``sum_j coeffs[j] * score_j(x, t)`` for diffused isotropic mixtures (:func:`_fused_mixtures`)
-    with every model's components in one matrix: the logits of all ``sum_j K_j`` components from
-    one product ``A x`` (``A`` stacks ``a_j m_jk``), a softmax per model, and the output from one
-    product ``G A`` with ``G_jk = coeffs_j r_jk / v_jk``. Each model's schedule gives its own
-    ``a_j = alpha_j(t)``, ``v_jk = a_j^2 lam_jk + sigma_j(t)^2``."""
+    """``sum_j coeffs[j] * score_j(x, t)`` for diffused isotropic or diagonal mixtures
+    (:func:`_fused_mixtures`) with every model's components in one matrix: the logits of all
+    ``sum_j K_j`` components from one product ``A x`` (``A`` stacks ``a_j m_jk``; diagonal
+    components: ``(A W) x`` and ``W (x * x)`` with ``W = 1 / v``), a softmax per model, and the
+    output from one product with ``G_jk = coeffs_j r_jk``: ``sum_jk G_jk (a_j m_jk - x) / v_jk``.
+    Each model's schedule gives its own ``a_j = alpha_j(t)``, ``v_jk = a_j^2 lam_jk +
+    sigma_j(t)^2`` (per coordinate for diagonal components)."""
+    iso = all(m.dist.isotropic for m in models)
     rows, lam, base, sizes = [], [], [], []
     for m in models:
         xm, g, a, s = m._prep(x, t)
-        v = a * a * g.eigvals[:, 0] + s * s  # (K_j,)
+        if iso:
+            v = a * a * g.eigvals[:, 0] + s * s  # (K_j,)
+            logdet = g.dim * jnp.log(v)
+        else:
+            v = a * a * g.eigvals + s * s  # (K_j, d): the diagonals, also of isotropic ones
+            logdet = jnp.sum(jnp.log(v), -1)
         rows.append(a * g.means)
         lam.append(v)
-        base.append(g.log_weights - 0.5 * g.dim * jnp.log(v))  # the common 2 pi term cancels
+        base.append(g.log_weights - 0.5 * logdet)  # the common 2 pi term cancels
         sizes.append(g.num_components)
     x = xm
     A = jnp.concatenate(rows)  # (sum K, d): a_j m_jk
-    v = jnp.concatenate(lam)
-    w = 1.0 / v
-    q = (jnp.dot(x, x) - 2.0 * (A @ x) + jnp.sum(A * A, -1)) * w
+    w = 1.0 / jnp.concatenate(lam)  # (sum K,) or (sum K, d)
+    if iso:
+        q = (jnp.dot(x, x) - 2.0 * (A @ x) + jnp.sum(A * A, -1)) * w
+    else:
+        AW = A * w
+        q = w @ (x * x) - 2.0 * (AW @ x) + jnp.sum(A * AW, -1)
     logits = jnp.concatenate(base) - 0.5 * q
     coeffs = coeffs.astype(x.dtype)
     G, start = [], 0
     for j, k in enumerate(sizes):
         lg = logits[start:start + k]
         e = jnp.exp(lg - jax.lax.stop_gradient(jnp.max(lg)))
-        G.append(e * (coeffs[j] / (e @ jnp.ones_like(e))) * w[start:start + k])
+        G.append(e * (coeffs[j] / (e @ jnp.ones_like(e))))
         start += k
     G = jnp.concatenate(G)
-    return G @ A - x * (G @ jnp.ones_like(G))
+    if iso:
+        G = G * w
+        return G @ A - x * (G @ jnp.ones_like(G))
+    return G @ AW - x * (G @ w)
 
 
 @pytree_dataclass
@@ -235,9 +249,10 @@ class Composition(Model):
     def score(self, x: Any, t: Any) -> jax.Array:
         """Composed score ``s_b + sum_i w_i (s_i - s_b)``, shape ``(d,)``.
 
-        When every input is a diffused isotropic Gaussian mixture of dimension ``d > 8`` whose
-        expanded quadratic needs no guard (see :func:`_fused_mixtures`), all inputs' components
-        are scored together: one ``(sum K) x d`` product for the logits and one for the output,
+        When every input is a diffused isotropic or diagonal Gaussian mixture of dimension
+        ``d > 8`` whose expanded quadratic needs no guard (see :func:`_fused_mixtures`), all
+        inputs' components are scored together: one ``(sum K) x d`` product for the logits and
+        one for the output,
         ``sum_j c_j sum_k r_jk (a_j m_jk - x) / v_jk`` with ``c = (1 - sum w, w)`` and ``r`` each
         model's own softmax (the same expanded form as the mixture's own score; rounding
         differs). Otherwise each input is scored on its own."""
