@@ -246,6 +246,13 @@ class Composition(Model):
     def _why_not(self, capability: str) -> str:
         return _without(self._inputs, _input_names(len(self._inputs)), capability)
 
+    @property
+    def _prefers_rows(self) -> bool:
+        """:meth:`score` takes the fused form (:func:`_fused_mixtures`): ``cj.sample``'s
+        ``layout="auto"`` then picks the rows layout, which is faster for it than the columns
+        layout's per-input scores."""
+        return _fused_mixtures(self._inputs) is not None
+
     def score(self, x: Any, t: Any) -> jax.Array:
         """Composed score ``s_b + sum_i w_i (s_i - s_b)``, shape ``(d,)``.
 

@@ -137,6 +137,16 @@ def test_auto_layout_choice():
         assert choose("auto", m, _full(), 2, None, False) == "rows"
     assert choose("auto", em, comp, driver.COLUMN_MAX_D + 1, None, False) == "rows"
     assert choose("rows", em, comp, 2, None, False) == "rows"
+    # d > 8 isotropic mixtures: the rows layout scores the composition in the fused form
+    rng = np.random.default_rng(0)
+    mix16 = [cj.diffuse(cj.GaussianMixture(jnp.full((3,), 1 / 3),
+                                           jnp.asarray(rng.normal(size=(3, 16))),
+                                           jnp.broadcast_to(jnp.eye(16), (3, 16, 16)),
+                                           covariance="iso"), SCH) for _ in range(2)]
+    fused = cj.compose(mix16[0], [mix16[1]])
+    assert fused._prefers_rows and not comp._prefers_rows
+    assert choose("auto", em, fused, 16, None, False) == "rows"
+    assert choose("columns", em, fused, 16, None, False) == "columns"  # still available
 
 
 def test_layout_errors(key):
