@@ -779,7 +779,7 @@ def choose_layout(layout: str, method: SamplerMethod, model: Any, d: int, record
         )
     if layout == "auto":
         # a composition scored by the fused rows form (compose._fused_mixture_score, d > 8) runs
-        # faster in rows: measured 1.6-2.9x the columns layout at d = 16 and 32 (2 cores)
+        # faster in rows: measured 1.0-2.9x the columns layout at d = 16 and 32 (2 cores, two runs)
         fused = bool(getattr(model, "_prefers_rows", False))
         return ("columns" if ok and d <= COLUMN_MAX_D and model.columns_native and not fused
                 else "rows")
