@@ -146,23 +146,21 @@ def _fused_mixture_score(models: tuple, coeffs: jax.Array, x: Any, t: Any) -> ja
     output from one product with ``G_jk = coeffs_j r_jk``: ``sum_jk G_jk (a_j m_jk - x) / v_jk``.
     Each model's schedule gives its own ``a_j = alpha_j(t)``, ``v_jk = a_j^2 lam_jk +
     sigma_j(t)^2`` (per coordinate for diagonal components)."""
+    from .distributions.gaussian import GaussianMixture
+
     iso = all(m.dist.isotropic for m in models)
-    rows, lam, base, sizes = [], [], [], []
+    rows, prec, base, sizes = [], [], [], []
     for m in models:
         xm, g, a, s = m._prep(x, t)
-        if iso:
-            v = a * a * g.eigvals[:, 0] + s * s  # (K_j,)
-            logdet = g.dim * jnp.log(v)
-        else:
-            v = a * a * g.eigvals + s * s  # (K_j, d): the diagonals, also of isotropic ones
-            logdet = jnp.sum(jnp.log(v), -1)
-        rows.append(a * g.means)
-        lam.append(v)
+        mp, w, logdet = g._diag_consts(a, s)  # mp = means (not centred); w = 1 / v
+        rows.append(a * mp)
+        # isotropic w is (K_j,); beside diagonal components it is written per coordinate
+        prec.append(w if iso or not g.isotropic else jnp.broadcast_to(w[:, None], mp.shape))
         base.append(g.log_weights - 0.5 * logdet)  # the common 2 pi term cancels
         sizes.append(g.num_components)
     x = xm
     A = jnp.concatenate(rows)  # (sum K, d): a_j m_jk
-    w = 1.0 / jnp.concatenate(lam)  # (sum K,) or (sum K, d)
+    w = jnp.concatenate(prec)  # (sum K,) or (sum K, d)
     if iso:
         q = (jnp.dot(x, x) - 2.0 * (A @ x) + jnp.sum(A * A, -1)) * w
     else:
@@ -172,9 +170,8 @@ def _fused_mixture_score(models: tuple, coeffs: jax.Array, x: Any, t: Any) -> ja
     coeffs = coeffs.astype(x.dtype)
     G, start = [], 0
     for j, k in enumerate(sizes):
-        lg = logits[start:start + k]
-        e = jnp.exp(lg - jax.lax.stop_gradient(jnp.max(lg)))
-        G.append(e * (coeffs[j] / (e @ jnp.ones_like(e))))
+        e, z = GaussianMixture._unnormalized(logits[start:start + k])
+        G.append(e * (coeffs[j] / z))
         start += k
     G = jnp.concatenate(G)
     if iso:

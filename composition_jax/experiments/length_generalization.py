@@ -563,9 +563,7 @@ def run_length_generalization(cfg: LengthGenConfig | None = None, *, key: jax.Ar
         models[variant] = m
         training[variant] = info
         if progress:
-            how = "cached" if info["cached"] else "{:.1f} s".format(info["train_seconds"])
-            print(f"[length generalization] {variant}: trained {cfg.train_steps} steps "
-                  f"({how}), final loss {info['final_loss']:.4g}", flush=True)
+            _print_trained(variant, cfg, info)
         ks = jax.random.split(jax.random.fold_in(key, VARIANTS.index(variant)), 3)[2]
         bgs = ({"empty": m.condition(L), "unconditional": m.unconditional()} if variant == "single"
                else {"clutter": m.condition(L), "unconditional": m.unconditional()})
@@ -586,9 +584,7 @@ def run_length_generalization(cfg: LengthGenConfig | None = None, *, key: jax.Ar
     training["local"] = info
     pu = models["single"].unconditional()
     if progress:
-        how = "cached" if info["cached"] else "{:.1f} s".format(info["train_seconds"])
-        print(f"[length generalization] local: trained {cfg.train_steps} steps ({how}), final "
-              f"loss {info['final_loss']:.4g}", flush=True)
+        _print_trained("local", cfg, info)
     ks = jax.random.split(jax.random.fold_in(key, len(VARIANTS) + 1), 3)[2]
     res = _sampler_runs(m, cfg, {"empty": m.condition(L), "unconditional": pu}, ks)
     examples["local"] = res.pop("_examples")
@@ -604,6 +600,12 @@ def run_length_generalization(cfg: LengthGenConfig | None = None, *, key: jax.Ar
     return {"config": _cfg_dict(cfg), "training": training, "counts": counts,
             "records": records, "examples": examples, "locality": locality,
             "local_locality": local_loc}
+
+
+def _print_trained(variant: str, cfg: LengthGenConfig, info: dict) -> None:
+    how = "cached" if info["cached"] else "{:.1f} s".format(info["train_seconds"])
+    print(f"[length generalization] {variant}: trained {cfg.train_steps} steps ({how}), final "
+          f"loss {info['final_loss']:.4g}", flush=True)
 
 
 @functools.lru_cache(maxsize=8)
@@ -765,13 +767,15 @@ def _local_records(cfg: LengthGenConfig, local: dict, common: dict, rule: str, k
     return [rec]
 
 
+def _fmt_ratios(loc: dict, src: str, role: str) -> str:
+    """``"r±se, ..."`` over the times of one role of a :func:`score_locality_study`."""
+    w = loc[src][role]
+    return ", ".join(f"{r:.3g}±{e:.1g}" for r, e in zip(w["off_block_ratio"], w["se"]))
+
+
 def _local_locality_reasons(loc: dict) -> list[str]:
     v = loc["verdict"]
-
-    def fmt(src, role):
-        w = loc[src][role]
-        return ", ".join(f"{r:.3g}±{e:.1g}" for r, e in zip(w["off_block_ratio"], w["se"]))
-
+    fmt = functools.partial(_fmt_ratios, loc)
     return [
         (f"score locality of the block-local network, S = {loc['S']}, {loc['n']} particles per "
          f"t = {loc['t']}: largest off-block ratio of its empty composition, its empty "
@@ -792,10 +796,7 @@ def _local_locality_reasons(loc: dict) -> list[str]:
 
 def _locality_reasons(loc: dict) -> list[str]:
     """Report lines of :func:`score_locality_study` (theory, the numbers, the rule's verdict)."""
-    def fmt(src, role):
-        v = loc[src][role]
-        return ", ".join(f"{r:.3g}±{e:.1g}" for r, e in zip(v["off_block_ratio"], v["se"]))
-
+    fmt = functools.partial(_fmt_ratios, loc)
     per = loc["verdict"]["per_t"]
     return [
         (f"score locality (Bradley 2025, local conditional scores): off-block ratio of the score "
