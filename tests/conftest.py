@@ -547,8 +547,9 @@ for _file, _why, _costs, _x64 in (
      {'test_every_plot_kind_is_drawn': 6.8},
      ()),
     ('tests/test_experiments.py',
-     ("the ring event rule against scipy's noncentral chi-square: the learned-vector decision "
-      'rule and the Wilson intervals stay default'),
+     ("the ring event probabilities against scipy's noncentral chi-square and Monte Carlo: "
+      'the learned-vector decision rule, the reverse-direction event bound and the Wilson '
+      'intervals stay default'),
      {'test_learned_vector_radius_event_rule': 5.5},
      ()),
     ('tests/test_gap_fisher.py',

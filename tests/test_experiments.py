@@ -331,6 +331,97 @@ def test_learned_vector_decision_rule():
                    _report(("ks", 1e-9, 0.3, "max_ks_D"))], tv)[0] == "failure"
 
 
+def _em_moments(sch, times, a, b, steps):
+    """Exact mean and variance ``(steps + 1, d)`` of the Euler--Maruyama chain of the linear
+    score ``s(x, t_k) = a_k x + b_k`` (per coordinate) from the prior ``N(0, 1)``, float64."""
+    m, v = np.zeros_like(a[0]), np.ones_like(a[0])
+    ms, vs = [m], [v]
+    for k in range(steps):
+        t, h = times[k], times[k] - times[k + 1]
+        g2 = float(sch.g2(t))
+        c = 1.0 + h * (g2 * a[k] - float(sch.drift_coeff(t)))
+        m, v = c * m + h * g2 * b[k], c * c * v + g2 * h
+        ms.append(m)
+        vs.append(v)
+    return np.array(ms), np.array(vs)
+
+
+def test_composition_budget_matches_the_closed_form_path_kl():
+    """The discrete Girsanov budget in both directions against its closed form for two diagonal
+    Gaussians (linear scores): the Euler--Maruyama chain's moments propagate exactly, and
+    ``KL = sum_k (g_k^2 h_k / 2) E|a_k' x + b_k' - a_k x - b_k|^2`` under the chain of the first
+    argument; the estimates agree within 4 standard errors and the directions differ."""
+    import composition_jax as cj
+    from composition_jax.experiments.learned_vector import composition_budget
+
+    sch = cj.VPSchedule()
+    laws = {"exact": (np.zeros(2), np.array([1.0, 0.25])),
+            "learned": (np.array([1.0, -0.3]), np.array([4.0, 0.04]))}
+    models = {k: cj.diffuse(cj.Gaussian(jnp.asarray(m, jnp.float32),
+                                        jnp.diag(jnp.asarray(v, jnp.float32))), sch)
+              for k, (m, v) in laws.items()}
+    steps, t_min, n = 25, 1e-3, 4000
+    times = np.asarray(cj.sample(jax.random.key(0), models["exact"], sch, (2, 2),
+                                 method="euler_maruyama", steps=steps, t_min=t_min,
+                                 grid="log_snr", denoise_final=False,
+                                 return_info=True).info.times, np.float64)
+    al = np.array([float(sch.alpha(t)) for t in times[:-1]])[:, None]
+    sg = np.array([float(sch.sigma(t)) for t in times[:-1]])[:, None]
+    lin = {k: (-1.0 / (al**2 * v + sg**2), al * m / (al**2 * v + sg**2))
+           for k, (m, v) in laws.items()}
+    da, db = lin["learned"][0] - lin["exact"][0], lin["learned"][1] - lin["exact"][1]
+    w = np.array([0.5 * float(sch.g2(times[k])) * (times[k] - times[k + 1])
+                  for k in range(steps)])[:, None]
+
+    def path_kl(chain):
+        m, v = _em_moments(sch, times, *lin[chain], steps)
+        m, v = m[:-1], v[:-1]
+        return float(np.sum(w * (da**2 * (v + m**2) + 2 * da * db * m + db**2)))
+
+    want_f, want_r = path_kl("exact"), path_kl("learned")
+    assert abs(want_f - want_r) > 0.2 * want_f  # the two directions are different numbers
+    got = composition_budget(models["learned"], models["exact"], sch, key=jax.random.key(3),
+                             dim=2, n=n, steps=steps, t_min=t_min, grid="log_snr")
+    assert abs(got["kl"] - want_f) < 4 * got["kl_se"] and got["kl_se"] < 0.05 * want_f
+    assert abs(got["kl_reverse"] - want_r) < 4 * got["kl_reverse_se"]
+    assert got["kl_reverse_se"] < 0.05 * want_r
+    assert got["kl_upper"] == pytest.approx(got["kl"] + 3 * got["kl_se"])
+    tvs = [min(1.0, np.sqrt(u / 2), np.sqrt(1 - np.exp(-u)))
+           for u in (got["kl_upper"], got["kl_reverse_upper"])]
+    assert got["tv"] == pytest.approx(min(tvs)) and got["tv_reverse"] == pytest.approx(tvs[1])
+    one_way = composition_budget(models["learned"], models["exact"], sch, key=jax.random.key(3),
+                                 dim=2, n=n, steps=steps, t_min=t_min, grid="log_snr",
+                                 reverse=False)
+    assert "kl_reverse" not in one_way and one_way["kl"] == got["kl"]
+    assert one_way["tv"] == pytest.approx(tvs[0])
+
+
+def test_event_rule_reverse_direction():
+    """``kl(P_L(E) || P_X(E))`` at the same nearest interval ends as the forward bound, much
+    larger for an event rare under ``C[p]`` and common in the sample, and decisive only beyond
+    its own budget ``KL(learned || exact)``."""
+    from composition_jax.experiments.learned_vector import binary_kl, decide, event_kl_bound
+    from composition_jax.zoo.rules import EFFECT_FLOORS
+
+    f = EFFECT_FLOORS["max_ks_D"]
+    kl, lo, _ = event_kl_bound(0.004, 600, 1000, f)
+    kr, lo_r, _ = event_kl_bound(0.004, 600, 1000, f, reverse=True)
+    assert lo_r == lo and kr == pytest.approx(binary_kl(lo, 0.004 + f)) and kr > 2 * kl
+    _, _, hi = event_kl_bound(0.9, 100, 1000, f)
+    assert event_kl_bound(0.9, 100, 1000, f, reverse=True)[0] == pytest.approx(
+        binary_kl(hi, 0.9 - f))
+    assert event_kl_bound(0.5, 500, 1000, f, reverse=True)[0] == 0.0
+    ev = [{"name": "e", "p_exact": 0.004, "hits": 600, "n": 1000}]
+    mat = _report(("ks", 1e-9, f + 0.01, "max_ks_D"))
+    obs, _, dec = decide([mat], 0.5, events=ev, kl_budget=10.0, kl_budget_reverse=0.99 * kr)
+    assert obs == "failure" and "kl(P_L || P_X)" in dec[0]
+    obs, _, dec = decide([mat], 0.5, events=ev, kl_budget=10.0, kl_budget_reverse=1.01 * kr)
+    assert obs == "inconclusive" and dec == []
+    # the forward check still applies alongside
+    assert decide([mat], 0.5, events=ev, kl_budget=0.99 * kl,
+                  kl_budget_reverse=10.0)[0] == "failure"
+
+
 def test_learned_vector_radius_event_rule():
     """The ring-collapse event rule: the disc probability equals the noncentral chi-square CDF
     (scipy), the binary-KL bound is the smallest kl over the two intervals (0 when they meet),
@@ -341,6 +432,7 @@ def test_learned_vector_radius_event_rule():
     import composition_jax as cj
     from composition_jax.experiments.learned_vector import (
         VectorConfig,
+        any_disc_probability,
         binary_kl,
         decide,
         disc_probability,
@@ -379,3 +471,18 @@ def test_learned_vector_radius_event_rule():
                   kl_budget=0.0)[0] == "success"
     with pytest.raises(ValueError, match="kl_budget"):
         decide([mat], 0.5, events=ev)
+    # some block's ring collapsed: per component the blocks are independent (Monte Carlo check
+    # on exact samples: within 4 binomial standard errors), and 1 - (1 - p)^2 for the product
+    r = 0.5 * R
+    p1 = disc_probability(exact, laws["blocks"][0], r)
+    p_any = any_disc_probability(exact, laws["blocks"], r)
+    assert p_any == pytest.approx(1 - (1 - p1) ** 2, rel=1e-6)
+    r = 1.2  # a radius with mass enough for a Monte Carlo check
+    p_any = any_disc_probability(exact, laws["blocks"], r)
+    xs = np.asarray(exact.sample(jax.random.key(5), 200_000))
+    hits = np.mean(np.minimum(np.linalg.norm(xs[:, :2], axis=1),
+                              np.linalg.norm(xs[:, 2:], axis=1)) <= r)
+    assert abs(hits - p_any) < 4 * np.sqrt(p_any * (1 - p_any) / len(xs))
+    with pytest.raises(ValueError, match="covariance between blocks"):
+        any_disc_probability(cj.Gaussian(jnp.zeros(4), jnp.eye(4) + 0.1 * jnp.ones((4, 4))),
+                             laws["blocks"], 1.0)
