@@ -313,3 +313,20 @@ def as_model(obj: Any, name: str = "model") -> Model:
         f"{name} must be a model (an object with .score(x, t)) or a function score_fn(x, t), "
         f"got {type(obj).__name__}"
     )
+
+
+def _score_of(model: Any, x: Any, t: Any) -> Any:
+    return model.score(x, t)
+
+
+def score_shape(model: Any, x: Any, t: Any) -> Any:
+    """``jax.eval_shape(model.score, x, t)``, traced once per model *structure*.
+
+    A bound method is a new function object on every access, so ``jax.eval_shape(model.score,
+    ...)`` retraces the whole score each time (0.25 s for a composition of three MLP networks);
+    passing a pytree model as an ARGUMENT of one module-level function lets JAX reuse the trace
+    for any model with the same tree structure and leaf shapes (new parameters included). A
+    model that is not a pytree (a leaf) takes the bound-method path."""
+    if jax.tree_util.all_leaves([model]):
+        return jax.eval_shape(model.score, x, t)
+    return jax.eval_shape(_score_of, model, x, t)

@@ -337,3 +337,40 @@ def test_adapted_models_keep_columns_declarations():
     chex.assert_trees_all_close(cj.as_model(_S0).score_columns(X, t), -X / var, rtol=1e-5,
                                 atol=1e-6)
     chex.assert_trees_all_close(cj.as_model(dm).score_columns(X, t), dm.score_columns(X, t))
+
+
+def test_score_shape_traces_once_per_model_structure():
+    """``score_shape`` (the samplers' and ``score_locality``'s up-front shape check) reuses one
+    trace for every model of the same structure -- new parameters included -- instead of
+    retracing the score on each call; a model that is not a pytree still works; shapes and
+    dtypes are those of ``jax.eval_shape``."""
+    from composition_jax.models import score_shape
+
+    traces = []
+
+    @pytree_dataclass
+    class Counting(cj.Model):
+        w: jax.Array
+
+        def score(self, x, t):
+            traces.append(1)
+            return -self.w * x
+
+    x = jax.ShapeDtypeStruct((D,), jnp.float32)
+    t = jax.ShapeDtypeStruct((), jnp.float32)
+    for w in (1.0, 2.0, 3.0):
+        out = score_shape(Counting(jnp.float32(w)), x, t)
+        assert out.shape == (D,) and out.dtype == jnp.float32
+    assert len(traces) == 1
+    score_shape(Counting(jnp.float32(1.0)), jax.ShapeDtypeStruct((D + 1,), jnp.float32), t)
+    assert len(traces) == 2  # a new shape is a new trace
+
+    class Plain:  # not a pytree: the bound-method path
+        def score(self, x, t):
+            return 2.0 * x
+
+    assert score_shape(Plain(), x, t).shape == (D,)
+    # the samplers' check still names the shapes
+    with pytest.raises(ValueError, match=r"must return shape \(3,\)"):
+        cj.sample(jax.random.key(0), cj.FunctionModel(lambda x, t: x[:2]), SCH, (4, D),
+                  steps=2)

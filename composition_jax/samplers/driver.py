@@ -55,7 +55,7 @@ import numpy as np
 from jax.experimental import checkify
 from jax.sharding import NamedSharding, PartitionSpec
 
-from ..models import as_model
+from ..models import as_model, score_shape
 from ..schedules import Schedule
 from . import noise
 from .grids import GRIDS, time_grid
@@ -456,7 +456,7 @@ def check_model_shape(model: Any, d: int, dtype: Any) -> None:
     x = jax.ShapeDtypeStruct((d,), dtype)
     t = jax.ShapeDtypeStruct((), dtype)
     try:
-        out = jax.eval_shape(model.score, x, t)
+        out = score_shape(model, x, t)
     except (ValueError, TypeError) as e:
         raise ValueError(
             f"model.score failed on one sample x of shape ({d},) and scalar t: {e}"

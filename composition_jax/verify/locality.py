@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..models import as_model
+from ..models import as_model, score_shape
 
 __all__ = ["LocalityReport", "score_locality"]
 
@@ -138,8 +138,8 @@ def score_locality(model: Any, x: Any, t: Any, blocks: Sequence[Sequence[int]]
     if t_arr.ndim > 1:
         raise ValueError(f"t must be a scalar or a 1-D array of times, got shape {t_arr.shape}")
     model = as_model(model)
-    out = jax.eval_shape(model.score, jax.ShapeDtypeStruct((d,), x.dtype),
-                         jax.ShapeDtypeStruct((), x.dtype))
+    out = score_shape(model, jax.ShapeDtypeStruct((d,), x.dtype),
+                      jax.ShapeDtypeStruct((), x.dtype))
     if out.shape != (d,):
         raise ValueError(f"model.score(x, t) must return shape ({d},), got {out.shape}")
     norms, ratio, se = _norms(model, x, jnp.atleast_1d(t_arr), blocks, d)
