@@ -610,15 +610,17 @@ def _learned_note(learned: str) -> list[str]:
               "report's projective decision rule; for the learned ring models, failure only "
               "beyond what their score error can cause, computed along the exact "
               "composition's sampling chain: the total-variation budget for the KS and MMD "
-              "effects, the path-KL budget itself for the binary KL of a ring-collapse event); "
-              "a verdict the statistics cannot settle "
+              "effects, the path-KL budget of either direction for the binary KL of a "
+              "ring-collapse event); a verdict the statistics cannot settle "
               "at this size is reported "
               "as `inconclusive` and flagged, not counted as agreement (this is "
-              "expected for the ring compositions, whose deviations lie within the error budget "
-              "of their trained models: measured in quick and in full mode on 2026-12-01).",
+              "expected for the ring composition over the empty background, whose deviation "
+              "lies within the error budget of its trained models; the Bayes one is decided "
+              "`failure`: measured in quick and in full mode on 2026-12-01).",
         "off": "Not run (default in quick mode: the scenario zoo alone fills the quick budget; "
-               "pass `--learned` to add them, about 1.5 extra minutes on 2 cores with an empty "
-               "parameter cache (79 s measured on 2026-12-01), or use full mode, where they run "
+               "pass `--learned` to add them, about 4 extra minutes on 2 cores with an empty "
+               "parameter cache (254 s measured on 2026-12-01, 85 s of it training) and about "
+               "2.5 with the parameters cached (151 s), or use full mode, where they run "
                "by default).",
         "skipped": "Not run: the minimal size is for tests only.",
     }[learned]]
