@@ -271,7 +271,8 @@ def composition_budget(learned: Any, exact: Any, schedule: Any, *, key: jax.Arra
     out = {"kl": kl, "kl_se": se, "kl_upper": up, "tv": tv,
            "parts": {k: float(v.mean()) for k, v in zip(names, sums[1:])}}
     if reverse:
-        rsums = _path_kl(learned, exact, schedule, jax.random.fold_in(key, 1), dim, n, steps, t_min, grid)[0]
+        rsums = _path_kl(learned, exact, schedule, jax.random.fold_in(key, 1), dim, n, steps,
+                         t_min, grid)[0]
         klr, ser, upr, tvr = _kl_summary(rsums, z)
         out.update({"kl_reverse": klr, "kl_reverse_se": ser, "kl_reverse_upper": upr,
                     "tv_forward": tv, "tv_reverse": tvr, "tv": min(tv, tvr)})
