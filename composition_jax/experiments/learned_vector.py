@@ -516,6 +516,13 @@ def run_learned_vector(cfg: VectorConfig | None = None, *, key: jax.Array | None
                                  reverse=False)["kl"]
            for j, k in enumerate(("p1", "p2", "background", "unconditional"))}
     own_secs = time.perf_counter() - t0
+    # ring-collapse events: per block {|x_Mi| <= R / 2}, and some block; their exact
+    # probabilities under C[p] are the same for both compositions
+    r0 = 0.5 * cfg.radius
+    ev_names = [f"block {list(map(int, b))} radius <= {r0:g}" for b in blocks] + [
+        f"some block radius <= {r0:g}"]
+    ev_exact = [disc_probability(exact, b, r0) for b in blocks] + [
+        any_disc_probability(exact, blocks, r0)]
     for b_i, (bname, expected) in enumerate((("background", "success"),
                                              ("unconditional", "failure"))):
         model = compose(models[bname], [models["p1"], models["p2"]])
@@ -542,17 +549,13 @@ def run_learned_vector(cfg: VectorConfig | None = None, *, key: jax.Array | None
                            num_permutations=cfg.num_permutations)
         rep_j = projective(x, [exact], [np.arange(4)], key=kj, alpha=ALPHA,
                            two_sample_n=cfg.two_sample_n, num_permutations=cfg.num_permutations)
-        # ring-collapse events {|x_Mi| <= R / 2}: binary KL against the path-KL budget
-        r0 = 0.5 * cfg.radius
+        # the events' frequencies in the sample: binary KL against the path-KL budgets
         norms = np.stack([np.linalg.norm(np.asarray(x)[:, np.asarray(b)], axis=1)
                           for b in blocks], 1)
-        events = [{"name": f"block {list(map(int, b))} radius <= {r0:g}",
-                   "p_exact": disc_probability(exact, b, r0),
-                   "hits": int(np.sum(norms[:, i] <= r0)), "n": int(x.shape[0])}
-                  for i, b in enumerate(blocks)]
-        events.append({"name": f"some block radius <= {r0:g}",
-                       "p_exact": any_disc_probability(exact, blocks, r0),
-                       "hits": int(np.sum(norms.min(1) <= r0)), "n": int(x.shape[0])})
+        hits = [int(np.sum(norms[:, i] <= r0)) for i in range(len(blocks))] + [
+            int(np.sum(norms.min(1) <= r0))]
+        events = [{"name": nm, "p_exact": p, "hits": h, "n": int(x.shape[0])}
+                  for nm, p, h in zip(ev_names, ev_exact, hits)]
         for ev in events:  # reported in the metrics and the reasons (decide() derives its own)
             for tag, rev in (("kl_lower_bound", False), ("kl_reverse_lower_bound", True)):
                 ev[tag] = event_kl_bound(ev["p_exact"], ev["hits"], ev["n"],
