@@ -126,6 +126,9 @@ def _reproduce(args: argparse.Namespace) -> int:
     if unknown:
         return _fail("reproduce", f"unknown scenario {unknown[0]!r}; valid: "
                                   f"{', '.join(sc.SCENARIOS)} (see --list)")
+    from ._compile_cache import enable_for_cli
+
+    enable_for_cli(not args.no_compile_cache)  # before the run's first compilation
     code, out = reproduce(args.out, mode=args.size, force=args.force, only=only,
                           progress=not args.no_progress, learned=args.learned)
     import json
@@ -221,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_rep.add_argument("--list", action="store_true",
                        help="print the scenarios (name, expected outcome, description) and exit")
     p_rep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p_rep.add_argument("--no-compile-cache", action="store_true",
+                       help="compile every program anew. By default compiled programs are kept "
+                            "in <parameter cache>/xla (below) and a rerun reuses them (JAX's "
+                            "persistent compilation cache; a folder set by "
+                            "JAX_COMPILATION_CACHE_DIR is used instead; report.json records "
+                            "which)")
     p_rep.add_argument("--learned", action=argparse.BooleanOptionalAction, default=None,
                        help="also run the learned-model experiments (trained score networks: "
                             "length generalization on blob scenes, learned 4-D ring composition "

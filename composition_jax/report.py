@@ -164,6 +164,8 @@ def environment() -> dict:
         "devices": [str(d) for d in jax.devices()],
         "x64": bool(jax.config.read("jax_enable_x64")),
         "cpu_count": os.cpu_count(),
+        # JAX's persistent compilation cache (None: off); compiled programs, not results
+        "compilation_cache": jax.config.jax_compilation_cache_dir or None,
     }
 
 

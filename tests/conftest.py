@@ -35,6 +35,11 @@ if os.environ["JAX_COMPILATION_CACHE_DIR"]:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
+# The command line's own compilation cache (composition_jax._compile_cache) stays off in the
+# suite's processes and the CLI subprocesses they start: the suite's cache is the one above (or
+# none, `make test JAX_CACHE_DIR=`), never the user's folder.
+os.environ["COMPOSITION_JAX_COMPILE_CACHE"] = "off"
+
 import jax
 import pytest
 
@@ -48,76 +53,19 @@ if CACHE_DIR:  # jax was imported before this file (a plugin): apply the setting
                       int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
 
 
-CACHE_MAX_BYTES = 2 << 30  # a full run writes ~40 MB; past this, the oldest entries go
-
-
-def _sweep_compilation_cache(path: str, max_bytes: int = CACHE_MAX_BYTES, *,
-                             verify: bool = True) -> int:
-    """Delete entries that do not decompress (a write cut short: JAX would warn on every read and
-    never rewrite them; only with ``verify``, which reads every entry), then the oldest entries
-    while the cache is over ``max_bytes``; returns how many were deleted."""
-    try:
-        from jax._src.compilation_cache import decompress_executable
-    except ImportError:  # another jax layout: leave the cache to jax
-        return 0
-    kept, dropped = [], 0
-    for entry in Path(path).glob("*-cache"):
-        try:
-            if verify:
-                data = entry.read_bytes()
-                decompress_executable(data)
-            st = entry.stat()
-            kept.append((st.st_mtime, st.st_size, entry))
-        except FileNotFoundError:  # removed by a concurrent session
-            continue
-        except Exception:  # noqa: BLE001 (zlib or zstd error): truncated or garbled
-            entry.unlink(missing_ok=True)
-            dropped += 1
-    total = sum(size for _, size, _ in kept)
-    for _, size, entry in sorted(kept, key=lambda e: e[0]):
-        if total <= max_bytes:
-            break
-        entry.unlink(missing_ok=True)
-        total -= size
-        dropped += 1
-    return dropped
-
-
-_OPEN_MARK = ".pytest-session-open-"  # + pid: a session using the cache is running (or was cut)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def _open_cache_session(path: str) -> int:
-    """Mark a session as using the cache at ``path``; verify every entry (a full read, ~4 s for a
-    warm cache) only when a session before this one was cut short (its mark is left and its
-    process is gone), else apply only the size cap. Returns how many entries were deleted."""
-    folder = Path(path)
-    stale = [m for m in folder.glob(_OPEN_MARK + "*")
-             if not _pid_alive(int(m.name[len(_OPEN_MARK):] or 0))]
-    dropped = _sweep_compilation_cache(path, verify=bool(stale))
-    for m in stale:
-        m.unlink(missing_ok=True)
-    (folder / f"{_OPEN_MARK}{os.getpid()}").touch()
-    return dropped
+# The sweep of truncated entries and the per-process marks are the library's (the command line
+# uses the same cache machinery): composition_jax._compile_cache.
+from composition_jax._compile_cache import close_session, open_session
 
 
 def pytest_sessionstart(session):
     if CACHE_DIR and Path(CACHE_DIR).is_dir():
-        _open_cache_session(CACHE_DIR)
+        open_session(CACHE_DIR)
 
 
 def pytest_sessionfinish(session, exitstatus):
     if CACHE_DIR:
-        (Path(CACHE_DIR) / f"{_OPEN_MARK}{os.getpid()}").unlink(missing_ok=True)
+        close_session(CACHE_DIR)
 
 
 class Moved(NamedTuple):
@@ -598,55 +546,61 @@ def pytest_addoption(parser):
 
 
 #: Measured seconds of each test file's default-lane float32 tests: the sum of pytest's
-#: per-test durations (setup + call + teardown, tests of 0.5 s or more) in `make test` on 2
-#: cores, cold compilation cache, the suite's compiler flags (measured with this file's
-#: SLOW_TESTS out). Only used to deal files to ``--lane-shard`` groups of equal cost; a file not
-#: listed counts as DEFAULT_FILE_COST_S.
+#: per-test durations (setup + call + teardown, every test) in `make test` on 2 cores, cold
+#: compilation cache, the suite's compiler flags, measured 2026-12-01 (the machine in a slow
+#: state: the suite took 7 minutes; the relative costs are what matters). A file's cost depends
+#: a little on its group (the first file to compile a shared small program pays for it). Only
+#: used to deal files to ``--lane-shard`` groups of equal cost; a file not listed counts as
+#: DEFAULT_FILE_COST_S (test_compile_cache.py: estimated).
 FILE_COST_S: dict[str, float] = {
-    "tests/test_calibration.py": 29.6,
-    "tests/test_methods_contract.py": 25.9,
-    "tests/test_trust_sampling.py": 16.5,
-    "tests/test_nn.py": 16.0,
-    "tests/test_factor_mixture.py": 15.9,
-    "tests/test_multiprocess.py": 13.4,
-    "tests/test_verify_fc_projective.py": 12.9,
-    "tests/test_samplers_columns.py": 12.3,
-    "tests/test_mixture_diagonal.py": 10.1,
-    "tests/test_trust_numerics.py": 10.1,
-    "tests/test_score_columns.py": 10.0,
-    "tests/test_models.py": 10.0,
-    "tests/test_schedules.py": 9.9,
-    "tests/test_samplers.py": 9.5,
-    "tests/test_distributions.py": 9.1,
-    "tests/test_churn.py": 8.8,
-    "tests/test_same_law.py": 8.4,
-    "tests/test_report_figures.py": 7.2,
-    "tests/test_compose.py": 6.7,
-    "tests/test_distributions_exact.py": 6.5,
-    "tests/test_bench.py": 6.3,
-    "tests/test_nnx.py": 5.8,
-    "tests/test_samplers_mcmc.py": 5.8,
-    "tests/test_noise.py": 5.1,
-    "tests/test_training.py": 4.9,
-    "tests/test_nonlinear.py": 4.8,
-    "tests/test_trust_checkpoints.py": 4.7,
-    "tests/test_mixture_of_models.py": 4.5,
-    "tests/test_verify_stats.py": 4.4,
-    "tests/test_law_check.py": 4.3,
-    "tests/test_gap_fisher.py": 3.5,
-    "tests/test_locality_learned.py": 3.3,
-    "tests/test_experiments.py": 3.3,
-    "tests/test_compose_exact.py": 3.2,
-    "tests/test_orbax_checkpoints.py": 3.0,
-    "tests/test_flow.py": 2.9,
-    "tests/test_locality.py": 2.9,
-    "tests/test_driver_tiles.py": 2.7,
-    "tests/test_smc.py": 1.8,
-    "tests/test_claims.py": 1.4,
-    "tests/test_trust_outputs.py": 1.4,
-    "tests/test_dpm_solver.py": 1.2,
-    "tests/test_verify_heuristics_gap.py": 1.2,
-    "tests/test_sampler_law.py": 1.0,
+    "tests/test_methods_contract.py": 52.3,
+    "tests/test_calibration.py": 38.0,
+    "tests/test_nn.py": 34.4,
+    "tests/test_factor_mixture.py": 25.8,
+    "tests/test_trust_sampling.py": 23.7,
+    "tests/test_score_columns.py": 23.3,
+    "tests/test_models.py": 22.6,
+    "tests/test_distributions_exact.py": 17.9,
+    "tests/test_verify_fc_projective.py": 17.5,
+    "tests/test_trust_numerics.py": 16.9,
+    "tests/test_multiprocess.py": 16.2,
+    "tests/test_samplers_columns.py": 15.8,
+    "tests/test_samplers.py": 15.6,
+    "tests/test_experiments.py": 13.7,
+    "tests/test_distributions.py": 13.6,
+    "tests/test_churn.py": 13.4,
+    "tests/test_report_figures.py": 12.8,
+    "tests/test_same_law.py": 11.2,
+    "tests/test_noise.py": 10.3,
+    "tests/test_training.py": 9.9,
+    "tests/test_compose.py": 9.9,
+    "tests/test_bench.py": 9.8,
+    "tests/test_mixture_diagonal.py": 9.4,
+    "tests/test_nonlinear.py": 8.7,
+    "tests/test_trust_checkpoints.py": 8.6,
+    "tests/test_fused_composition.py": 8.0,
+    "tests/test_compile_cache.py": 8.0,
+    "tests/test_orbax_checkpoints.py": 7.4,
+    "tests/test_law_check.py": 7.2,
+    "tests/test_samplers_mcmc.py": 6.8,
+    "tests/test_locality_learned.py": 6.8,
+    "tests/test_nnx.py": 6.7,
+    "tests/test_verify_stats.py": 6.4,
+    "tests/test_mixture_of_models.py": 6.2,
+    "tests/test_driver_tiles.py": 5.9,
+    "tests/test_schedules.py": 5.7,
+    "tests/test_flow.py": 5.1,
+    "tests/test_locality.py": 4.5,
+    "tests/test_compose_exact.py": 4.1,
+    "tests/test_gap_fisher.py": 4.0,
+    "tests/test_distributions_errors.py": 3.9,
+    "tests/test_trust_outputs.py": 3.7,
+    "tests/test_claims.py": 3.6,
+    "tests/test_smc.py": 2.8,
+    "tests/test_verify_heuristics_gap.py": 2.5,
+    "tests/test_dpm_solver.py": 2.0,
+    "tests/test_sampler_law.py": 1.5,
+    "tests/test_smoke.py": 0.8,
 }
 DEFAULT_FILE_COST_S = 1.0
 
@@ -687,10 +641,10 @@ SLOW_FILE_COST_S: dict[str, float] = {
 DEFAULT_SLOW_FILE_COST_S = 1.0
 
 #: What each of the two lanes runs after its float32 group, in FILE_COST_S units (measured the
-#: same way, in the same run): `make test` lane A the property-based suite (43.5 s), lane B the
-#: float64 tests (82.0 s); `make test-slow` lane B the slow float64 tests (estimated). The
+#: same way, in the same run): `make test` lane A the property-based suite (60.7 s), lane B the
+#: float64 tests (135.3 s); `make test-slow` lane B the slow float64 tests (estimated). The
 #: dealing starts from these loads so that the lanes finish together.
-LANE_AFTER_S = (43.5, 82.0)
+LANE_AFTER_S = (60.7, 135.3)
 SLOW_LANE_AFTER_S = (0.0, 100.0)
 
 

@@ -24,12 +24,14 @@ def test_x64_gaussian_score_is_grad_log_prob(key):
 
 
 def test_compilation_cache_sweep(tmp_path):
-    """conftest's sweep of the persistent compilation cache: entries that do not decompress go
-    (JAX would warn on every read and never rewrite them), then the oldest past the size cap."""
+    """The sweep of the persistent compilation cache (composition_jax._compile_cache): entries
+    that do not decompress go (JAX would warn on every read and never rewrite them), then the
+    oldest past the size cap."""
     import os
 
-    from conftest import _sweep_compilation_cache
     from jax._src.compilation_cache import compress_executable
+
+    from composition_jax._compile_cache import sweep
 
     good = [tmp_path / f"jit_f{i}-{i:064x}-cache" for i in range(3)]
     for i, p in enumerate(good):
@@ -41,11 +43,11 @@ def test_compilation_cache_sweep(tmp_path):
     empty.write_bytes(b"")
     other = tmp_path / "not-an-entry.txt"
     other.write_bytes(b"garbage")
-    assert _sweep_compilation_cache(str(tmp_path)) == 2
+    assert sweep(str(tmp_path)) == 2
     assert all(p.exists() for p in good) and other.exists()
     assert not truncated.exists() and not empty.exists()
     size = good[0].stat().st_size
-    assert _sweep_compilation_cache(str(tmp_path), max_bytes=2 * size) == 1
+    assert sweep(str(tmp_path), max_bytes=2 * size) == 1
     assert not good[0].exists() and good[1].exists() and good[2].exists()
 
 
@@ -57,19 +59,20 @@ def test_cache_is_verified_only_after_a_session_cut_short(tmp_path):
     import subprocess
     import sys
 
-    from conftest import _OPEN_MARK, _open_cache_session
     from jax._src.compilation_cache import compress_executable
+
+    from composition_jax._compile_cache import _OPEN_MARK, open_session
 
     truncated = tmp_path / f"jit_g-{7:064x}-cache"
     truncated.write_bytes(compress_executable(b"x" * 1000)[:-4])
-    assert _open_cache_session(str(tmp_path)) == 0  # no mark: the entry is not read
+    assert open_session(str(tmp_path)) == 0  # no mark: the entry is not read
     assert truncated.exists()
     mine = tmp_path / f"{_OPEN_MARK}{os.getpid()}"
     assert mine.exists()
-    assert _open_cache_session(str(tmp_path)) == 0  # our own mark: a live session
+    assert open_session(str(tmp_path)) == 0  # our own mark: a live session
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
     dead = tmp_path / f"{_OPEN_MARK}{int(gone.stdout)}"
     dead.touch()  # a session whose process has ended without removing its mark
-    assert _open_cache_session(str(tmp_path)) == 1
+    assert open_session(str(tmp_path)) == 1
     assert not truncated.exists() and not dead.exists() and mine.exists()

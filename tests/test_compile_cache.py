@@ -1,0 +1,93 @@
+"""The command line's persistent compilation cache (composition_jax._compile_cache): a second
+process reuses the programs the first one compiled; a folder others can write is refused; the
+environment's opt-out and JAX's own setting win; ``reproduce --no-compile-cache`` reaches it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from composition_jax import _compile_cache, cli
+
+_DRIVER = r"""
+import json, os, sys, warnings
+import jax
+hits = []
+jax.monitoring.register_event_listener(
+    lambda e, **kw: hits.append(1) if e == "/jax/compilation_cache/cache_hits" else None)
+from composition_jax._compile_cache import enable_for_cli
+root, shared = sys.argv[1], sys.argv[2]
+out = {}
+os.environ["COMPOSITION_JAX_COMPILE_CACHE"] = "off"
+out["env_off"] = enable_for_cli(True, cache=root)
+del os.environ["COMPOSITION_JAX_COMPILE_CACHE"]
+out["flag_off"] = enable_for_cli(False, cache=root)
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    out["shared"] = enable_for_cli(True, cache=shared)
+out["shared_warning"] = [str(x.message) for x in w]
+out["on"] = enable_for_cli(True, cache=root)
+import jax.numpy as jnp
+out["value"] = float(jax.jit(lambda x: jnp.sum(x * 2.0 + 1.0))(jnp.arange(3.0)))
+out["hits"] = len(hits)
+out["configured"] = enable_for_cli(True, cache=shared)  # JAX has a folder now: kept
+print(json.dumps(out))
+"""
+
+
+def _drive(tmp_path: Path) -> dict:
+    root, shared = tmp_path / "cache", tmp_path / "shared"
+    shared.mkdir(exist_ok=True)
+    os.chmod(shared, 0o777)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("JAX_COMPILATION_CACHE_DIR", "COMPOSITION_JAX_COMPILE_CACHE")}
+    env["JAX_PLATFORMS"] = "cpu"
+    r = subprocess.run([sys.executable, "-c", _DRIVER, str(root), str(shared)], env=env,
+                       capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_second_process_reuses_the_first_ones_programs(tmp_path):
+    xla = tmp_path / "cache" / "xla"
+    first = _drive(tmp_path)
+    assert first["env_off"] == [None, "off (COMPOSITION_JAX_COMPILE_CACHE)"]
+    assert first["flag_off"] == [None, "off (--no-compile-cache)"]
+    assert first["shared"][0] is None and "writable by group and others" in first["shared"][1]
+    assert any("not using the compilation cache" in m for m in first["shared_warning"])
+    assert not (tmp_path / "shared" / "xla").exists() or not list(
+        (tmp_path / "shared" / "xla").glob("*-cache"))
+    assert first["on"] == [str(xla), f"on ({xla})"]
+    assert first["value"] == 9.0 and first["hits"] == 0
+    assert first["configured"][0] == str(xla) and "JAX's own" in first["configured"][1]
+    entries = sorted(p.name for p in xla.glob("*-cache"))
+    assert entries, "nothing was written to the cache"
+    assert (xla.stat().st_mode & 0o777) == 0o700
+    assert not list(xla.glob(".session-open-*"))  # the process removed its mark at exit
+
+    second = _drive(tmp_path)
+    assert second["value"] == 9.0
+    assert second["hits"] >= 1  # the jitted program (and the eager ops) came from the cache
+    assert sorted(p.name for p in xla.glob("*-cache")) == entries  # nothing compiled anew
+
+
+def test_reproduce_flag_reaches_the_cache_switch(tmp_path, monkeypatch):
+    from composition_jax import report
+
+    calls = []
+    monkeypatch.setattr(_compile_cache, "enable_for_cli", lambda enabled: calls.append(enabled))
+
+    def fake(out, **kw):
+        out = Path(out)
+        out.mkdir()
+        (out / "report.json").write_text(json.dumps(
+            {"scenarios": [], "mismatches": [], "inconclusive": [], "learned": "off"}))
+        return 0, out
+
+    monkeypatch.setattr(report, "reproduce", fake)
+    assert cli.main(["reproduce", "--out", str(tmp_path / "a")]) == 0
+    assert cli.main(["reproduce", "--out", str(tmp_path / "b"), "--no-compile-cache"]) == 0
+    assert calls == [True, False]
