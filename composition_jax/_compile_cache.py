@@ -128,12 +128,14 @@ def enable_for_cli(enabled: bool = True, cache: str | os.PathLike | None = None
         return None, "off (COMPOSITION_JAX_COMPILE_CACHE)"
     root = cache_dir(cache)
     folder = root / "xla"
-    if not folder.exists():
-        try:
-            folder.mkdir(mode=0o700)
-        except FileExistsError:  # created meanwhile by another process: judged below
-            pass
-    why = untrusted_reason(root) or untrusted_reason(folder)
+    why = untrusted_reason(root)  # judged before anything is created in it
+    if why is None:
+        if not folder.exists():
+            try:
+                folder.mkdir(mode=0o700)
+            except FileExistsError:  # created meanwhile by another process: judged below
+                pass
+        why = untrusted_reason(folder)
     if why is not None:
         warnings.warn(f"not using the compilation cache {folder}: {why}; compiling without it",
                       UserWarning, stacklevel=2)

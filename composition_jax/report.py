@@ -621,11 +621,10 @@ def _learned_note(learned: str) -> list[str]:
               "`failure`: measured in quick and in full mode on 2026-12-01).",
         "off": "Not run (default in quick mode: the scenario zoo alone fills the quick budget; "
                "pass `--learned` to add them, about 4 extra minutes on 2 cores with an empty "
-               "parameter cache (254 s measured on 2026-12-01, 85 s of it training) and about "
-               "2.5 with the parameters cached (151 s), 1.2 (73 s) when JAX's compilation cache "
-               "is on as well (`JAX_COMPILATION_CACHE_DIR=DIR "
-               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0`), or use full mode, where they "
-               "run by default).",
+               "parameter cache (254 s measured on 2026-12-01, 85 s of it training), about 3 "
+               "with the parameters cached (176 s) and about 1 (66 s) on a rerun, whose "
+               "compiled programs come from the command's compilation cache (on by default, "
+               "`--no-compile-cache`), or use full mode, where they run by default).",
         "skipped": "Not run: the minimal size is for tests only.",
     }[learned]]
 

@@ -4,6 +4,7 @@ same law (no timing assertions)."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -124,6 +125,31 @@ def test_agreement_detects_a_shift():
     assert not harness.agreement(ref, off)["agree"]
     bad = dict(off, impl="numpy", problem="p", method="m", agreement=harness.agreement(ref, off))
     assert len(harness.failures({"records": [bad, {"impl": "torch", "error": "boom"}]})) == 2
+
+
+def test_workers_start_cold(monkeypatch, tmp_path):
+    """A first call is trace + compile for every implementation on every rerun: the workers run
+    without JAX's persistent compilation cache and with a fresh TorchInductor cache folder that is
+    removed afterwards; the caller's other settings pass through; results.json says so."""
+    seen, real_run = {}, subprocess.run
+
+    def fake_run(cmd, env=None, **kw):
+        if "composition_jax.bench.worker" not in cmd:  # e.g. platform.processor()'s uname
+            return real_run(cmd, env=env, **kw)
+        seen.update(env=env, inductor_exists=Path(env["TORCHINDUCTOR_CACHE_DIR"]).is_dir())
+        return subprocess.CompletedProcess(cmd, 0, stdout='RESULT {"ok": 1}\n', stderr="")
+
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("CJ_BENCH_PROBE", "kept")
+    monkeypatch.setattr(harness.subprocess, "run", fake_run)
+    assert harness._worker({"impl": "numpy"}, {"XLA_FLAGS": "--x"}) == {"ok": 1}
+    env = seen["env"]
+    assert "JAX_COMPILATION_CACHE_DIR" not in env
+    assert env["TORCHINDUCTOR_CACHE_DIR"] != str(tmp_path / "inductor") and seen["inductor_exists"]
+    assert not Path(env["TORCHINDUCTOR_CACHE_DIR"]).exists()  # removed after the worker
+    assert env["CJ_BENCH_PROBE"] == "kept" and env["XLA_FLAGS"] == "--x"
+    assert "cold" in harness.environment()["first_call"]
 
 
 def test_cli_refuses_non_empty_out(tmp_path):

@@ -58,8 +58,7 @@ def test_second_process_reuses_the_first_ones_programs(tmp_path):
     assert first["flag_off"] == [None, "off (--no-compile-cache)"]
     assert first["shared"][0] is None and "writable by group and others" in first["shared"][1]
     assert any("not using the compilation cache" in m for m in first["shared_warning"])
-    assert not (tmp_path / "shared" / "xla").exists() or not list(
-        (tmp_path / "shared" / "xla").glob("*-cache"))
+    assert not (tmp_path / "shared" / "xla").exists()  # nothing created in a shared folder
     assert first["on"] == [str(xla), f"on ({xla})"]
     assert first["value"] == 9.0 and first["hits"] == 0
     assert first["configured"][0] == str(xla) and "JAX's own" in first["configured"][1]

@@ -20,6 +20,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,14 +34,30 @@ __all__ = ["OUTPUTS", "agreement", "failures", "measure_ceilings", "ratio_table"
 OUTPUTS = ("results.json", "table.md", "scaling.png", "memory.png", "compare.png")
 
 
-def _worker(spec: dict, env_extra: dict | None = None, timeout: float = 3600) -> dict:
+#: How every worker starts, recorded in ``results.json`` (``environment["first_call"]``).
+FIRST_CALL = ("cold: each worker runs without JAX's persistent compilation cache "
+              "(JAX_COMPILATION_CACHE_DIR removed) and with an empty TorchInductor cache, so a "
+              "first call is trace + compile for every implementation, on every rerun")
+
+
+def _worker_env(env_extra: dict | None, inductor_dir: str) -> dict:
+    """The worker's environment: ours, without JAX's persistent compilation cache (a rerun would
+    otherwise time cache hits as JAX's first calls while torch.compile compiles), with a fresh
+    TorchInductor cache folder, single-threaded BLAS unless set, then ``env_extra``."""
     env = dict(os.environ)
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    env["TORCHINDUCTOR_CACHE_DIR"] = inductor_dir
     env.setdefault("OPENBLAS_NUM_THREADS", "1")  # BLAS threads slowed batched NumPy here
     if env_extra:
         env.update(env_extra)
+    return env
+
+
+def _worker(spec: dict, env_extra: dict | None = None, timeout: float = 3600) -> dict:
     cmd = [sys.executable, "-m", "composition_jax.bench.worker", json.dumps(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout,
-                          check=False)
+    with tempfile.TemporaryDirectory(prefix="cj-bench-inductor-") as inductor:
+        proc = subprocess.run(cmd, capture_output=True, text=True,
+                              env=_worker_env(env_extra, inductor), timeout=timeout, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
@@ -149,6 +166,10 @@ def environment() -> dict:
         "jax": jax.__version__,
         "numpy": np.__version__,
         "devices": [str(d) for d in jax.devices()],
+        "first_call": FIRST_CALL,
+        # this process's own setting (the backend-only mode times its first calls here: with a
+        # folder set they may be cache hits)
+        "jax_compilation_cache": jax.config.jax_compilation_cache_dir or None,
     }
     for mod in ("diffrax", "torch"):
         try:
