@@ -40,10 +40,16 @@ _LINEN = {
                                          num_conditions=3, groups=2),
     "unet_uncond": lambda: nn.UNetScoreNet(height=4, width=4, channels=1, features=(4, 8, 8),
                                            groups=2),
+    # blocks of unequal sizes, not in index order (padding and the output scatter)
+    "local_cond": lambda: nn.LocalScoreNet(dim=6, blocks=((0, 3, 5), (1,), (2, 4)), hidden=8,
+                                           depth=2, num_conditions=2),
+    "local_uncond": lambda: nn.LocalScoreNet(dim=4, blocks=((0, 1), (2, 3)), hidden=8, depth=1),
 }
 # the unconditional U-Net adds a third resolution (the down/up index bookkeeping at depth 3) but
-# no new layer type: slow lane (its compile is the costliest of the file)
-_CASES = [pytest.param(c, marks=pytest.mark.slow) if c == "unet_uncond" else c for c in _LINEN]
+# no new layer type: slow lane (its compile is the costliest of the file); the unconditional
+# local network differs from the conditional one only by its condition table
+_CASES = [pytest.param(c, marks=pytest.mark.slow) if c in ("unet_uncond", "local_uncond") else c
+          for c in _LINEN]
 
 
 def _random_params(net, seed, scale=0.3):
@@ -94,6 +100,13 @@ def test_converted_parameters_give_the_same_function(case, key):
         f = jax.jit(lambda m: jax.vmap(lambda xi, ti: (m.score(xi, ti), m.denoise(xi, ti)))(x, t))
         for a, b in ((m_lin, m_nnx), (m_lin.condition(1), m_nnx.condition(1))):
             _assert_trees_equal(f(b), f(a))
+    if case.startswith("local"):  # local by construction: no cross-block derivative at all
+        jac = jax.jit(jax.jacfwd(lambda xi: module(xi[None], t[:1], c[:1])[0]))(x[0])
+        owner = np.zeros(lin.dim, int)
+        for b, pix in enumerate(lin.blocks):
+            owner[list(pix)] = b
+        cross = owner[:, None] != owner[None, :]
+        assert np.all(np.asarray(jac)[cross] == 0.0) and np.all(np.any(jac != 0.0, axis=1))
     # the conversion is a bijection: back to linen exactly, and back again
     lin2, params2 = nn.linen_from_nnx(module)
     assert lin2 == lin
@@ -133,9 +146,11 @@ def test_conversion_refuses_other_architectures(key):
         nn.nnx_from_linen(lin, _random_params(nn.MLPScoreNet(dim=2, hidden=8, depth=2), 0))
     with pytest.raises(ValueError, match="params has no layer _CondTimeEmbedding_0/cond_embed"):
         nn.nnx_from_linen(nn.MLPScoreNet(dim=2, hidden=8, depth=1, num_conditions=2), params)
-    with pytest.raises(TypeError, match="network must be a linen MLPScoreNet or UNetScoreNet"):
+    with pytest.raises(TypeError, match="network must be a linen MLPScoreNet, UNetScoreNet or "
+                                        "LocalScoreNet"):
         nn.nnx_from_linen(ExactGaussNet(2, "eps", SCHED), params)
-    with pytest.raises(TypeError, match="module must be an NNXMLPScoreNet or NNXUNetScoreNet"):
+    with pytest.raises(TypeError, match="module must be an NNXMLPScoreNet, NNXUNetScoreNet or "
+                                        "NNXLocalScoreNet"):
         nn.linen_from_nnx(nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
 
 

@@ -1,7 +1,8 @@
 """Flax score networks and the :class:`ScoreNetModel` wrapper that makes them models.
 
-``NNXMLPScoreNet`` (vectors) and ``NNXUNetScoreNet`` (images as flat vectors) are flax NNX modules,
-the recommended form; ``MLPScoreNet`` and ``UNetScoreNet`` are the same networks in flax linen
+``NNXMLPScoreNet`` (vectors), ``NNXUNetScoreNet`` (images as flat vectors) and
+``NNXLocalScoreNet`` (block-local by construction) are flax NNX modules, the recommended form;
+``MLPScoreNet``, ``UNetScoreNet`` and ``LocalScoreNet`` are the same networks in flax linen
 (supported; ``nnx_from_linen`` / ``linen_from_nnx`` convert parameters between the two). They
 are raw approximators; ``ScoreNetModel.from_nnx(module, schedule, parameterization)`` (or
 ``ScoreNetModel(network, params, schedule, parameterization)`` for linen) has ``.score(x, t)``
@@ -19,6 +20,7 @@ from .model import (
 )
 from .networks import LocalScoreNet, MLPScoreNet, UNetScoreNet
 from .nnx_networks import (
+    NNXLocalScoreNet,
     NNXMLPScoreNet,
     NNXNetwork,
     NNXUNetScoreNet,
@@ -30,6 +32,7 @@ __all__ = [
     "PARAMETERIZATIONS",
     "LocalScoreNet",
     "MLPScoreNet",
+    "NNXLocalScoreNet",
     "NNXMLPScoreNet",
     "NNXNetwork",
     "NNXUNetScoreNet",

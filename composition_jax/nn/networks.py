@@ -235,6 +235,19 @@ def _check_blocks(dim, blocks) -> tuple:
     return bl
 
 
+def _block_layout(dim: int, blocks: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """``(gather (B, P), scatter (d,))`` of a block-local network: block pixel indices padded
+    with ``d`` (a zero column), and each pixel's position in the flattened ``(B * P)`` block
+    output (shared by :class:`LocalScoreNet` and its NNX twin)."""
+    nb, width = len(blocks), max(len(b) for b in blocks)
+    gather = np.full((nb, width), dim, np.int32)
+    scatter = np.empty(dim, np.int32)
+    for b, pix in enumerate(blocks):
+        gather[b, : len(pix)] = pix
+        scatter[list(pix)] = b * width + np.arange(len(pix))
+    return gather, scatter
+
+
 class _BlockDense(nn.Module):
     """One dense layer per block: ``(N, B, i) -> (N, B, o)`` with kernel ``(B, i, o)``."""
 
@@ -288,21 +301,10 @@ class LocalScoreNet(nn.Module):
     def null_condition(self) -> int:
         return 0 if self.num_conditions is None else self.num_conditions
 
-    def _layout(self):
-        """``(gather (B, P), scatter (d,))``: block pixel indices padded with ``d`` (a zero
-        column), and each pixel's position in the flattened ``(B * P)`` block output."""
-        nb, width = len(self.blocks), max(len(b) for b in self.blocks)
-        gather = np.full((nb, width), self.dim, np.int32)
-        scatter = np.empty(self.dim, np.int32)
-        for b, pix in enumerate(self.blocks):
-            gather[b, : len(pix)] = pix
-            scatter[list(pix)] = b * width + np.arange(len(pix))
-        return gather, scatter
-
     @nn.compact
     def __call__(self, x, t, cond):
         n, nb, hid = x.shape[0], len(self.blocks), self.hidden
-        gather, scatter = self._layout()
+        gather, scatter = _block_layout(self.dim, self.blocks)
         xe = jnp.concatenate([x, jnp.zeros((n, 1), x.dtype)], axis=1)
         xb = xe[:, gather]  # (N, B, P)
         emb = _CondTimeEmbedding(hid, None)(t, None)[:, None, :]  # (N, 1, H)

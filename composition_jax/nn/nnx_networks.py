@@ -1,7 +1,8 @@
 r"""Score networks in flax NNX (the API flax recommends), and their bridge to the library.
 
-:class:`NNXMLPScoreNet` and :class:`NNXUNetScoreNet` are the NNX versions of
-:class:`~composition_jax.nn.MLPScoreNet` and :class:`~composition_jax.nn.UNetScoreNet`: the same
+:class:`NNXMLPScoreNet`, :class:`NNXUNetScoreNet` and :class:`NNXLocalScoreNet` are the NNX
+versions of :class:`~composition_jax.nn.MLPScoreNet`, :class:`~composition_jax.nn.UNetScoreNet` and
+:class:`~composition_jax.nn.LocalScoreNet`: the same
 architecture, the same operations in the same order, built the NNX way
 (``NNXMLPScoreNet(dim=2, rngs=nnx.Rngs(0))`` creates the parameters) and called eagerly as
 ``net(x_in, t, cond)`` with ``x_in (B, d)``, ``t (B,)``, ``cond (B,) int32``. They expose the
@@ -39,9 +40,18 @@ import jax.numpy as jnp
 from flax import nnx, traverse_util
 
 from .embeddings import sinusoidal_embedding
-from .networks import MLPScoreNet, UNetScoreNet, _check_mlp_config, _check_unet_config
+from .networks import (
+    LocalScoreNet,
+    MLPScoreNet,
+    UNetScoreNet,
+    _block_layout,
+    _check_blocks,
+    _check_mlp_config,
+    _check_unet_config,
+)
 
 __all__ = [
+    "NNXLocalScoreNet",
     "NNXMLPScoreNet",
     "NNXNetwork",
     "NNXUNetScoreNet",
@@ -91,14 +101,36 @@ class _CondTimeEmbedding(nnx.Module):
             yield "cond_embed", ("cond_embed",)
 
 
-class _MLPBlock(nnx.Module):
-    """``h + W_3 silu(W_1 silu(LN(h)) + W_2 silu(emb))``."""
+class _BlockLinear(nnx.Module):
+    """One dense layer per block, as linen's ``_BlockDense``: ``(N, B, i) -> (N, B, o)`` with
+    kernel ``(B, i, o)`` and bias ``(B, o)``."""
 
-    def __init__(self, hidden: int, *, rngs: nnx.Rngs):
+    def __init__(self, num_blocks: int, in_features: int, out_features: int, *,
+                 rngs: nnx.Rngs, zero: bool = False):
+        init = (nnx.initializers.zeros_init() if zero
+                else nnx.initializers.lecun_normal(batch_axis=(0,)))
+        self.kernel = nnx.Param(init(rngs.params(), (num_blocks, in_features, out_features),
+                                     jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((num_blocks, out_features), jnp.float32))
+
+    def __call__(self, h):
+        return jnp.einsum("nbi,bio->nbo", h, self.kernel[...]) + self.bias[...][None]
+
+
+class _MLPBlock(nnx.Module):
+    """``h + W_3 silu(W_1 silu(LN(h)) + W_2 silu(emb))``; with ``num_blocks``, one weight set per
+    block (``h``, ``emb``: ``(N, B, hidden)``; the layer norm acts per block)."""
+
+    def __init__(self, hidden: int, *, rngs: nnx.Rngs, num_blocks: int | None = None):
+        def linear():
+            if num_blocks is None:
+                return nnx.Linear(hidden, hidden, rngs=rngs)
+            return _BlockLinear(num_blocks, hidden, hidden, rngs=rngs)
+
         self.norm = nnx.LayerNorm(hidden, rngs=rngs)
-        self.hidden_in = nnx.Linear(hidden, hidden, rngs=rngs)
-        self.emb_in = nnx.Linear(hidden, hidden, rngs=rngs)
-        self.hidden_out = nnx.Linear(hidden, hidden, rngs=rngs)
+        self.hidden_in = linear()
+        self.emb_in = linear()
+        self.hidden_out = linear()
 
     def __call__(self, h, emb):
         r = nnx.silu(self.norm(h))
@@ -209,6 +241,94 @@ class NNXMLPScoreNet(nnx.Module):
             yield names("Dense"), ("blocks", i, "hidden_out")
         yield names("LayerNorm"), ("norm_out",)
         yield names("Dense"), ("proj_out",)
+
+
+class NNXLocalScoreNet(nnx.Module):
+    r"""A score network that is *local by construction* (flax NNX): its output on the pixel block
+    ``M_b`` depends only on the input on ``M_b``, the time and the condition.
+
+    The architecture of :class:`~composition_jax.nn.LocalScoreNet`: every block has its own
+    residual MLP (one weight set per block, run side by side as batched ``einsum``), reads its
+    ``|M_b|`` pixels (zero-padded to the largest block), adds the shared time embedding and a
+    per-block condition embedding ``E[c, b]``, and writes its pixels of the output; layer norms
+    act per block. The Jacobian ``d out_i / d x_j`` is exactly zero for ``i`` and ``j`` in
+    different blocks, whatever the parameters.
+
+    Args:
+      dim: data dimension ``d``.
+      blocks: a partition of ``range(d)`` into non-empty blocks of flat indices.
+      hidden: width of each block's hidden layers (even).
+      depth: residual blocks per block MLP.
+      num_conditions: ``None`` or ``C`` (NULL index ``C``).
+      rngs: ``nnx.Rngs`` drawing the initial parameters.
+
+    Call:
+      ``net(x_in (B, d), t (B,), cond (B,) int32) -> (B, d)``.
+
+    Example:
+      >>> from flax import nnx
+      >>> import jax.numpy as jnp, composition_jax as cj
+      >>> net = cj.nn.NNXLocalScoreNet(dim=4, blocks=((0, 1), (2, 3)), hidden=8, depth=1,
+      ...                              rngs=nnx.Rngs(0))
+      >>> net(jnp.ones((3, 4)), jnp.full((3,), 0.5), jnp.zeros((3,), jnp.int32)).shape
+      (3, 4)
+    """
+
+    def __init__(self, dim: int, blocks: Sequence[Sequence[int]], hidden: int = 64,
+                 depth: int = 2, num_conditions: int | None = None, *, rngs: nnx.Rngs):
+        _check_mlp_config(dim, hidden, depth, num_conditions)
+        self.dim, self.hidden, self.depth = dim, hidden, depth
+        self.blocks = _check_blocks(dim, blocks)
+        self.num_conditions = num_conditions
+        nb, width = len(self.blocks), max(len(b) for b in self.blocks)
+        self.embed = _CondTimeEmbedding(hidden, None, rngs=rngs)
+        self.cond_embed = (None if num_conditions is None
+                           else _Embed(num_conditions + 1, nb * hidden, rngs=rngs))
+        self.proj_in = _BlockLinear(nb, width, hidden, rngs=rngs)
+        self.layers = nnx.List([_MLPBlock(hidden, rngs=rngs, num_blocks=nb)
+                                for _ in range(depth)])
+        self.norm_out = nnx.LayerNorm(hidden, rngs=rngs)
+        self.proj_out = _BlockLinear(nb, hidden, width, rngs=rngs, zero=True)
+
+    @property
+    def null_condition(self) -> int:
+        """The reserved NULL (unconditional) condition index ``C`` (0 for unconditional nets)."""
+        return 0 if self.num_conditions is None else self.num_conditions
+
+    @property
+    def config(self) -> dict:
+        """The constructor arguments (without ``rngs``)."""
+        return {"dim": self.dim, "blocks": self.blocks, "hidden": self.hidden,
+                "depth": self.depth, "num_conditions": self.num_conditions}
+
+    def __call__(self, x, t, cond):
+        n, nb, hid = x.shape[0], len(self.blocks), self.hidden
+        gather, scatter = _block_layout(self.dim, self.blocks)
+        xe = jnp.concatenate([x, jnp.zeros((n, 1), x.dtype)], axis=1)
+        xb = xe[:, gather]  # (N, B, P)
+        emb = self.embed(t, None)[:, None, :]  # (N, 1, H)
+        if self.cond_embed is not None:
+            emb = emb + self.cond_embed(cond).reshape(n, nb, hid)
+        emb = jnp.broadcast_to(emb, (n, nb, hid))
+        h = self.proj_in(xb) + emb
+        for layer in self.layers:
+            h = layer(h, emb)
+        out = self.proj_out(nnx.silu(self.norm_out(h)))  # (N, B, P)
+        return out.reshape(n, -1)[:, scatter]
+
+    def _linen_names(self, names: _LinenNames) -> Iterator[tuple[str, tuple]]:
+        # linen's LocalScoreNet creates its layers in this order
+        yield from _nested(names("_CondTimeEmbedding"), ("embed",), self.embed)
+        if self.cond_embed is not None:
+            yield "cond_embed", ("cond_embed",)
+        yield names("_BlockDense"), ("proj_in",)
+        for i in range(self.depth):
+            yield names("LayerNorm"), ("layers", i, "norm")
+            yield names("_BlockDense"), ("layers", i, "hidden_in")
+            yield names("_BlockDense"), ("layers", i, "emb_in")
+            yield names("_BlockDense"), ("layers", i, "hidden_out")
+        yield names("LayerNorm"), ("norm_out",)
+        yield names("_BlockDense"), ("proj_out",)
 
 
 class NNXUNetScoreNet(nnx.Module):
@@ -331,7 +451,8 @@ def _nested(scope: str, path: tuple, module: Any) -> Iterator[tuple[str, tuple]]
         yield f"{scope}/{sub}", path + p
 
 
-_PAIRS = ((MLPScoreNet, NNXMLPScoreNet), (UNetScoreNet, NNXUNetScoreNet))
+_PAIRS = ((MLPScoreNet, NNXMLPScoreNet), (UNetScoreNet, NNXUNetScoreNet),
+          (LocalScoreNet, NNXLocalScoreNet))
 
 
 def _layer_map(module: Any) -> list[tuple[tuple[str, ...], tuple]]:
@@ -353,13 +474,13 @@ def _fmt_config(network: Any) -> str:
 def nnx_from_linen(network: Any, params: Any) -> nnx.Module:
     """The NNX network with the architecture of the linen ``network`` and its ``params``.
 
-    ``MLPScoreNet -> NNXMLPScoreNet``, ``UNetScoreNet -> NNXUNetScoreNet`` with the same
-    configuration; every parameter array is carried over unchanged (the map between linen's
+    ``MLPScoreNet -> NNXMLPScoreNet``, ``UNetScoreNet -> NNXUNetScoreNet``, ``LocalScoreNet ->
+    NNXLocalScoreNet`` with the same configuration; every parameter array is carried over unchanged (the map between linen's
     auto-named scopes and the NNX attributes is a bijection, checked leaf by leaf), so the two
     networks compute the same function.
 
     Args:
-      network: a linen ``MLPScoreNet`` or ``UNetScoreNet``.
+      network: a linen ``MLPScoreNet``, ``UNetScoreNet`` or ``LocalScoreNet``.
       params: its parameters ``{"params": {...}}`` (from ``init_params`` or training).
 
     Raises:
@@ -372,8 +493,8 @@ def nnx_from_linen(network: Any, params: Any) -> nnx.Module:
         if type(network) is lin:
             break
     else:
-        raise TypeError(f"network must be a linen MLPScoreNet or UNetScoreNet, got "
-                        f"{type(network).__name__}")
+        raise TypeError(f"network must be a linen MLPScoreNet, UNetScoreNet or LocalScoreNet, "
+                        f"got {type(network).__name__}")
     config = {f.name: getattr(network, f.name) for f in dataclasses.fields(network)
               if f.name not in ("parent", "name")}
     abstract = _abstract(nx, config)
@@ -415,7 +536,7 @@ def nnx_from_linen(network: Any, params: Any) -> nnx.Module:
 def linen_from_nnx(module: Any) -> tuple[Any, dict]:
     """``(linen network, params)`` computing the same function as the NNX ``module``: the
     inverse of :func:`nnx_from_linen` (``NNXMLPScoreNet -> MLPScoreNet``, ``NNXUNetScoreNet ->
-    UNetScoreNet``), for code and caches that use linen.
+    UNetScoreNet``, ``NNXLocalScoreNet -> LocalScoreNet``), for code and caches that use linen.
 
     Raises:
       TypeError: ``module`` is not one of the library's NNX networks.
@@ -424,8 +545,8 @@ def linen_from_nnx(module: Any) -> tuple[Any, dict]:
         if type(module) is nx:
             break
     else:
-        raise TypeError(f"module must be an NNXMLPScoreNet or NNXUNetScoreNet, got "
-                        f"{type(module).__name__}")
+        raise TypeError(f"module must be an NNXMLPScoreNet, NNXUNetScoreNet or "
+                        f"NNXLocalScoreNet, got {type(module).__name__}")
     flat = {path: v.get_value() for path, v in nnx.to_flat_state(nnx.state(module, nnx.Param))}
     out = {}
     for lpath, npath in _layer_map(module):
