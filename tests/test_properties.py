@@ -26,12 +26,14 @@ Also: ``score == grad log_prob`` (autodiff, twice the score tolerance), Tweedie
 (``denoise == (x + s^2 score) / a`` for ``a >= 1e-2``), ``log_prob_and_score`` and the columns
 layout (``score_columns``) against the same reference.
 
-The jitted evaluation takes the distributions and ``(alpha, sigma)`` as arguments (a fixed-point
-schedule whose numbers are leaves), so it compiles once per dimension, not per example.
+The jitted evaluation takes a distribution and ``(alpha, sigma)`` as arguments (a fixed-point
+schedule whose numbers are leaves), one program per family, so it compiles once per family,
+dimension and form of the family's quadratic (expanded / guarded), not per example.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -237,22 +239,24 @@ def _reference(blocks, X, a, s):
 
 
 # ------------------------------------------------------------------------------ library
-@jax.jit
-def _evaluate(dists, Xs, a, s):
-    sched = _Fixed(a, s)
+@functools.partial(jax.jit, static_argnames="name")
+def _evaluate_family(name, dist, X, a, s):
+    """One family's values, one compiled program per family, dimension and the family's form
+    (a mixture's expanded / guarded quadratic is static metadata decided from its values): one
+    program over all families would recompile whenever any family's form changed."""
+    p = cj.diffuse(dist, _Fixed(a, s))
     t = jnp.zeros((), a.dtype)
-    out = {}
-    for name, dist in dists.items():
-        X = Xs[name]
-        p = cj.diffuse(dist, sched)
-        lp, gr = jax.vmap(jax.value_and_grad(lambda x, p=p: p.log_prob(x, t)))(X)
-        sc = jax.vmap(lambda x, p=p: p.score(x, t))(X)
-        lp2, sc2 = jax.vmap(lambda x, p=p: p.log_prob_and_score(x, t))(X)
-        dn = jax.vmap(lambda x, p=p: p.denoise(x, t))(X)
-        # columns layout: native for the diagonal kinds (others are a vmap of score)
-        cols = p.score_columns(X.T, t).T if name in ("diag", "iso") else sc
-        out[name] = {"lp": lp, "score": sc, "lp2": lp2, "score2": sc2, "den": dn, "grad": gr, "cols": cols}
-    return out
+    lp, gr = jax.vmap(jax.value_and_grad(lambda x: p.log_prob(x, t)))(X)
+    sc = jax.vmap(lambda x: p.score(x, t))(X)
+    lp2, sc2 = jax.vmap(lambda x: p.log_prob_and_score(x, t))(X)
+    dn = jax.vmap(lambda x: p.denoise(x, t))(X)
+    # columns layout: native for the diagonal kinds (others are a vmap of score)
+    cols = p.score_columns(X.T, t).T if name in ("diag", "iso") else sc
+    return {"lp": lp, "score": sc, "lp2": lp2, "score2": sc2, "den": dn, "grad": gr, "cols": cols}
+
+
+def _evaluate(dists, Xs, a, s):
+    return {name: _evaluate_family(name, dist, Xs[name], a, s) for name, dist in dists.items()}
 
 
 def _close(got, ref, tol, what, info):
