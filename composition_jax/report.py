@@ -622,9 +622,10 @@ def _learned_note(learned: str) -> list[str]:
         "off": "Not run (default in quick mode: the scenario zoo alone fills the quick budget; "
                "pass `--learned` to add them, about 4 extra minutes on 2 cores with an empty "
                "parameter cache (254 s measured on 2026-12-01, 85 s of it training), about 3 "
-               "with the parameters cached (176 s) and about 1 (66 s) on a rerun, whose "
-               "compiled programs come from the command's compilation cache (on by default, "
-               "`--no-compile-cache`), or use full mode, where they run by default).",
+               "with the parameters cached and about 1 on a rerun, whose compiled programs come "
+               "from the command's compilation cache (on by default, `--no-compile-cache`; "
+               "176 s and 66 s measured with one cheap scenario, `--only weights_w1`), or use "
+               "full mode, where they run by default).",
         "skipped": "Not run: the minimal size is for tests only.",
     }[learned]]
 
