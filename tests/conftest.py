@@ -547,59 +547,59 @@ def pytest_addoption(parser):
 
 #: Measured seconds of each test file's default-lane float32 tests: the sum of pytest's
 #: per-test durations (setup + call + teardown, every test) in `make test` on 2 cores, cold
-#: compilation cache, the suite's compiler flags, measured 2026-12-01 (the machine in a slow
-#: state: the suite took 7 minutes; the relative costs are what matters). A file's cost depends
-#: a little on its group (the first file to compile a shared small program pays for it). Only
-#: used to deal files to ``--lane-shard`` groups of equal cost; a file not listed counts as
-#: DEFAULT_FILE_COST_S (test_compile_cache.py: estimated).
+#: compilation cache, the suite's compiler flags; the mean of two runs on 2026-12-01 whose
+#: groups differed (a file's cost depends a little on its group: the first file to compile a
+#: shared small program pays for it), the first scaled to the second's total. Only used to deal
+#: files to ``--lane-shard`` groups of equal cost; a file not listed counts as
+#: DEFAULT_FILE_COST_S.
 FILE_COST_S: dict[str, float] = {
-    "tests/test_methods_contract.py": 52.3,
-    "tests/test_calibration.py": 38.0,
-    "tests/test_nn.py": 34.4,
-    "tests/test_factor_mixture.py": 25.8,
-    "tests/test_trust_sampling.py": 23.7,
-    "tests/test_score_columns.py": 23.3,
-    "tests/test_models.py": 22.6,
-    "tests/test_distributions_exact.py": 17.9,
-    "tests/test_verify_fc_projective.py": 17.5,
-    "tests/test_trust_numerics.py": 16.9,
-    "tests/test_multiprocess.py": 16.2,
-    "tests/test_samplers_columns.py": 15.8,
-    "tests/test_samplers.py": 15.6,
-    "tests/test_experiments.py": 13.7,
-    "tests/test_distributions.py": 13.6,
-    "tests/test_churn.py": 13.4,
-    "tests/test_report_figures.py": 12.8,
-    "tests/test_same_law.py": 11.2,
-    "tests/test_noise.py": 10.3,
-    "tests/test_training.py": 9.9,
-    "tests/test_compose.py": 9.9,
-    "tests/test_bench.py": 9.8,
-    "tests/test_mixture_diagonal.py": 9.4,
-    "tests/test_nonlinear.py": 8.7,
-    "tests/test_trust_checkpoints.py": 8.6,
-    "tests/test_fused_composition.py": 8.0,
-    "tests/test_compile_cache.py": 8.0,
-    "tests/test_orbax_checkpoints.py": 7.4,
-    "tests/test_law_check.py": 7.2,
-    "tests/test_samplers_mcmc.py": 6.8,
-    "tests/test_locality_learned.py": 6.8,
-    "tests/test_nnx.py": 6.7,
-    "tests/test_verify_stats.py": 6.4,
-    "tests/test_mixture_of_models.py": 6.2,
-    "tests/test_driver_tiles.py": 5.9,
-    "tests/test_schedules.py": 5.7,
-    "tests/test_flow.py": 5.1,
-    "tests/test_locality.py": 4.5,
-    "tests/test_compose_exact.py": 4.1,
-    "tests/test_gap_fisher.py": 4.0,
-    "tests/test_distributions_errors.py": 3.9,
-    "tests/test_trust_outputs.py": 3.7,
-    "tests/test_claims.py": 3.6,
-    "tests/test_smc.py": 2.8,
-    "tests/test_verify_heuristics_gap.py": 2.5,
-    "tests/test_dpm_solver.py": 2.0,
-    "tests/test_sampler_law.py": 1.5,
+    "tests/test_methods_contract.py": 45.3,
+    "tests/test_calibration.py": 33.9,
+    "tests/test_nn.py": 31.7,
+    "tests/test_factor_mixture.py": 24.3,
+    "tests/test_models.py": 24.2,
+    "tests/test_score_columns.py": 22.1,
+    "tests/test_trust_sampling.py": 21.2,
+    "tests/test_distributions_exact.py": 17.2,
+    "tests/test_multiprocess.py": 16.3,
+    "tests/test_verify_fc_projective.py": 15.6,
+    "tests/test_distributions.py": 14.9,
+    "tests/test_samplers.py": 14.8,
+    "tests/test_samplers_columns.py": 13.2,
+    "tests/test_trust_numerics.py": 13.0,
+    "tests/test_churn.py": 10.8,
+    "tests/test_mixture_diagonal.py": 10.7,
+    "tests/test_same_law.py": 10.1,
+    "tests/test_experiments.py": 9.9,
+    "tests/test_report_figures.py": 9.7,
+    "tests/test_nnx.py": 9.6,
+    "tests/test_noise.py": 9.4,
+    "tests/test_compose.py": 8.8,
+    "tests/test_bench.py": 8.5,
+    "tests/test_training.py": 8.4,
+    "tests/test_fused_composition.py": 7.3,
+    "tests/test_trust_checkpoints.py": 7.2,
+    "tests/test_nonlinear.py": 6.6,
+    "tests/test_locality_learned.py": 6.3,
+    "tests/test_law_check.py": 6.2,
+    "tests/test_samplers_mcmc.py": 6.1,
+    "tests/test_compile_cache.py": 6.0,
+    "tests/test_verify_stats.py": 5.9,
+    "tests/test_schedules.py": 5.9,
+    "tests/test_mixture_of_models.py": 5.7,
+    "tests/test_orbax_checkpoints.py": 5.6,
+    "tests/test_driver_tiles.py": 5.5,
+    "tests/test_trust_outputs.py": 4.6,
+    "tests/test_flow.py": 4.6,
+    "tests/test_locality.py": 4.1,
+    "tests/test_gap_fisher.py": 4.1,
+    "tests/test_compose_exact.py": 3.7,
+    "tests/test_smc.py": 3.3,
+    "tests/test_claims.py": 3.0,
+    "tests/test_verify_heuristics_gap.py": 2.3,
+    "tests/test_dpm_solver.py": 2.3,
+    "tests/test_distributions_errors.py": 2.2,
+    "tests/test_sampler_law.py": 1.1,
     "tests/test_smoke.py": 0.8,
 }
 DEFAULT_FILE_COST_S = 1.0
@@ -641,10 +641,10 @@ SLOW_FILE_COST_S: dict[str, float] = {
 DEFAULT_SLOW_FILE_COST_S = 1.0
 
 #: What each of the two lanes runs after its float32 group, in FILE_COST_S units (measured the
-#: same way, in the same run): `make test` lane A the property-based suite (60.7 s), lane B the
-#: float64 tests (135.3 s); `make test-slow` lane B the slow float64 tests (estimated). The
+#: same way, the same two runs): `make test` lane A the property-based suite (50.6 s), lane B
+#: the float64 tests (117.7 s); `make test-slow` lane B the slow float64 tests (estimated). The
 #: dealing starts from these loads so that the lanes finish together.
-LANE_AFTER_S = (60.7, 135.3)
+LANE_AFTER_S = (50.6, 117.7)
 SLOW_LANE_AFTER_S = (0.0, 100.0)
 
 
