@@ -74,19 +74,11 @@ def test_second_process_reuses_the_first_ones_programs(tmp_path):
 
 
 def test_reproduce_flag_reaches_the_cache_switch(tmp_path, monkeypatch):
-    from composition_jax import report
+    from test_trust_outputs import _fake_reproduce  # tests/ is on sys.path (pytest rootdir)
 
     calls = []
     monkeypatch.setattr(_compile_cache, "enable_for_cli", lambda enabled: calls.append(enabled))
-
-    def fake(out, **kw):
-        out = Path(out)
-        out.mkdir()
-        (out / "report.json").write_text(json.dumps(
-            {"scenarios": [], "mismatches": [], "inconclusive": [], "learned": "off"}))
-        return 0, out
-
-    monkeypatch.setattr(report, "reproduce", fake)
+    _fake_reproduce(monkeypatch)
     assert cli.main(["reproduce", "--out", str(tmp_path / "a")]) == 0
     assert cli.main(["reproduce", "--out", str(tmp_path / "b"), "--no-compile-cache"]) == 0
     assert calls == [True, False]
