@@ -172,7 +172,19 @@ class _ResBlock(nnx.Module):
 
 
 # -- networks -------------------------------------------------------------------------------------
-class NNXMLPScoreNet(nnx.Module):
+class _ScoreNet(nnx.Module):
+    """What the library's NNX networks share: the NULL condition index of their ``num_conditions``
+    (set by each network's constructor)."""
+
+    num_conditions: int | None
+
+    @property
+    def null_condition(self) -> int:
+        """The reserved NULL (unconditional) condition index ``C`` (0 for unconditional nets)."""
+        return 0 if self.num_conditions is None else self.num_conditions
+
+
+class NNXMLPScoreNet(_ScoreNet):
     r"""Residual MLP for vector data with a sinusoidal time embedding (flax NNX).
 
     The architecture of :class:`~composition_jax.nn.MLPScoreNet`: ``h = W_in x_in + E(t, c)``;
@@ -213,11 +225,6 @@ class NNXMLPScoreNet(nnx.Module):
                                    rngs=rngs)
 
     @property
-    def null_condition(self) -> int:
-        """The reserved NULL (unconditional) condition index ``C`` (0 for unconditional nets)."""
-        return 0 if self.num_conditions is None else self.num_conditions
-
-    @property
     def config(self) -> dict:
         """The constructor arguments (without ``rngs``)."""
         return {"dim": self.dim, "hidden": self.hidden, "depth": self.depth,
@@ -243,7 +250,7 @@ class NNXMLPScoreNet(nnx.Module):
         yield names("Dense"), ("proj_out",)
 
 
-class NNXLocalScoreNet(nnx.Module):
+class NNXLocalScoreNet(_ScoreNet):
     r"""A score network that is *local by construction* (flax NNX): its output on the pixel block
     ``M_b`` depends only on the input on ``M_b``, the time and the condition.
 
@@ -291,11 +298,6 @@ class NNXLocalScoreNet(nnx.Module):
         self.proj_out = _BlockLinear(nb, hidden, width, rngs=rngs, zero=True)
 
     @property
-    def null_condition(self) -> int:
-        """The reserved NULL (unconditional) condition index ``C`` (0 for unconditional nets)."""
-        return 0 if self.num_conditions is None else self.num_conditions
-
-    @property
     def config(self) -> dict:
         """The constructor arguments (without ``rngs``)."""
         return {"dim": self.dim, "blocks": self.blocks, "hidden": self.hidden,
@@ -331,7 +333,7 @@ class NNXLocalScoreNet(nnx.Module):
         yield names("_BlockDense"), ("proj_out",)
 
 
-class NNXUNetScoreNet(nnx.Module):
+class NNXUNetScoreNet(_ScoreNet):
     r"""Small convolutional U-Net for images, on flattened vectors (flax NNX).
 
     The architecture of :class:`~composition_jax.nn.UNetScoreNet`: a sample is a vector of
@@ -380,10 +382,6 @@ class NNXUNetScoreNet(nnx.Module):
     @property
     def dim(self) -> int:
         return self.height * self.width * self.channels
-
-    @property
-    def null_condition(self) -> int:
-        return 0 if self.num_conditions is None else self.num_conditions
 
     @property
     def config(self) -> dict:
@@ -455,6 +453,12 @@ _PAIRS = ((MLPScoreNet, NNXMLPScoreNet), (UNetScoreNet, NNXUNetScoreNet),
           (LocalScoreNet, NNXLocalScoreNet))
 
 
+def _one_of(classes) -> str:
+    """``"A, B or C"`` of the classes' names (the conversions' error messages)."""
+    names = [c.__name__ for c in classes]
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
 def _layer_map(module: Any) -> list[tuple[tuple[str, ...], tuple]]:
     """``[(linen scope path, nnx submodule path), ...]`` for every parameterised layer."""
     return [(tuple(lp.split("/")), np_) for lp, np_ in module._linen_names(_LinenNames())]
@@ -475,9 +479,9 @@ def nnx_from_linen(network: Any, params: Any) -> nnx.Module:
     """The NNX network with the architecture of the linen ``network`` and its ``params``.
 
     ``MLPScoreNet -> NNXMLPScoreNet``, ``UNetScoreNet -> NNXUNetScoreNet``, ``LocalScoreNet ->
-    NNXLocalScoreNet`` with the same configuration; every parameter array is carried over unchanged (the map between linen's
-    auto-named scopes and the NNX attributes is a bijection, checked leaf by leaf), so the two
-    networks compute the same function.
+    NNXLocalScoreNet`` with the same configuration; every parameter array is carried over
+    unchanged (the map between linen's auto-named scopes and the NNX attributes is a bijection,
+    checked leaf by leaf), so the two networks compute the same function.
 
     Args:
       network: a linen ``MLPScoreNet``, ``UNetScoreNet`` or ``LocalScoreNet``.
@@ -493,8 +497,8 @@ def nnx_from_linen(network: Any, params: Any) -> nnx.Module:
         if type(network) is lin:
             break
     else:
-        raise TypeError(f"network must be a linen MLPScoreNet, UNetScoreNet or LocalScoreNet, "
-                        f"got {type(network).__name__}")
+        raise TypeError(f"network must be a linen {_one_of(lin for lin, _ in _PAIRS)}, got "
+                        f"{type(network).__name__}")
     config = {f.name: getattr(network, f.name) for f in dataclasses.fields(network)
               if f.name not in ("parent", "name")}
     abstract = _abstract(nx, config)
@@ -545,8 +549,8 @@ def linen_from_nnx(module: Any) -> tuple[Any, dict]:
         if type(module) is nx:
             break
     else:
-        raise TypeError(f"module must be an NNXMLPScoreNet, NNXUNetScoreNet or "
-                        f"NNXLocalScoreNet, got {type(module).__name__}")
+        raise TypeError(f"module must be an {_one_of(nx for _, nx in _PAIRS)}, got "
+                        f"{type(module).__name__}")
     flat = {path: v.get_value() for path, v in nnx.to_flat_state(nnx.state(module, nnx.Param))}
     out = {}
     for lpath, npath in _layer_map(module):
