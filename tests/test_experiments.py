@@ -154,6 +154,43 @@ def _same_counts(a, b):
                for v in a for bg in a[v] for k in a[v][bg])
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("network", ["local", "mlp"])
+def test_learned_vector_pipeline_minimal(tmp_path, network):
+    """Both networks at minimal size: the two records, the training information of each network,
+    parameters from the cache on a rerun (same samples), and the block-local conditionals: the
+    composed score over the empty background is exactly block-local (a block's output does not
+    move when the other block's input does), the unconditional model's is not."""
+    import dataclasses
+
+    from composition_jax.compose import compose
+    from composition_jax.experiments.learned_vector import VectorConfig, run_learned_vector
+
+    cfg = dataclasses.replace(VectorConfig.for_mode("minimal"), network=network)
+    out = run_learned_vector(cfg, cache=tmp_path)
+    assert [r["name"] for r in out["records"]] == ["learned_vector_empty", "learned_vector_bayes"]
+    for r in out["records"]:
+        assert r["observed"] in ("success", "failure", "inconclusive")
+        assert np.isfinite(r["metrics"]["budget"]["kl"])
+    assert out["training"]["cached"] is False
+    if network == "local":
+        assert set(out["training"]) >= {"conditionals", "unconditional"}
+        assert out["training"]["conditionals"]["cached"] is False
+        assert out["training"]["unconditional"]["cached"] is False
+    again = run_learned_vector(cfg, cache=tmp_path)
+    assert again["training"]["cached"] is True
+    for b in ("background", "unconditional"):
+        np.testing.assert_array_equal(again["samples"][b], out["samples"][b])
+    models = out["models"]
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4)), jnp.float32)
+    moved = x.at[:, 2:].add(1.0)  # block {2, 3} moves, block {0, 1} stays
+    for bg, local in (("background", network == "local"), ("unconditional", False)):
+        comp = compose(models[bg], [models["p1"], models["p2"]])
+        score = jax.vmap(comp.score, in_axes=(0, None))
+        d = np.abs(np.asarray(score(moved, 0.3) - score(x, 0.3)))[:, :2]
+        assert (d.max() == 0.0) == local, (bg, d.max())
+
+
 def test_length_config_errors():
     with pytest.raises(ValueError, match="mode must be"):
         LengthGenConfig.for_mode("huge")
@@ -161,6 +198,10 @@ def test_length_config_errors():
         LengthGenConfig(ks=(0, 7)).kset()
     with pytest.raises(ValueError, match="network must be 'mlp' or 'unet'"):
         LengthGenConfig(network="cnn").make_network()
+    from composition_jax.experiments.learned_vector import VectorConfig, run_learned_vector
+
+    with pytest.raises(ValueError, match="cfg.network must be 'local' or 'mlp'"):
+        run_learned_vector(VectorConfig(network="unet"))
 
 
 @pytest.mark.slow
