@@ -253,6 +253,40 @@ def test_local_score_net_compositions_measure_local(key):
     assert not np.allclose(y0[:, [1, 2, 5]], y1[:, [1, 2, 5]])
 
 
+def test_local_score_net_block_equals_its_own_one_block_network(key):
+    """Block ``b`` of the network's output is the output of a one-block ``LocalScoreNet`` over
+    ``M_b`` alone with block ``b``'s parameters (its slices of every per-block kernel, bias and
+    condition-embedding column range; the shared time embedding and layer-norm parameters): the
+    batched block-major layout mixes nothing between blocks, weights or conditions."""
+    m = _local_model(key)
+    net, params = m.network, m.params["params"]
+    n, hid, last = 5, net.hidden, f"_BlockDense_{2 + 3 * net.depth - 1}"
+    x = jax.random.normal(jax.random.fold_in(key, 4), (n, 6))
+    t = jax.random.uniform(jax.random.fold_in(key, 5), (n,))
+    c = jnp.array([0, 1, 2, 3, 1], jnp.int32)
+    full = np.asarray(net.apply({"params": params}, x, t, c))
+    for b, pix in enumerate(LOCAL_BLOCKS):
+        k = len(pix)
+        one = nn.LocalScoreNet(dim=k, blocks=(tuple(range(k)),), hidden=hid, depth=net.depth,
+                               num_conditions=net.num_conditions)
+
+        def part(name, leaf, b=b, k=k):
+            if name == "_BlockDense_0" and leaf.ndim == 3:
+                return leaf[b:b + 1, :k]  # the padded input rows multiply zeros
+            if name == last:
+                return leaf[b:b + 1, ..., :k]
+            if name.startswith("_BlockDense"):
+                return leaf[b:b + 1]
+            if name == "cond_embed":
+                return leaf[:, b * hid:(b + 1) * hid]
+            return leaf
+
+        sub = {name: jax.tree.map(lambda a, name=name: part(name, a), tree)
+               for name, tree in params.items()}
+        want = np.asarray(one.apply({"params": sub}, x[:, list(pix)], t, c))
+        np.testing.assert_allclose(full[:, list(pix)], want, rtol=2e-5, atol=1e-6)
+
+
 def test_local_score_net_errors():
     with pytest.raises(ValueError, match=r"blocks must partition range\(dim = 4\): repeated "
                                          r"\[1\], missing \[3\], out of range \[\]"):

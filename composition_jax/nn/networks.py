@@ -249,17 +249,20 @@ def _block_layout(dim: int, blocks: tuple) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _BlockDense(nn.Module):
-    """One dense layer per block: ``(N, B, i) -> (N, B, o)`` with kernel ``(B, i, o)``."""
+    """One dense layer per block: ``(B, N, i) -> (B, N, o)`` with kernel ``(B, i, o)``. Block-major:
+    the batch dimension of the matmul leads in both operands and in the result, so XLA runs one
+    batched matmul with no transposes (the particle-major ``(N, B, i)`` form ran 2x slower on
+    CPU, forward and gradient)."""
 
     features: int
     kernel_init: object = nn.initializers.lecun_normal(batch_axis=(0,))
 
     @nn.compact
     def __call__(self, h):
-        nb, fin = h.shape[-2], h.shape[-1]
+        nb, fin = h.shape[0], h.shape[-1]
         w = self.param("kernel", self.kernel_init, (nb, fin, self.features), h.dtype)
         b = self.param("bias", nn.initializers.zeros, (nb, self.features), h.dtype)
-        return jnp.einsum("nbi,bio->nbo", h, w) + b[None]
+        return jnp.einsum("bni,bio->bno", h, w) + b[:, None]
 
 
 class LocalScoreNet(nn.Module):
@@ -306,12 +309,12 @@ class LocalScoreNet(nn.Module):
         n, nb, hid = x.shape[0], len(self.blocks), self.hidden
         gather, scatter = _block_layout(self.dim, self.blocks)
         xe = jnp.concatenate([x, jnp.zeros((n, 1), x.dtype)], axis=1)
-        xb = xe[:, gather]  # (N, B, P)
-        emb = _CondTimeEmbedding(hid, None)(t, None)[:, None, :]  # (N, 1, H)
+        xb = jnp.swapaxes(xe[:, gather], 0, 1)  # (B, N, P): block-major (see _BlockDense)
+        emb = _CondTimeEmbedding(hid, None)(t, None)[None]  # (1, N, H)
         if self.num_conditions is not None:
             table = nn.Embed(self.num_conditions + 1, nb * hid, name="cond_embed")
-            emb = emb + table(cond).reshape(n, nb, hid)
-        emb = jnp.broadcast_to(emb, (n, nb, hid))
+            emb = emb + jnp.swapaxes(table(cond).reshape(n, nb, hid), 0, 1)
+        emb = jnp.broadcast_to(emb, (nb, n, hid))
         h = _BlockDense(hid)(xb) + emb
         for _ in range(self.depth):
             r = nn.silu(nn.LayerNorm()(h))
@@ -319,5 +322,5 @@ class LocalScoreNet(nn.Module):
             r = _BlockDense(hid)(nn.silu(r))
             h = h + r
         h = nn.silu(nn.LayerNorm()(h))
-        out = _BlockDense(gather.shape[1], kernel_init=nn.initializers.zeros)(h)  # (N, B, P)
-        return out.reshape(n, -1)[:, scatter]
+        out = _BlockDense(gather.shape[1], kernel_init=nn.initializers.zeros)(h)  # (B, N, P)
+        return jnp.swapaxes(out, 0, 1).reshape(n, -1)[:, scatter]

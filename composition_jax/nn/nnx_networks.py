@@ -102,7 +102,7 @@ class _CondTimeEmbedding(nnx.Module):
 
 
 class _BlockLinear(nnx.Module):
-    """One dense layer per block, as linen's ``_BlockDense``: ``(N, B, i) -> (N, B, o)`` with
+    """One dense layer per block, as linen's ``_BlockDense``: ``(B, N, i) -> (B, N, o)`` with
     kernel ``(B, i, o)`` and bias ``(B, o)``."""
 
     def __init__(self, num_blocks: int, in_features: int, out_features: int, *,
@@ -114,12 +114,12 @@ class _BlockLinear(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((num_blocks, out_features), jnp.float32))
 
     def __call__(self, h):
-        return jnp.einsum("nbi,bio->nbo", h, self.kernel[...]) + self.bias[...][None]
+        return jnp.einsum("bni,bio->bno", h, self.kernel[...]) + self.bias[...][:, None]
 
 
 class _MLPBlock(nnx.Module):
     """``h + W_3 silu(W_1 silu(LN(h)) + W_2 silu(emb))``; with ``num_blocks``, one weight set per
-    block (``h``, ``emb``: ``(N, B, hidden)``; the layer norm acts per block)."""
+    block (``h``, ``emb``: ``(B, N, hidden)``; the layer norm acts per block)."""
 
     def __init__(self, hidden: int, *, rngs: nnx.Rngs, num_blocks: int | None = None):
         def linear():
@@ -307,16 +307,16 @@ class NNXLocalScoreNet(_ScoreNet):
         n, nb, hid = x.shape[0], len(self.blocks), self.hidden
         gather, scatter = _block_layout(self.dim, self.blocks)
         xe = jnp.concatenate([x, jnp.zeros((n, 1), x.dtype)], axis=1)
-        xb = xe[:, gather]  # (N, B, P)
-        emb = self.embed(t, None)[:, None, :]  # (N, 1, H)
+        xb = jnp.swapaxes(xe[:, gather], 0, 1)  # (B, N, P): block-major, as linen's
+        emb = self.embed(t, None)[None]  # (1, N, H)
         if self.cond_embed is not None:
-            emb = emb + self.cond_embed(cond).reshape(n, nb, hid)
-        emb = jnp.broadcast_to(emb, (n, nb, hid))
+            emb = emb + jnp.swapaxes(self.cond_embed(cond).reshape(n, nb, hid), 0, 1)
+        emb = jnp.broadcast_to(emb, (nb, n, hid))
         h = self.proj_in(xb) + emb
         for layer in self.layers:
             h = layer(h, emb)
-        out = self.proj_out(nnx.silu(self.norm_out(h)))  # (N, B, P)
-        return out.reshape(n, -1)[:, scatter]
+        out = self.proj_out(nnx.silu(self.norm_out(h)))  # (B, N, P)
+        return jnp.swapaxes(out, 0, 1).reshape(n, -1)[:, scatter]
 
     def _linen_names(self, names: _LinenNames) -> Iterator[tuple[str, tuple]]:
         # linen's LocalScoreNet creates its layers in this order
