@@ -57,7 +57,9 @@ FULL_RUNTIME = ("55 minutes of wall time with the learned experiments (measured 
                 "scenarios 38 minutes, the 8-D eq. 17 and eq. 18 ones 4-12 minutes each, the "
                 "others under 2.5; the learned stage 17 minutes with the ring network's "
                 "parameters cached and one blob network trained; its runtime was not measured "
-                "on an idle machine)")
+                "on an idle machine; since 2026-12-01 the learned 4-D ring experiment trains a "
+                "block-local network and alone took 21.5 minutes with its networks trained anew, "
+                "5.6 of them training)")
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -234,11 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also run the learned-model experiments (trained score networks: "
                             "length generalization on blob scenes, learned 4-D ring composition "
                             "vs exact). Default: on with --size full, off with --size "
-                            "quick (adds about 4 minutes on 2 cores with an empty parameter "
-                            "cache, 254 s measured on 2026-12-01, about 3 once the parameters "
-                            "are cached and about 1 on a rerun whose compiled programs come "
-                            "from the compilation cache, see --no-compile-cache: 176 s and 66 s "
-                            "measured with --only weights_w1; "
+                            "quick (adds about 5 minutes on 2 cores with an empty parameter "
+                            "cache, about 2.5 once the parameters are cached and about 1.5 on a "
+                            "rerun whose compiled programs come from the compilation cache, see "
+                            "--no-compile-cache: measured on 2026-12-01 with --only weights_w1, "
+                            "308 s, 167 s and 112 s against 27 s without --learned; "
                             "the learned 4-D ring composition over the empty background "
                             "comes out 'success' and the Bayes one 'failure' in quick and in "
                             "full mode, as expected); never with --size "

@@ -615,17 +615,19 @@ def _learned_note(learned: str) -> list[str]:
               "effects, the path-KL budget of either direction for the binary KL of a "
               "ring-collapse event); a verdict the statistics cannot settle "
               "at this size is reported "
-              "as `inconclusive` and flagged, not counted as agreement (this is "
-              "expected for the ring composition over the empty background, whose deviation "
-              "lies within the error budget of its trained models; the Bayes one is decided "
-              "`failure`: measured in quick and in full mode on 2026-12-01).",
+              "as `inconclusive` and flagged, not counted as agreement. The ring "
+              "compositions' models are block-local networks for the laws that factorize over "
+              "the blocks: over the empty background the composition was decided `success` "
+              "and over the Bayes one `failure`, in quick and in full mode (2026-12-01); with "
+              "one unconstrained MLP instead (`VectorConfig(network=\"mlp\")`) the empty one "
+              "stays `inconclusive`, its deviation within the error budget of its models.",
         "off": "Not run (default in quick mode: the scenario zoo alone fills the quick budget; "
-               "pass `--learned` to add them, about 4 extra minutes on 2 cores with an empty "
-               "parameter cache (254 s measured on 2026-12-01, 85 s of it training), about 3 "
-               "with the parameters cached and about 1 on a rerun, whose compiled programs come "
-               "from the command's compilation cache (on by default, `--no-compile-cache`; "
-               "176 s and 66 s measured with one cheap scenario, `--only weights_w1`), or use "
-               "full mode, where they run by default).",
+               "pass `--learned` to add them, about 5 extra minutes on 2 cores with an empty "
+               "parameter cache, about 2.5 with the parameters cached and about 1.5 on a "
+               "rerun, whose compiled programs come from the command's compilation cache (on "
+               "by default, `--no-compile-cache`; measured on 2026-12-01 with one cheap "
+               "scenario, `--only weights_w1`: 308 s, 167 s and 112 s against 27 s without "
+               "the learned experiments), or use full mode, where they run by default).",
         "skipped": "Not run: the minimal size is for tests only.",
     }[learned]]
 

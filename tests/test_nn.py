@@ -260,7 +260,7 @@ def test_local_score_net_block_equals_its_own_one_block_network(key):
     batched block-major layout mixes nothing between blocks, weights or conditions."""
     m = _local_model(key)
     net, params = m.network, m.params["params"]
-    n, hid, last = 5, net.hidden, f"_BlockDense_{2 + 3 * net.depth - 1}"
+    n, hid, last = 5, net.hidden, f"_BlockDense_{3 * net.depth + 1}"
     x = jax.random.normal(jax.random.fold_in(key, 4), (n, 6))
     t = jax.random.uniform(jax.random.fold_in(key, 5), (n,))
     c = jnp.array([0, 1, 2, 3, 1], jnp.int32)

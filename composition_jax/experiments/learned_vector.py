@@ -97,7 +97,7 @@ event alone exceeds the reverse budget (``kl(P_L || P_X) >= 0.79`` and ``1.00 > 
 composition's path KL 0.077 / 0.092 (ingredients 0.35-0.67 along the composed chain); empty
 ``success`` (no material rejection, radius 1.53 / 1.52); Bayes ``failure`` (radius 0.83 / 0.81,
 each block's collapse event beyond the reverse budget: ``kl(P_L || P_X) >= 0.83`` and ``0.91 >
-0.61``). The full run took 33 minutes on 2 cores (training 7.7 minutes, most of the rest the
+0.61``). The full run took 22 minutes on 2 cores (training 5.6 minutes, most of the rest the
 path-KL budgets: 4096 chains of 300 steps each).
 
 **Measured, MLP** (``network="mlp"``, the same quick sizes): each learned model's path KL along
@@ -492,13 +492,10 @@ def _train_models(cfg: VectorConfig, sch: Any, key: jax.Array, xs: list, labels:
     unconditional ``MLPScoreNet`` for ``p_u``, a law that couples the blocks (which ring is
     active), which no block-local network can represent.
     """
-    def trainer(net):
-        return DSMTrainer(net, sch, optimizer=optax.adam(cfg.lr), batch_size=cfg.batch_size,
-                          steps_per_call=min(100, max(1, cfg.train_steps)), p_uncond=0.0,
-                          ema_decay=cfg.ema_decay)
-
     def fit(net, k, data, tag):
-        tr = trainer(net)
+        tr = DSMTrainer(net, sch, optimizer=optax.adam(cfg.lr), batch_size=cfg.batch_size,
+                        steps_per_call=min(100, max(1, cfg.train_steps)), p_uncond=0.0,
+                        ema_decay=cfg.ema_decay)
         desc = {"laws": [cfg.components, cfg.radius, cfg.std], "n_train": cfg.n_train,
                 "seed": cfg.seed, "network": repr(net), "lr": cfg.lr}
         state, info = train_cached(tr, k, data, cfg.train_steps, tag, desc, cache_path)
@@ -527,9 +524,9 @@ def _train_models(cfg: VectorConfig, sch: Any, key: jax.Array, xs: list, labels:
 def run_learned_vector(cfg: VectorConfig | None = None, *, key: jax.Array | None = None,
                        cache: Any = "default") -> dict:
     """Train, measure Fisher divergences, compose, sample, verify. Returns
-    ``{"config", "training", "fisher", "records", "samples", "models"}`` (``models``: the learned
-    ``{"p1", "p2", "background", "unconditional"}``) (records as in
-    :func:`~composition_jax.experiments.length_generalization.run_length_generalization`)."""
+    ``{"config", "training", "fisher", "records", "samples", "models"}``: records as in
+    :func:`~composition_jax.experiments.length_generalization.run_length_generalization`,
+    ``models`` the learned ``{"p1", "p2", "background", "unconditional"}``."""
     from ..zoo.rules import ALPHA, floors_for
 
     cfg = VectorConfig.for_mode("quick") if cfg is None else cfg
