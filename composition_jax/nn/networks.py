@@ -251,8 +251,9 @@ def _block_layout(dim: int, blocks: tuple) -> tuple[np.ndarray, np.ndarray]:
 class _BlockDense(nn.Module):
     """One dense layer per block: ``(B, N, i) -> (B, N, o)`` with kernel ``(B, i, o)``. Block-major:
     the batch dimension of the matmul leads in both operands and in the result, so XLA runs one
-    batched matmul with no transposes (the particle-major ``(N, B, i)`` form ran 2x slower on
-    CPU, forward and gradient)."""
+    batched matmul with no transposes (with the particle-major ``(N, B, i)`` form, XLA:CPU
+    transposed around every layer: a two-block network of width 128 took 1.9x the time forward
+    and 1.5x for the gradient)."""
 
     features: int
     kernel_init: object = nn.initializers.lecun_normal(batch_axis=(0,))
