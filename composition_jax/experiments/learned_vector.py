@@ -479,11 +479,12 @@ def _i0e(x):
     return np.where(small, np.exp(-xs) * np.i0(xs), big)
 
 
-def _train_models(cfg: VectorConfig, sch: Any, key: jax.Array, xs: list, labels: np.ndarray,
+def _train_models(cfg: VectorConfig, sch: Any, key: jax.Array, xs: list, blocks: Any,
                   cache_path: Any) -> tuple[dict, dict]:
     """The learned models ``{"p1", "p2", "background", "unconditional"}`` and the training
     information, trained by DSM (or restored from the parameter cache) on the exact samples ``xs``
-    (``p_1``, ``p_2``, ``p_b``, ``p_u``; ``labels`` 0, 1, 2 and NULL = 3).
+    (``p_1``, ``p_2``, ``p_b``, ``p_u``: labels 0, 1, 2 and NULL = 3), ``blocks`` those of
+    :func:`ring_tuple`.
 
     ``cfg.network == "mlp"``: one conditional :class:`~composition_jax.nn.MLPScoreNet` (conditions
     0-2, NULL for ``p_u``). ``"local"``: one conditional
@@ -501,22 +502,24 @@ def _train_models(cfg: VectorConfig, sch: Any, key: jax.Array, xs: list, labels:
         state, info = train_cached(tr, k, data, cfg.train_steps, tag, desc, cache_path)
         return tr.model(state), info
 
+    def labelled(parts):
+        labels = np.concatenate([np.full(len(x), c) for c, x in enumerate(parts)])
+        return jnp.concatenate(parts), jnp.asarray(labels, jnp.int32)
+
     if cfg.network == "mlp":
         net = MLPScoreNet(dim=4, hidden=cfg.hidden, depth=cfg.depth, num_conditions=3)
-        data = (jnp.concatenate(xs), jnp.asarray(labels, jnp.int32))
-        m, info = fit(net, key, data, "learned-vector")
-        return {"p1": m.condition(0), "p2": m.condition(1), "background": m.condition(2),
-                "unconditional": m.unconditional()}, info
-    kc, ku = jax.random.split(key)
-    local = LocalScoreNet(dim=4, blocks=((0, 1), (2, 3)), hidden=cfg.hidden, depth=cfg.depth,
-                          num_conditions=3)
-    data = (jnp.concatenate(xs[:3]), jnp.asarray(labels[labels < 3], jnp.int32))
-    m, info_c = fit(local, kc, data, "learned-vector-local")
-    mu, info_u = fit(MLPScoreNet(dim=4, hidden=cfg.hidden, depth=cfg.depth), ku, xs[3],
-                     "learned-vector-unconditional")
-    info = {"train_seconds": round(info_c["train_seconds"] + info_u["train_seconds"], 2),
-            "cached": bool(info_c["cached"] and info_u["cached"]),
-            "conditionals": info_c, "unconditional": info_u}
+        m, info = fit(net, key, labelled(xs), "learned-vector")
+        mu = m.unconditional()
+    else:
+        kc, ku = jax.random.split(key)
+        local = LocalScoreNet(dim=4, blocks=tuple(tuple(int(i) for i in b) for b in blocks),
+                              hidden=cfg.hidden, depth=cfg.depth, num_conditions=3)
+        m, info_c = fit(local, kc, labelled(xs[:3]), "learned-vector-local")
+        mu, info_u = fit(MLPScoreNet(dim=4, hidden=cfg.hidden, depth=cfg.depth), ku, xs[3],
+                         "learned-vector-unconditional")
+        info = {"train_seconds": round(info_c["train_seconds"] + info_u["train_seconds"], 2),
+                "cached": bool(info_c["cached"] and info_u["cached"]),
+                "conditionals": info_c, "unconditional": info_u}
     return {"p1": m.condition(0), "p2": m.condition(1), "background": m.condition(2),
             "unconditional": mu}, info
 
@@ -543,8 +546,7 @@ def run_learned_vector(cfg: VectorConfig | None = None, *, key: jax.Array | None
     kd, kt, kf, ks, kv = jax.random.split(key, 5)
     kds = jax.random.split(kd, 4)
     xs = [law.sample(k, cfg.n_train) for law, k in zip(order + [laws["unconditional"]], kds)]
-    labels = np.concatenate([np.full(cfg.n_train, c) for c in range(4)])
-    models, info = _train_models(cfg, sch, kt, xs, labels, cache_path)
+    models, info = _train_models(cfg, sch, kt, xs, laws["blocks"], cache_path)
     fisher = {}
     for i, (name, mod) in enumerate(models.items()):
         rep = fisher_divergence(mod, diffuse(laws[name], sch), jnp.asarray(cfg.fisher_ts),
