@@ -143,6 +143,16 @@ def _shifted_exp_columns(logits):
     return jnp.where(top, one, jnp.exp(jnp.minimum(logits - mx, 0.0)))
 
 
+def _cond(pred, true_fn, false_fn, operand):
+    """``lax.cond``, or, for a concrete predicate (an eager call; also an eager ``vmap`` over
+    the points, as the predicate depends only on the noise level), the branch it selects. An
+    eager ``lax.cond`` traces and compiles its branches anew on every call (they close over that
+    call's arrays); under ``jit`` the predicate is a tracer and this is ``lax.cond``."""
+    if is_concrete(pred):
+        return (true_fn if bool(pred) else false_fn)(operand)
+    return jax.lax.cond(pred, true_fn, false_fn, operand)
+
+
 def _sym(c):
     """Symmetrize (``A S A^T`` is symmetric only up to rounding)."""
     return 0.5 * (c + jnp.swapaxes(c, -1, -2))
@@ -529,8 +539,7 @@ class GaussianMixture(Distribution):
             return branch("difference")(xp)
         if not self._guarded:
             return branch("expanded")(xp)
-        return jax.lax.cond(self._expansion_ok(mp, w, a), branch("expanded"),
-                            branch("anchored"), xp)
+        return _cond(self._expansion_ok(mp, w, a), branch("expanded"), branch("anchored"), xp)
 
     @staticmethod
     def _unnormalized(logits):
@@ -665,8 +674,7 @@ class GaussianMixture(Distribution):
             return branch("difference")(Xp)
         if not self._guarded:
             return branch("expanded")(Xp)
-        return jax.lax.cond(self._expansion_ok(mp, w, a), branch("expanded"),
-                            branch("anchored"), Xp)
+        return _cond(self._expansion_ok(mp, w, a), branch("expanded"), branch("anchored"), Xp)
 
     def _noised_denoise(self, x, a, s):
         if self.diagonal:

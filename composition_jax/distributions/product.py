@@ -7,6 +7,7 @@ sum of the factors' costs (never a mixture with a product number of components).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -148,30 +149,24 @@ class Product(Distribution):
     def _gaussian_mixture(self, max_components, name):
         """The mixture over the Cartesian product of the factors' components: component
         ``(k_1, .., k_B)`` has weight ``prod_i w_{i k_i}``, mean and (block-diagonal) covariance
-        assembled from the factors' ``k_i``-th components."""
+        assembled from the factors' ``k_i``-th components (one compiled program per structure,
+        :func:`_expand_product`)."""
         parts = [f._gaussian_mixture(max_components, f"{name}.factors[{j}]")
                  for j, f in enumerate(self.factors)]
-        dim = self.dim
-        dt = jnp.result_type(*[p.means.dtype for p in parts])
-        w = jnp.ones((1,), dt)
-        means = jnp.zeros((1, dim), dt)
-        covs = jnp.zeros((1, dim, dim), dt)
-        for p, blk in zip(parts, self.blocks):
-            ix = np.asarray(blk)
-            k0, k1 = w.shape[0], p.num_components
-            if k0 * k1 > max_components:
+        total = 1
+        for p in parts:
+            total *= p.num_components
+            if total > max_components:
                 raise NotImplementedError(
                     f"{name}: expanding the Product into a mixture would need more than "
                     f"{max_components} components"
                 )
-            w = (w[:, None] * p.weights.astype(dt)[None, :]).reshape(-1)
-            means = jnp.repeat(means, k1, axis=0).at[:, ix].set(
-                jnp.tile(p.means.astype(dt), (k0, 1)))
-            covs = jnp.repeat(covs, k1, axis=0).at[:, ix[:, None], ix[None, :]].set(
-                jnp.tile(p.covs.astype(dt), (k0, 1, 1)))
         from .gaussian import GaussianMixture
 
-        return GaussianMixture(w, means, covs)
+        dt = jnp.result_type(*[p.means.dtype for p in parts])
+        return GaussianMixture(*_expand_product(
+            tuple((p.weights.astype(dt), p.means.astype(dt), p.covs.astype(dt)) for p in parts),
+            self.blocks, self.dim))
 
     def _affine_image(self, matrix, shift):
         """For a concrete ``matrix`` that is block-diagonal over ``blocks``: the product of the
@@ -218,3 +213,23 @@ class Product(Distribution):
             return factors[0]
         return Product(tuple(factors), tuple(blocks))
 
+
+@functools.partial(jax.jit, static_argnames=("blocks", "dim"))
+def _expand_product(parts, blocks, dim):
+    """``(weights, means, covs)`` of the product of the mixtures ``parts`` (each ``(w, m, S)``
+    on ``blocks[i]``) over the Cartesian product of their components, factor 0's index
+    slowest. One jitted program per structure (the blocks and component counts): built op by
+    op, every partial product had its own shapes, so an eager call compiled a few programs per
+    factor."""
+    dt = parts[0][0].dtype
+    w = jnp.ones((1,), dt)
+    means = jnp.zeros((1, dim), dt)
+    covs = jnp.zeros((1, dim, dim), dt)
+    for (pw, pm, pc), blk in zip(parts, blocks):
+        ix = np.asarray(blk)
+        k0, k1 = w.shape[0], pw.shape[0]
+        w = (w[:, None] * pw[None, :]).reshape(-1)
+        means = jnp.repeat(means, k1, axis=0).at[:, ix].set(jnp.tile(pm, (k0, 1)))
+        covs = jnp.repeat(covs, k1, axis=0).at[:, ix[:, None], ix[None, :]].set(
+            jnp.tile(pc, (k0, 1, 1)))
+    return w, means, covs
