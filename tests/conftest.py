@@ -547,60 +547,59 @@ def pytest_addoption(parser):
 
 #: Measured seconds of each test file's default-lane float32 tests: the sum of pytest's
 #: per-test durations (setup + call + teardown, every test) in `make test` on 2 cores, cold
-#: compilation cache, the suite's compiler flags; the mean of two runs on 2026-12-01 whose
-#: groups differed (a file's cost depends a little on its group: the first file to compile a
-#: shared small program pays for it), the first scaled to the second's total. Only used to deal
-#: files to ``--lane-shard`` groups of equal cost; a file not listed counts as
-#: DEFAULT_FILE_COST_S.
+#: compilation cache, the suite's compiler flags (one run on 2026-12-01 at 12cdc38; a file's
+#: cost depends a little on its group: the first file to compile a shared small program pays
+#: for it). Only used to deal files to ``--lane-shard`` groups of equal cost; a file not listed
+#: (or under 0.5 s) counts as DEFAULT_FILE_COST_S.
 FILE_COST_S: dict[str, float] = {
-    "tests/test_methods_contract.py": 45.3,
-    "tests/test_calibration.py": 33.9,
-    "tests/test_nn.py": 31.7,
-    "tests/test_factor_mixture.py": 24.3,
-    "tests/test_models.py": 24.2,
-    "tests/test_score_columns.py": 22.1,
-    "tests/test_trust_sampling.py": 21.2,
-    "tests/test_distributions_exact.py": 17.2,
-    "tests/test_multiprocess.py": 16.3,
-    "tests/test_verify_fc_projective.py": 15.6,
-    "tests/test_distributions.py": 14.9,
-    "tests/test_samplers.py": 14.8,
-    "tests/test_samplers_columns.py": 13.2,
-    "tests/test_trust_numerics.py": 13.0,
-    "tests/test_churn.py": 10.8,
-    "tests/test_mixture_diagonal.py": 10.7,
-    "tests/test_same_law.py": 10.1,
-    "tests/test_experiments.py": 9.9,
-    "tests/test_report_figures.py": 9.7,
-    "tests/test_nnx.py": 9.6,
-    "tests/test_noise.py": 9.4,
-    "tests/test_compose.py": 8.8,
-    "tests/test_bench.py": 8.5,
-    "tests/test_training.py": 8.4,
-    "tests/test_fused_composition.py": 7.3,
-    "tests/test_trust_checkpoints.py": 7.2,
-    "tests/test_nonlinear.py": 6.6,
-    "tests/test_locality_learned.py": 6.3,
-    "tests/test_law_check.py": 6.2,
-    "tests/test_samplers_mcmc.py": 6.1,
-    "tests/test_compile_cache.py": 6.0,
-    "tests/test_verify_stats.py": 5.9,
-    "tests/test_schedules.py": 5.9,
-    "tests/test_mixture_of_models.py": 5.7,
-    "tests/test_orbax_checkpoints.py": 5.6,
-    "tests/test_driver_tiles.py": 5.5,
-    "tests/test_trust_outputs.py": 4.6,
-    "tests/test_flow.py": 4.6,
-    "tests/test_locality.py": 4.1,
-    "tests/test_gap_fisher.py": 4.1,
-    "tests/test_compose_exact.py": 3.7,
-    "tests/test_smc.py": 3.3,
-    "tests/test_claims.py": 3.0,
-    "tests/test_verify_heuristics_gap.py": 2.3,
-    "tests/test_dpm_solver.py": 2.3,
-    "tests/test_distributions_errors.py": 2.2,
-    "tests/test_sampler_law.py": 1.1,
-    "tests/test_smoke.py": 0.8,
+    "tests/test_methods_contract.py": 48.9,
+    "tests/test_nn.py": 37.4,
+    "tests/test_calibration.py": 35.0,
+    "tests/test_score_columns.py": 26.0,
+    "tests/test_factor_mixture.py": 25.1,
+    "tests/test_models.py": 24.0,
+    "tests/test_trust_sampling.py": 22.8,
+    "tests/test_trust_numerics.py": 22.0,
+    "tests/test_samplers_columns.py": 20.1,
+    "tests/test_verify_fc_projective.py": 18.4,
+    "tests/test_multiprocess.py": 17.0,
+    "tests/test_samplers.py": 15.9,
+    "tests/test_distributions.py": 13.6,
+    "tests/test_mixture_diagonal.py": 12.3,
+    "tests/test_same_law.py": 12.1,
+    "tests/test_nnx.py": 11.5,
+    "tests/test_schedules.py": 10.8,
+    "tests/test_experiments.py": 10.5,
+    "tests/test_distributions_exact.py": 10.3,
+    "tests/test_verify_stats.py": 9.3,
+    "tests/test_bench.py": 9.2,
+    "tests/test_report_figures.py": 9.1,
+    "tests/test_training.py": 9.0,
+    "tests/test_churn.py": 8.9,
+    "tests/test_compose.py": 8.9,
+    "tests/test_noise.py": 8.9,
+    "tests/test_trust_checkpoints.py": 7.1,
+    "tests/test_mixture_of_models.py": 6.7,
+    "tests/test_fused_composition.py": 6.6,
+    "tests/test_flow.py": 6.5,
+    "tests/test_law_check.py": 6.5,
+    "tests/test_orbax_checkpoints.py": 6.3,
+    "tests/test_compile_cache.py": 6.2,
+    "tests/test_nonlinear.py": 6.0,
+    "tests/test_locality_learned.py": 5.9,
+    "tests/test_samplers_mcmc.py": 5.9,
+    "tests/test_trust_outputs.py": 5.7,
+    "tests/test_locality.py": 5.0,
+    "tests/test_compose_exact.py": 4.9,
+    "tests/test_smc.py": 4.3,
+    "tests/test_driver_tiles.py": 4.1,
+    "tests/test_gap_fisher.py": 3.4,
+    "tests/test_verify_heuristics_gap.py": 3.0,
+    "tests/test_claims.py": 2.7,
+    "tests/test_dpm_solver.py": 2.5,
+    "tests/test_sampler_law.py": 1.3,
+    "tests/test_distributions_errors.py": 1.2,
+    "tests/test_smoke.py": 1.1,
 }
 DEFAULT_FILE_COST_S = 1.0
 
@@ -641,10 +640,10 @@ SLOW_FILE_COST_S: dict[str, float] = {
 DEFAULT_SLOW_FILE_COST_S = 1.0
 
 #: What each of the two lanes runs after its float32 group, in FILE_COST_S units (measured the
-#: same way, the same two runs): `make test` lane A the property-based suite (50.6 s), lane B
-#: the float64 tests (117.7 s); `make test-slow` lane B the slow float64 tests (estimated). The
+#: same way, the same run): `make test` lane A the property-based suite (47.4 s), lane B the
+#: float64 tests (136.5 s); `make test-slow` lane B the slow float64 tests (estimated). The
 #: dealing starts from these loads so that the lanes finish together.
-LANE_AFTER_S = (50.6, 117.7)
+LANE_AFTER_S = (47.4, 136.5)
 SLOW_LANE_AFTER_S = (0.0, 100.0)
 
 

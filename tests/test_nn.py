@@ -195,11 +195,17 @@ LOCAL_BLOCKS = ((0, 4), (1, 2, 5), (3,))  # a partition of range(6), out of orde
 def _perturbed(net, key):
     """A model of ``net`` with every parameter moved by N(0, 0.3^2): an untrained network
     outputs zero (zero output layer), whose Jacobian would be block-diagonal trivially."""
-    leaves, tree = jax.tree.flatten(nn.init_params(net, key))
+    return nn.ScoreNetModel(net, _perturb(nn.init_params(net, key), key), cj.VPSchedule())
+
+
+@jax.jit
+def _perturb(params, key):
+    """One compiled program per network structure (op by op, every parameter shape compiled
+    its own few programs)."""
+    leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
-    params = jax.tree.unflatten(tree, [p + 0.3 * jax.random.normal(k, p.shape, p.dtype)
-                                       for p, k in zip(leaves, keys)])
-    return nn.ScoreNetModel(net, params, cj.VPSchedule())
+    return jax.tree.unflatten(tree, [p + 0.3 * jax.random.normal(k, p.shape, p.dtype)
+                                     for p, k in zip(leaves, keys)])
 
 
 def _local_model(key):
@@ -247,8 +253,9 @@ def test_local_score_net_compositions_measure_local(key):
     # the batched network: perturbing block 1's pixels leaves blocks 0 and 2 bit-identical
     net, params = m.network, m.params
     t, c = jnp.full((16,), 0.4), jnp.zeros((16,), jnp.int32)
-    y0 = net.apply(params, x, t, c)
-    y1 = net.apply(params, x.at[:, [1, 2, 5]].add(1.0), t, c)
+    apply = jax.jit(net.apply)
+    y0 = apply(params, x, t, c)
+    y1 = apply(params, x.at[:, [1, 2, 5]].add(1.0), t, c)
     assert np.array_equal(y0[:, [0, 3, 4]], y1[:, [0, 3, 4]])
     assert not np.allclose(y0[:, [1, 2, 5]], y1[:, [1, 2, 5]])
 
@@ -264,7 +271,7 @@ def test_local_score_net_block_equals_its_own_one_block_network(key):
     x = jax.random.normal(jax.random.fold_in(key, 4), (n, 6))
     t = jax.random.uniform(jax.random.fold_in(key, 5), (n,))
     c = jnp.array([0, 1, 2, 3, 1], jnp.int32)
-    full = np.asarray(net.apply({"params": params}, x, t, c))
+    full = np.asarray(jax.jit(net.apply)({"params": params}, x, t, c))
     for b, pix in enumerate(LOCAL_BLOCKS):
         k = len(pix)
         one = nn.LocalScoreNet(dim=k, blocks=(tuple(range(k)),), hidden=hid, depth=net.depth,
@@ -283,7 +290,7 @@ def test_local_score_net_block_equals_its_own_one_block_network(key):
 
         sub = {name: jax.tree.map(lambda a, name=name: part(name, a), tree)
                for name, tree in params.items()}
-        want = np.asarray(one.apply({"params": sub}, x[:, list(pix)], t, c))
+        want = np.asarray(jax.jit(one.apply)({"params": sub}, x[:, list(pix)], t, c))
         np.testing.assert_allclose(full[:, list(pix)], want, rtol=2e-5, atol=1e-6)
 
 
