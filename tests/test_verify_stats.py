@@ -63,6 +63,38 @@ def test_ks_statistic_against_scipy(key):
     assert abs(float(r.p_value) - ref.pvalue) < 1e-2
 
 
+def _check_uniform_2_of_5(u, num):
+    """Every column takes exactly 2 of the 5 positions, and each of the C(5, 2) = 10 subsets
+    appears with frequency 1/10 (every cell within 5 standard errors; chi-square goodness of
+    fit, 9 degrees of freedom)."""
+    assert u.shape == (5, num) and u.dtype == bool
+    assert np.all(u.sum(0) == 2)
+    codes = (u * (1 << np.arange(5))[:, None]).sum(0)
+    values, counts = np.unique(codes, return_counts=True)
+    assert len(values) == 10
+    expected = num / 10
+    assert np.all(np.abs(counts - expected) <= 5 * np.sqrt(expected * 0.9)), counts
+    assert ss.chisquare(counts).pvalue > 1e-3, counts
+
+
+def test_random_subsets_are_uniform_n_subsets(monkeypatch):
+    """The permutation tests' random splits (selection sampling), over 60000 columns; a larger
+    split includes each position with frequency n / N; the same key gives the same splits.
+    Above the selection limit the label permutation takes over, with the same law."""
+    num = 60000
+    u = np.asarray(stats._random_subsets(jax.random.key(7), 2, 3, num))
+    _check_uniform_2_of_5(u, num)
+    big = np.asarray(stats._random_subsets(jax.random.key(8), 300, 200, 2000))
+    assert np.all(big.sum(0) == 300)
+    freq = big.mean(1)  # per position, binomial(2000, 0.6) / 2000
+    assert np.all(np.abs(freq - 0.6) <= 5 * np.sqrt(0.6 * 0.4 / 2000)), (freq.min(), freq.max())
+    np.testing.assert_array_equal(u, np.asarray(stats._random_subsets(jax.random.key(7), 2, 3, num)))
+    assert not np.array_equal(u, np.asarray(stats._random_subsets(jax.random.key(9), 2, 3, num)))
+    monkeypatch.setattr(stats, "_SELECTION_MAX_N", 4)
+    _check_uniform_2_of_5(np.asarray(stats._random_subsets(jax.random.key(10), 2, 3, 20000)),
+                          20000)
+
+
 def test_mean_test_chi2_pvalue(key):
     x = jax.random.normal(key, (400, 3))
     mu, cov = jnp.array([0.05, 0.0, -0.05]), jnp.diag(jnp.array([1.0, 2.0, 0.5]))

@@ -2,7 +2,8 @@ r"""Calibrated one- and two-sample statistics, vectorized in JAX.
 
 Two-sample tests (``x (n, d)`` vs ``y (m, d)``), both with **permutation p-values**
 ``p = (1 + #{T_perm >= T_obs}) / (1 + P)`` (exactly valid under exchangeability, whatever the
-statistic):
+statistic; each permutation is the split of the pooled sample into a uniformly random x-group of
+``n`` and the rest, drawn by selection sampling, :func:`_random_subsets`):
 
 * :func:`mmd_test`: the *unbiased* (U-statistic) squared maximum mean discrepancy
 
@@ -122,11 +123,48 @@ def _pair(x, y):
     return x.astype(dt), y.astype(dt)
 
 
+#: Largest pooled size ``N`` drawn by selection sampling: ``jax.random.randint`` combines its
+#: two 32-bit words exactly (as ``(hi 2^32 + lo) mod span``) only for spans below ``2^16``.
+_SELECTION_MAX_N = 1 << 16
+
+
+def _random_subsets(key, n, m, num):
+    """``(N, num)`` bool: column ``p`` is the indicator of a uniformly random ``n``-subset of
+    ``N = n + m`` positions, i.e. the x-group of a uniformly random permutation of the pooled
+    sample (a permutation test needs only that split); every column has exactly ``n`` ones.
+
+    Selection sampling (Knuth's Algorithm S), all columns at once: position ``j`` is taken
+    with probability ``(n - s) / (N - j)``, ``s`` the number taken before it, as ``r < n - s``
+    for ``r`` uniform on ``{0, .., N - j - 1}`` (``jax.random.randint``: a 64-bit word modulo
+    the span, so the law of the subsets is within ``N^2 / 2^64`` in total variation of the
+    uniform one). ``N`` sequential steps of ``O(num)`` work: at ``N = 2000`` and 999 columns
+    0.07 s on 2 CPU cores, where ``vmap`` of ``jax.random.permutation`` (two rounds of a
+    key-value sort per column, XLA:CPU's comparator sort) took 1.0 s. Above
+    ``_SELECTION_MAX_N`` positions, that permutation of the labels instead."""
+    N = n + m
+    if N > _SELECTION_MAX_N:
+        labels = jnp.arange(N) < n
+        keys = jax.random.split(key, num)
+        return jax.vmap(lambda k: jax.random.permutation(k, labels))(keys).T
+    keys = jax.random.split(key, N)
+
+    def step(j, carry):
+        taken, out = carry
+        r = jax.random.randint(keys[j], (num,), 0, N - j)
+        pick = r < n - taken
+        return taken + pick.astype(taken.dtype), out.at[j].set(pick)
+
+    init = (jnp.zeros((num,), jnp.int32), jnp.zeros((N, num), bool))
+    return jax.lax.fori_loop(0, N, step, init)[1]
+
+
 def _perm_labels(key, n, m, num_permutations, dtype):
-    """``(N, P+1)`` 0/1 indicators of the x-group: column 0 observed, then P permutations."""
+    """``(N, P+1)`` 0/1 indicators of the x-group: column 0 observed, then P random splits
+    (:func:`_random_subsets`)."""
     labels = jnp.concatenate([jnp.ones((n,), dtype), jnp.zeros((m,), dtype)])
-    keys = jax.random.split(key, num_permutations)
-    perms = jax.vmap(lambda k: jax.random.permutation(k, labels))(keys)  # (P, N)
+    perms = _random_subsets(key, n, m, num_permutations).T.astype(dtype)  # (P, N)
+    # (P, N) then transposed, the layout of the former per-permutation rows: the kernel products
+    # sum in the same order, so the observed statistic is bit-identical to theirs
     return jnp.concatenate([labels[None], perms], axis=0).T
 
 
@@ -336,9 +374,8 @@ def _sw_test(key, x, y, num_projections, num_permutations, batch):
     z = jnp.concatenate([x, y])
     kd, kp = jax.random.split(key)
     proj = z @ _random_directions(kd, z.shape[1], num_projections, z.dtype).T  # (N, L)
-    keys = jax.random.split(kp, num_permutations)
-    base = jnp.arange(n + m)
-    perms = jnp.concatenate([base[None], jax.vmap(lambda k: jax.random.permutation(k, base))(keys)])
+    observed = jnp.arange(n + m) < n
+    in_xs = jnp.concatenate([observed[None], _random_subsets(kp, n, m, num_permutations).T])
 
     # Sort the pooled projections ONCE per direction. A split into groups then only relabels
     # the pooled order: each group's sorted values are the pooled sorted values whose label
@@ -353,11 +390,11 @@ def _sw_test(key, x, y, num_projections, num_permutations, batch):
         idx = jnp.where(mask, rank, size)  # out-of-range rows are dropped
         return jnp.zeros((size, proj.shape[1]), proj.dtype).at[idx, cols].set(vals, mode="drop")
 
-    def one(perm):
-        in_x = jnp.zeros((n + m,), bool).at[perm[:n]].set(True)[order]  # (N, L) labels
+    def one(in_x):
+        in_x = in_x[order]  # (N, L) labels in each direction's sorted order
         return _w2sq_presorted(compact(in_x, n), compact(~in_x, m))
 
-    stats = jax.lax.map(one, perms, batch_size=batch)
+    stats = jax.lax.map(one, in_xs, batch_size=batch)
     return jnp.sqrt(stats[0]), _perm_pvalue(stats), jnp.std(jnp.sqrt(stats[1:]))
 
 
