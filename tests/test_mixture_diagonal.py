@@ -188,10 +188,10 @@ def test_guarded_mixture_eager_calls_reuse_their_programs_and_match_jit():
     covs = np.stack([np.diag(rng.uniform(1e-2, 2e-2, size=d))] * 3).astype(np.float32)
     mix = cj.GaussianMixture(np.full(3, 1 / 3, np.float32), means, covs)
     assert mix._guarded and mix.covariance == "diag"
-    p = cj.diffuse(mix, cj.VPSchedule())
+    sched = cj.VPSchedule()
+    p = cj.diffuse(mix, sched)
     x = jnp.asarray(means[0] * 0.5 + rng.normal(size=d).astype(np.float32))
     X = jnp.stack([x, -x], 1)  # (d, 2), particle-minor
-    sched = cj.VPSchedule()
     forms = set()
     for t in (1e-3, 0.9999):
         a, s = sched.alpha(jnp.float32(t)), sched.sigma(jnp.float32(t))
