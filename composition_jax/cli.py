@@ -181,6 +181,7 @@ def _run(command: str, func, args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .report import LEARNED_QUICK_RUNTIME
 
     parser = argparse.ArgumentParser(
         prog="composition-jax", formatter_class=_Formatter, epilog=EXIT_CODES,
@@ -236,12 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also run the learned-model experiments (trained score networks: "
                             "length generalization on blob scenes, learned 4-D ring composition "
                             "vs exact). Default: on with --size full, off with --size "
-                            "quick (adds about 5 minutes on 2 cores with an empty parameter "
-                            "cache, about 2.5 once the parameters are cached and about 1.5 on a "
-                            "rerun whose compiled programs come from the compilation cache, see "
-                            "--no-compile-cache: measured on 2026-12-01 with --only weights_w1, "
-                            "308 s, 167 s and 112 s against 27 s without --learned; "
-                            "the learned 4-D ring composition over the empty background "
+                            "quick (" + LEARNED_QUICK_RUNTIME + "; the learned 4-D ring "
+                            "composition over the empty background "
                             "comes out 'success' and the Bayes one 'failure' in quick and in "
                             "full mode, as expected); never with --size "
                             "minimal. Parameters are cached "

@@ -44,6 +44,15 @@ import numpy as np
 
 from ._outputs import OutputError, OutputExists, Staging, check_target
 
+#: Measured extra run time of the learned experiments in quick mode, stated by ``reproduce
+#: --help`` (cli.py) and by the report when they were not run; re-measure when their sizes change.
+LEARNED_QUICK_RUNTIME = (
+    "about 5 extra minutes on 2 cores with an empty parameter cache, about 2.5 once the "
+    "parameters are cached and about 1.5 on a rerun whose compiled programs come from the "
+    "command's compilation cache (on by default, --no-compile-cache); measured on 2026-12-01 "
+    "with one cheap scenario, --only weights_w1: 308 s, 167 s and 112 s against 27 s without "
+    "the learned experiments")
+
 __all__ = ["OutputError", "OutputExists", "check_out_dir", "environment", "expected_outputs",
            "learned_results", "reproduce", "scenario_catalog", "status"]
 
@@ -622,12 +631,8 @@ def _learned_note(learned: str) -> list[str]:
               "one unconstrained MLP instead (`VectorConfig(network=\"mlp\")`) the empty one "
               "stays `inconclusive`, its deviation within the error budget of its models.",
         "off": "Not run (default in quick mode: the scenario zoo alone fills the quick budget; "
-               "pass `--learned` to add them, about 5 extra minutes on 2 cores with an empty "
-               "parameter cache, about 2.5 with the parameters cached and about 1.5 on a "
-               "rerun, whose compiled programs come from the command's compilation cache (on "
-               "by default, `--no-compile-cache`; measured on 2026-12-01 with one cheap "
-               "scenario, `--only weights_w1`: 308 s, 167 s and 112 s against 27 s without "
-               "the learned experiments), or use full mode, where they run by default).",
+               f"pass `--learned` to add them: {LEARNED_QUICK_RUNTIME}; or use full mode, "
+               "where they run by default).",
         "skipped": "Not run: the minimal size is for tests only.",
     }[learned]]
 
