@@ -52,7 +52,7 @@ PROP_ENV := $(CACHE_ENV)
 # both have finished; the exit status is the first failing lane's. JOBS=1: one after another.
 JOBS ?= 2
 LANE_F32 = $(PY) -m pytest -q -m "not slow and not x64" --ignore=$(PROPS)
-LANE_X64 = JAX_ENABLE_X64=1 $(PY) -m pytest -q -m "x64 and not slow"
+LANE_X64 = JAX_ENABLE_X64=1 $(PY) -m pytest -q -m "x64 and not slow" --x64-files
 LANE_PROPS = $(PY) -m pytest -q -m "not slow and not x64" $(PROPS)
 # The slow lane (`make test-slow`): the float32 slow tests dealt the same way by their own
 # measured costs (--lane-costs=slow), the float64 slow tests in lane B. SLOW=listed runs only the
@@ -60,7 +60,7 @@ LANE_PROPS = $(PY) -m pytest -q -m "not slow and not x64" $(PROPS)
 # `make test` (.ci/run); SLOW=all (the default) every slow test.
 SLOW ?= all
 SLOW_F32 = $(PY) -m pytest -q -m "slow and not x64" --lane-costs=slow --slow-set=$(SLOW)
-SLOW_X64 = JAX_ENABLE_X64=1 $(PY) -m pytest -q -m "slow and x64" --slow-set=$(SLOW)
+SLOW_X64 = JAX_ENABLE_X64=1 $(PY) -m pytest -q -m "slow and x64" --slow-set=$(SLOW) --x64-files
 lane_cache = JAX_COMPILATION_CACHE_DIR="$(if $(JAX_CACHE_DIR),$(JAX_CACHE_DIR)/$(1),)"
 
 # Two lanes: $(A1) then $(A2) in the foreground, $(B1) then $(B2) in the background (set per

@@ -543,6 +543,11 @@ def pytest_addoption(parser):
         help="which slow tests a `-m slow` run selects: all of them, or only the default-suite "
              "tests moved to the slow lane in tests/conftest.py (SLOW_TESTS; with --lane-shard "
              "the files are dealt by those tests' costs), `make test-slow SLOW=listed`")
+    parser.addoption(
+        "--x64-files", action="store_true",
+        help="import only the test files whose source names the x64 marker (the float64 "
+             "process of `make test`, which selects -m x64: a file that never names the marker "
+             "has no float64 test, and importing it costs CPU)")
 
 
 #: Measured seconds of each test file's default-lane float32 tests: the sum of pytest's
@@ -662,12 +667,17 @@ def _lane_shard(config) -> tuple[int, int] | None:
 
 def pytest_ignore_collect(collection_path, config):
     """With ``--lane-shard I/N``, test files of the other groups are not even imported (their
-    imports cost CPU in every process). The groups are dealt from the ``test_*.py`` files of
+    imports cost CPU in every process); with ``--x64-files``, nor are files without float64
+    tests. The groups are dealt from the ``test_*.py`` files of
     this folder that are not ``--ignore``d, the same list in every shard."""
     shard = _lane_shard(config)
     here = Path(__file__).parent
-    if shard is None or collection_path.parent != here or not collection_path.name.startswith(
+    if collection_path.parent != here or not collection_path.name.startswith(
             "test_") or collection_path.suffix != ".py":
+        return None
+    if config.getoption("--x64-files") and "x64" not in collection_path.read_text("utf-8"):
+        return True
+    if shard is None:
         return None
     ignored = {Path(p).resolve() for p in config.getoption("ignore") or ()}
     files = sorted(f"tests/{f.name}" for f in here.glob("test_*.py") if f.resolve() not in ignored)
