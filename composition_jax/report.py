@@ -47,11 +47,11 @@ from ._outputs import OutputError, OutputExists, Staging, check_target
 #: Measured extra run time of the learned experiments in quick mode, stated by ``reproduce
 #: --help`` (cli.py) and by the report when they were not run; re-measure when their sizes change.
 LEARNED_QUICK_RUNTIME = (
-    "about 5 extra minutes on 2 cores with an empty parameter cache, about 2.5 once the "
+    "about 5 to 6 extra minutes on 2 cores with an empty parameter cache, about 2.5 once the "
     "parameters are cached and about 1.5 on a rerun whose compiled programs come from the "
     "command's compilation cache (on by default, --no-compile-cache); measured on 2026-12-01 "
-    "with one cheap scenario, --only weights_w1: 308 s, 167 s and 112 s against 27 s without "
-    "the learned experiments")
+    "with one cheap scenario, --only weights_w1: 308 s (363 s in a later run that day, 26 s of "
+    "them the scenario), 167 s and 112 s against 27 s without the learned experiments")
 
 __all__ = ["OutputError", "OutputExists", "check_out_dir", "environment", "expected_outputs",
            "learned_results", "reproduce", "scenario_catalog", "status"]
