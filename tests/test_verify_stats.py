@@ -39,6 +39,30 @@ def test_median_bandwidth_exact_on_small_sample(key):
     assert abs(float(h) - np.median(d)) <= 1e-5 * np.median(d)
 
 
+def test_nanmedian_by_selection_is_jnp_nanmedian_bit_for_bit(float_dtype):
+    """The median heuristic's selection (bisection on the bit patterns) returns exactly what
+    jnp.nanmedian's sort returns: odd and even counts, ties, NaNs (ignored), a single valid
+    entry, none, and magnitudes from 1e-30 to 1e30 (float32 and, x64, float64); -0.0 and 0.0
+    only as equal numbers (the stable sort keeps their input order, which decides the sign)."""
+    rng = np.random.default_rng(7)
+    size = 41
+    rows = [rng.normal(size=size), rng.integers(-2, 3, size).astype(float),
+            np.abs(rng.standard_cauchy(size)) * 10.0 ** rng.integers(-30, 30, size),
+            np.where(rng.random(size) < 0.5, -0.0, 0.0), np.full(size, np.nan)]
+    for frac in (0.1, 0.5, 0.97):  # NaNs: odd and even valid counts, one valid entry
+        r = rng.normal(size=size)
+        r[rng.permutation(size)[: int(frac * size)]] = np.nan
+        rows.append(r)
+    rows += [rng.exponential(size=size) * s for s in (1e-30, 1e-3, 1e3, 1e30)]
+    a = jnp.asarray(np.stack(rows), float_dtype)
+    got = np.asarray(jax.jit(jax.vmap(stats._nanmedian))(a))
+    ref = np.asarray(jax.jit(lambda a: jnp.nanmedian(a, axis=1))(a))
+    assert got.dtype == ref.dtype == float_dtype
+    # float equality is bitwise except that it equates -0.0 and 0.0; NaN where NaN
+    assert np.array_equal(got, ref, equal_nan=True), np.stack([got, ref])
+    assert np.isnan(got[4]) and got[3] == 0 and np.isfinite(np.delete(got, 4)).all()
+
+
 @pytest.mark.parametrize("n", [50, 200, 1000])
 def test_ks_pvalue_against_scipy(n):
     D = np.array([0.3, 0.5, 0.8, 1.0, 1.3, 1.8]) / np.sqrt(n)

@@ -217,8 +217,68 @@ def median_bandwidth(key: jax.Array, z: Any, max_points: int = 1000) -> jax.Arra
     # the off-diagonal entries are the upper triangle's twice over, which has the same median
     # (no (N^2 / 2, 2) index constant for XLA to fold)
     off = ~jnp.eye(z.shape[0], dtype=bool)
-    h = jnp.sqrt(jnp.nanmedian(jnp.where(off, d2, jnp.nan)))
+    h = jnp.sqrt(_nanmedian(jnp.where(off, d2, jnp.nan)))
     return jnp.where(h > 0, h, jnp.ones_like(h))
+
+
+def _float_key(a):
+    """Signed integers ordered as JAX sorts the floats ``a`` (``-0.0`` before ``0.0``)."""
+    it = jnp.int32 if a.dtype == jnp.float32 else jnp.int64
+    bits = jax.lax.bitcast_convert_type(a, it)
+    return jnp.where(bits < 0, bits ^ jnp.iinfo(it).max, bits)
+
+
+def _from_float_key(key, dtype):
+    bits = jnp.where(key < 0, key ^ jnp.iinfo(key.dtype).max, key)
+    return jax.lax.bitcast_convert_type(bits, dtype)
+
+
+def _nanmedian(a):
+    """``jnp.nanmedian(a)`` (all of ``a``), bit for bit (a zero's sign aside), by selection
+    instead of a sort.
+
+    The two order statistics that ``jnp.nanmedian`` interpolates between are found by bisection
+    on the floats' bit patterns (one counting pass over ``a`` per bit), then combined with its
+    weights in its dtype. ``jnp.nanmedian`` sorts: for the median heuristic's 10^6 pairwise
+    distances that sort took 0.4 s of a 0.6 s MMD test (2-core CPU, 2000 points, 999
+    permutations) and 1.05 s at LLVM level 0; float16/bfloat16 still sort."""
+    a = jnp.ravel(a)
+    if a.dtype not in (jnp.float32, jnp.float64):
+        return jnp.nanmedian(a)
+    valid = ~jnp.isnan(a)
+    key = _float_key(a)
+    big = jnp.iinfo(key.dtype).max
+    cnt = jnp.sum(valid, dtype=key.dtype)
+    # jnp.nanmedian's positions and weights, in its arithmetic (quantile 0.5, method "linear")
+    q = jnp.asarray(0.5, a.dtype) * (cnt.astype(a.dtype) - jnp.asarray(1, a.dtype))
+    low, high = jnp.floor(q), jnp.ceil(q)
+    hw = q - low
+    lw = jnp.asarray(1, a.dtype) - hw
+    last = cnt.astype(a.dtype) - 1
+    low = jnp.maximum(0, jnp.minimum(low, last)).astype(key.dtype)
+    high = jnp.maximum(0, jnp.minimum(high, last)).astype(key.dtype)
+
+    def count_le(k):
+        return jnp.sum(valid & (key <= k), dtype=key.dtype)
+
+    # the smallest key with more than `low` valid entries at or below it: count(lo) <= low < count(hi)
+    lo = jnp.min(jnp.where(valid, key, big)) - 1
+    hi = jnp.max(jnp.where(valid, key, -big))
+
+    def step(_, bounds):
+        lo, hi = bounds
+        mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # floor((lo + hi) / 2) without overflow
+        above = count_le(mid) > low
+        return jnp.where(above, lo, mid), jnp.where(above, mid, hi)
+
+    _, k_low = jax.lax.fori_loop(0, 8 * a.dtype.itemsize, step, (lo, hi))
+    # the next order statistic: the same value if enough entries tie with it, else the next key
+    k_next = jnp.min(jnp.where(valid & (key > k_low), key, big))
+    k_high = jnp.where(count_le(k_low) > high, k_low, k_next)
+    v_low, v_high = _from_float_key(k_low, a.dtype), _from_float_key(k_high, a.dtype)
+    # at an integer position both are the same entry: itself (x * 1 + x * 0 for finite x)
+    out = jnp.where(hw == 0, v_low, v_low * lw + v_high * hw)
+    return jnp.where(cnt > 0, out, jnp.asarray(jnp.nan, a.dtype))
 
 
 def _kernel_matmul(z, w, h, block_size):
