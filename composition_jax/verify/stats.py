@@ -222,7 +222,8 @@ def median_bandwidth(key: jax.Array, z: Any, max_points: int = 1000) -> jax.Arra
 
 
 def _float_key(a):
-    """Signed integers ordered as JAX sorts the floats ``a`` (``-0.0`` before ``0.0``)."""
+    """Signed integers in the order of the floats ``a`` (a total order: ``-0.0`` before
+    ``0.0``, which are equal as floats)."""
     it = jnp.int32 if a.dtype == jnp.float32 else jnp.int64
     bits = jax.lax.bitcast_convert_type(a, it)
     return jnp.where(bits < 0, bits ^ jnp.iinfo(it).max, bits)
@@ -234,8 +235,8 @@ def _from_float_key(key, dtype):
 
 
 def _nanmedian(a):
-    """``jnp.nanmedian(a)`` (all of ``a``), bit for bit (a zero's sign aside), by selection
-    instead of a sort.
+    """``jnp.nanmedian(a)`` (all of ``a``), bit for bit (a zero's sign aside; float32 counts
+    exact below 2^24 entries, where jnp's float count is), by selection instead of a sort.
 
     The two order statistics that ``jnp.nanmedian`` interpolates between are found by bisection
     on the floats' bit patterns (one counting pass over ``a`` per bit), then combined with its
@@ -261,7 +262,8 @@ def _nanmedian(a):
     def count_le(k):
         return jnp.sum(valid & (key <= k), dtype=key.dtype)
 
-    # the smallest key with more than `low` valid entries at or below it: count(lo) <= low < count(hi)
+    # the smallest key with more than `low` valid entries at or below it, kept in (lo, hi]:
+    # count_le(lo) <= low < count_le(hi)
     lo = jnp.min(jnp.where(valid, key, big)) - 1
     hi = jnp.max(jnp.where(valid, key, -big))
 
