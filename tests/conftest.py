@@ -668,8 +668,8 @@ def _lane_shard(config) -> tuple[int, int] | None:
 def pytest_ignore_collect(collection_path, config):
     """With ``--lane-shard I/N``, test files of the other groups are not even imported (their
     imports cost CPU in every process); with ``--x64-files``, nor are files without float64
-    tests. The groups are dealt from the ``test_*.py`` files of
-    this folder that are not ``--ignore``d, the same list in every shard."""
+    tests. The groups are dealt from the ``test_*.py`` files of this folder that are not
+    ``--ignore``d, the same list in every shard."""
     shard = _lane_shard(config)
     here = Path(__file__).parent
     if collection_path.parent != here or not collection_path.name.startswith(

@@ -263,20 +263,21 @@ def _nanmedian(a):
         return jnp.sum(valid & (key <= k), dtype=key.dtype)
 
     # the smallest key with more than `low` valid entries at or below it, kept in (lo, hi]:
-    # count_le(lo) <= low < count_le(hi)
+    # count_le(lo) <= low < count_le(hi) = c_hi (carried, so the last count is not redone)
     lo = jnp.min(jnp.where(valid, key, big)) - 1
     hi = jnp.max(jnp.where(valid, key, -big))
 
-    def step(_, bounds):
-        lo, hi = bounds
+    def step(_, state):
+        lo, hi, c_hi = state
         mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # floor((lo + hi) / 2) without overflow
-        above = count_le(mid) > low
-        return jnp.where(above, lo, mid), jnp.where(above, mid, hi)
+        c = count_le(mid)
+        above = c > low
+        return jnp.where(above, lo, mid), jnp.where(above, mid, hi), jnp.where(above, c, c_hi)
 
-    _, k_low = jax.lax.fori_loop(0, 8 * a.dtype.itemsize, step, (lo, hi))
+    _, k_low, c_low = jax.lax.fori_loop(0, 8 * a.dtype.itemsize, step, (lo, hi, cnt))
     # the next order statistic: the same value if enough entries tie with it, else the next key
     k_next = jnp.min(jnp.where(valid & (key > k_low), key, big))
-    k_high = jnp.where(count_le(k_low) > high, k_low, k_next)
+    k_high = jnp.where(c_low > high, k_low, k_next)
     v_low, v_high = _from_float_key(k_low, a.dtype), _from_float_key(k_high, a.dtype)
     # at an integer position both are the same entry: itself (x * 1 + x * 0 for finite x)
     out = jnp.where(hw == 0, v_low, v_low * lw + v_high * hw)
