@@ -25,15 +25,17 @@ agrees with the declaration) whose message names the model and why.
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
 import jax
 import numpy as np
 
+from ._checks import is_concrete
 from ._pytree import pytree_dataclass, static_field
 
-__all__ = ["CapabilityError", "FunctionModel", "Model", "as_model"]
+__all__ = ["CapabilityError", "FunctionModel", "Model", "as_model", "jit_when_concrete"]
 
 
 class CapabilityError(AttributeError):
@@ -263,6 +265,31 @@ def _arrays_only(obj: Any) -> bool:
     if len(leaves) == 1 and leaves[0] is obj:  # not a pytree node
         return False
     return all(_array_like(leaf) for leaf in leaves)
+
+
+@functools.cache
+def _jitted(fn: Callable, static_argnums: tuple[int, ...]) -> Callable:
+    return jax.jit(fn, static_argnums=static_argnums)
+
+
+def jit_when_concrete(fn: Callable, obj: Any, *args: Any, static_argnums: tuple[int, ...] = ()):
+    """``fn(obj, *args)``, run as ONE jitted program when every input is concrete.
+
+    Called eagerly, an exact oracle such as ``Diffused.score`` dispatches dozens of ``jnp`` ops,
+    and each op compiles on its own for every new shape (20-50 ms apiece on a CPU). Here the
+    object ``obj`` (a pytree: its numbers are leaves) is an ARGUMENT of one cached ``jax.jit``
+    of the module-level function ``fn``: one program per structure and shapes, reused by every
+    object of that structure whatever its numbers, and the very program ``jax.jit`` of the same
+    call gives (eager == jit, bit for bit). Under a transformation (a tracer anywhere in ``obj``
+    or ``args``), or when ``obj`` has leaves that are not arrays, ``fn`` runs inline as before.
+
+    ``fn`` must not check *values* of its inputs (under ``jit`` they are tracers): callers
+    validate them first. ``static_argnums`` index ``args`` (hashable: ints, strings).
+    """
+    if is_concrete(obj, args) and _arrays_only(obj):
+        static = tuple(i + 1 for i in static_argnums)
+        return _jitted(fn, static)(obj, *args)
+    return fn(obj, *args)
 
 
 def as_model(obj: Any, name: str = "model") -> Model:

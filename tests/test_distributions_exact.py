@@ -194,6 +194,59 @@ def test_x64_log_prob_matches_scipy_dims_1_to_8_all_schedules():
     _dims_sweep(jnp.float64, _tol64, full=True)
 
 
+def _programs_built(fn, *args):
+    """``(fn(*args), number of programs JAX lowered while running it)`` (a lowering happens for every
+    program not already in this process's memory, whatever the persistent cache holds)."""
+    built = []
+
+    def listen(event, _secs, **_kw):
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            built.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        out = jax.block_until_ready(fn(*args))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    return out, len(built)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_eager_call_is_one_program_and_equals_jit_bitwise(family):
+    """Called eagerly, each public method of a diffused law (and of the clean law) runs ONE
+    program for its structure and shapes, not one per jnp op; a law of the same structure with
+    other numbers reuses it (nothing built); and the result equals ``jax.jit`` of the same call
+    bit for bit (the fused roundings, FMAs included, are the same)."""
+    p = cj.diffuse(make_case(family, seed=5).dist, SCHEDULES["cosine"]())
+    # the same structure with other numbers (unflattened: no validation, none needed here)
+    q = jax.tree.map(lambda a: a * 1.25 if jnp.issubdtype(a.dtype, jnp.floating) else a, p)
+    x = jnp.asarray(np.linspace(-1.5, 2.0, p.dim), jnp.float32)
+    X = jnp.asarray(np.stack([x, -x, 0.5 * x], 1))
+    XT, t, s, key = jnp.asarray(X.T), jnp.float32(0.3), jnp.float32(0.7), jax.random.key(7)
+    calls = {
+        "score": lambda m, x, X, t: m.score(x, t),
+        "log_prob": lambda m, x, X, t: m.log_prob(x, t),
+        "denoise": lambda m, x, X, t: m.denoise(x, t),
+        "log_prob_and_score": lambda m, x, X, t: m.log_prob_and_score(x, t),
+        "score_columns": lambda m, x, X, t: m.score_columns(X, t),
+        "batched_score": lambda m, x, X, t: m.batched_score(XT, t),
+        "sample": lambda m, x, X, t: m.sample(key, 5, t),
+        "clean log_prob": lambda m, x, X, t: m.dist.log_prob(x),
+        "clean score": lambda m, x, X, t: m.dist.score(x),
+        "clean noised": lambda m, x, X, t: m.dist.noised(x, t, s, "denoise"),
+        "clean sample": lambda m, x, X, t: m.dist.sample(key, 4),
+    }
+    for name, call in calls.items():
+        eager, built = _programs_built(call, p, x, X, t)
+        assert built <= 1, f"{family} {name}: {built} programs for one eager call"
+        _, built = _programs_built(call, q, x, X, t)
+        assert built == 0, f"{family} {name}: {built} programs for a law of the same structure"
+        jitted = jax.jit(call)(p, x, X, t)
+        for e, j in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
+            assert e.dtype == j.dtype and e.shape == j.shape, (family, name)
+            np.testing.assert_array_equal(np.asarray(e), np.asarray(j), err_msg=f"{family} {name}")
+
+
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_eager_loop_equals_jit_vmap(family):
     """Eager, unbatched calls in a Python loop == the jitted, vmapped results above (jit == eager

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import as_float_array, check_point
+from ..models import jit_when_concrete
 
 __all__ = [
     "MAX_MIXTURE_COMPONENTS",
@@ -201,33 +202,51 @@ class Distribution:
         return floats[0] if floats else jnp.result_type(float)
 
     def sample(self, key: jax.Array, n: int) -> jax.Array:
-        """``n`` independent samples, shape ``(n, d)``; sample ``i`` depends only on ``(key, i)``."""
+        """``n`` independent samples, shape ``(n, d)``; sample ``i`` depends only on ``(key, i)``.
+
+        Families override the hook ``_sample(key, n)`` (default: ``_sample_one`` per sample)."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"n must be a non-negative int, got {n!r}")
+        return jit_when_concrete(_sample, self, key, int(n), static_argnums=(1,))
+
+    def _sample(self, key: jax.Array, n: int) -> jax.Array:
         keys = per_sample_keys(key, n)
         return jax.vmap(self._sample_one)(keys)
 
+    # The public evaluations validate their inputs, then run through ``jit_when_concrete``
+    # (called eagerly: one program per structure and shapes, not one per jnp op).
     def log_prob(self, x: Any) -> jax.Array:
         """Exact log-density at one point ``x`` of shape ``(d,)``."""
         x = check_point(x, self.dim)
-        d = cast_tree(self, x.dtype)
-        one, zero = jnp.ones((), x.dtype), jnp.zeros((), x.dtype)
-        return d._noised_log_prob(x, one, zero)
+        return jit_when_concrete(_clean, self, x, "log_prob", static_argnums=(1,))
 
     def score(self, x: Any) -> jax.Array:
         """Exact ``grad_x log p(x)`` at ``t = 0``."""
         x = check_point(x, self.dim)
-        d = cast_tree(self, x.dtype)
-        one, zero = jnp.ones((), x.dtype), jnp.zeros((), x.dtype)
-        return d._noised_score(x, one, zero)
+        return jit_when_concrete(_clean, self, x, "score", static_argnums=(1,))
 
     def noised(self, x: Any, alpha: Any, sigma: Any, what: str = "score") -> jax.Array:
         """Evaluate ``log_prob``/``score``/``denoise`` of the law of ``alpha x_0 + sigma eps``."""
+        if what not in ("log_prob", "score", "denoise"):
+            raise KeyError(what)
         x = check_point(x, self.dim)
-        a = as_float_array(alpha, "alpha").astype(x.dtype)
-        s = as_float_array(sigma, "sigma").astype(x.dtype)
-        d = cast_tree(self, x.dtype)
-        fn = {
-            "log_prob": d._noised_log_prob,
-            "score": d._noised_score,
-            "denoise": d._noised_denoise,
-        }[what]
-        return fn(x, a, s)
+        a = as_float_array(alpha, "alpha")
+        s = as_float_array(sigma, "sigma")
+        return jit_when_concrete(_noised, self, x, a, s, what, static_argnums=(3,))
+
+
+def _sample(dist: Distribution, key: jax.Array, n: int) -> jax.Array:
+    return dist._sample(key, n)
+
+
+def _noised(dist: Distribution, x: jax.Array, alpha: Any, sigma: Any, what: str) -> jax.Array:
+    """``what`` of the law of ``alpha x_0 + sigma eps`` at ``x`` (validated), in ``x``'s dtype."""
+    a, s = alpha.astype(x.dtype), sigma.astype(x.dtype)
+    return getattr(cast_tree(dist, x.dtype), f"_noised_{what}")(x, a, s)
+
+
+def _clean(dist: Distribution, x: jax.Array, what: str) -> jax.Array:
+    """``what`` of the clean law at ``x`` (validated): ``alpha = 1, sigma = 0`` as constants of
+    the program (as in any jitted caller's)."""
+    one, zero = jnp.ones((), x.dtype), jnp.zeros((), x.dtype)
+    return getattr(cast_tree(dist, x.dtype), f"_noised_{what}")(x, one, zero)

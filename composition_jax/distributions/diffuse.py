@@ -12,10 +12,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .._checks import check_point, check_t
 from .._pytree import pytree_dataclass
-from ..models import Model
+from ..models import Model, jit_when_concrete
 from ..schedules import Schedule
 from .base import Distribution, cast_tree, per_sample_keys
 
@@ -47,22 +48,26 @@ class Diffused(Model):
     def dim(self) -> int:
         return self.dist.dim
 
+    # Every public method validates its inputs (shapes always, values when concrete), then runs
+    # the computation through ``jit_when_concrete``: called eagerly, one program per structure
+    # and shapes instead of dozens of op-by-op compilations; under a transformation, inline.
+    def _checked(self, x, t):
+        return check_point(x, self.dim), check_t(t)
+
     def _prep(self, x, t):
-        x = check_point(x, self.dim)
-        t = check_t(t).astype(x.dtype)
-        d = cast_tree(self.dist, x.dtype)
-        a, s = self.schedule.alpha(t), self.schedule.sigma(t)
-        return x, d, a, s
+        x, t = self._checked(x, t)
+        t = t.astype(x.dtype)
+        return x, cast_tree(self.dist, x.dtype), self.schedule.alpha(t), self.schedule.sigma(t)
 
     def _log_prob(self, x: Any, t: Any) -> jax.Array:
         """Exact ``log p_t(x)``."""
-        x, d, a, s = self._prep(x, t)
-        return d._noised_log_prob(x, a, s)
+        return jit_when_concrete(_noised, self, *self._checked(x, t), "log_prob",
+                                 static_argnums=(2,))
 
     def score(self, x: Any, t: Any) -> jax.Array:
         """Exact ``grad_x log p_t(x)``."""
-        x, d, a, s = self._prep(x, t)
-        return d._noised_score(x, a, s)
+        return jit_when_concrete(_noised, self, *self._checked(x, t), "score",
+                                 static_argnums=(2,))
 
     @property
     def columns_native(self) -> bool:
@@ -74,40 +79,66 @@ class Diffused(Model):
     def score_columns(self, X: Any, t: Any) -> jax.Array:
         """Scores of many particles at once in particle-minor layout: ``X (d, n)`` -> ``(d, n)``
         (column ``j`` is ``score(X[:, j], t)``). Used by ``cj.sample``'s columns layout."""
-        if not self.columns_native:
-            return jax.vmap(self.score, (1, None), 1)(X, t)
         X = jnp.asarray(X)
         if X.ndim != 2 or X.shape[0] != self.dim:
             raise ValueError(f"X must have shape ({self.dim}, n), got {tuple(X.shape)}")
-        t = check_t(t).astype(X.dtype)
-        d = cast_tree(self.dist, X.dtype)
-        return d._noised_score_columns(X, self.schedule.alpha(t), self.schedule.sigma(t))
+        return jit_when_concrete(_score_columns, self, X, check_t(t))
+
+    def batched_score(self, X: Any, t: Any) -> jax.Array:
+        """Scores of many particles ``X (n, d)`` -> ``(n, d)`` (a ``vmap`` of :meth:`score`)."""
+        X = jnp.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.dim:
+            raise ValueError(f"X must have shape (n, {self.dim}), got {tuple(X.shape)}")
+        return jit_when_concrete(_batched_score, self, X, check_t(t))
 
     def _log_prob_and_score(self, x: Any, t: Any) -> tuple[jax.Array, jax.Array]:
         """Both at once, sharing work (used by Metropolis-corrected samplers)."""
-        x, d, a, s = self._prep(x, t)
-        return d._noised_log_prob_and_score(x, a, s)
+        return jit_when_concrete(_noised, self, *self._checked(x, t), "log_prob_and_score",
+                                 static_argnums=(2,))
 
     def _denoise(self, x: Any, t: Any) -> jax.Array:
         """Exact posterior mean ``E[x_0 | x_t = x]`` (Tweedie:
         ``(x + sigma^2 score) / alpha``, computed here without dividing by ``alpha``)."""
-        x, d, a, s = self._prep(x, t)
-        return d._noised_denoise(x, a, s)
+        return jit_when_concrete(_noised, self, *self._checked(x, t), "denoise",
+                                 static_argnums=(2,))
 
     def sample(self, key: jax.Array, n: int, t: Any) -> jax.Array:
         """``n`` exact samples of ``p_t``, shape ``(n, d)``; sample ``i`` depends on ``(key, i)``."""
-        t = check_t(t)
-        k0, ke = jax.random.split(key)
-        x0 = self.dist.sample(k0, n)
-        t = t.astype(x0.dtype)
-        eps = jax.vmap(lambda k: jax.random.normal(k, (self.dim,), x0.dtype))(
-            per_sample_keys(ke, n)
-        )
-        return self.schedule.alpha(t) * x0 + self.schedule.sigma(t) * eps
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"n must be a non-negative int, got {n!r}")
+        return jit_when_concrete(_sample, self, key, int(n), check_t(t), static_argnums=(1,))
 
     def marginal(self, indices) -> Diffused:
         """Noised law of ``x[indices]`` (noising commutes with coordinate projection)."""
         return Diffused(self.dist.marginal(indices), self.schedule)
+
+
+def _noised(model: Diffused, x, t, what: str):
+    """``what`` of the noised law at one point (inputs already validated)."""
+    x, d, a, s = model._prep(x, t)
+    return getattr(d, f"_noised_{what}")(x, a, s)
+
+
+def _score_columns(model: Diffused, X, t):
+    if not model.columns_native:
+        return jax.vmap(model.score, (1, None), 1)(X, t)
+    t = t.astype(X.dtype)
+    d = cast_tree(model.dist, X.dtype)
+    return d._noised_score_columns(X, model.schedule.alpha(t), model.schedule.sigma(t))
+
+
+def _batched_score(model: Diffused, X, t):
+    return jax.vmap(model.score, (0, None))(X, t)
+
+
+def _sample(model: Diffused, key, n: int, t):
+    k0, ke = jax.random.split(key)
+    x0 = model.dist.sample(k0, n)
+    t = t.astype(x0.dtype)
+    eps = jax.vmap(lambda k: jax.random.normal(k, (model.dim,), x0.dtype))(
+        per_sample_keys(ke, n)
+    )
+    return model.schedule.alpha(t) * x0 + model.schedule.sigma(t) * eps
 
 
 def diffuse(dist: Distribution, schedule: Schedule) -> Diffused:

@@ -334,7 +334,7 @@ class FactorMixture(Distribution):
             z = jnp.einsum("iab,ib->ia", pick(self.eigvecs), z)
         return (pick(self.means) + z).reshape(-1)
 
-    def sample(self, key, n):
+    def _sample(self, key, n):
         """``n`` independent samples ``(n, d)``; sample ``j`` depends only on ``(key, j)``."""
         keys = per_sample_keys(key, n)
         if n == 0:

@@ -692,7 +692,7 @@ class GaussianMixture(Distribution):
             return self.means[c] + jnp.sqrt(self.eigvals[c]) * z
         return self.means[c] + self.eigvecs[c] @ (jnp.sqrt(self.eigvals[c]) * z)
 
-    def sample(self, key, n):
+    def _sample(self, key, n):
         keys = per_sample_keys(key, n)
         if n == 0:
             return jnp.zeros((0, self.dim), self.means.dtype)

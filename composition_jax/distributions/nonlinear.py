@@ -93,7 +93,7 @@ class NonlinearPushforward(Distribution):
     def _sample_one(self, key):
         return self.forward(self.base._sample_one(key))
 
-    def sample(self, key: jax.Array, n: int) -> jax.Array:
+    def _sample(self, key: jax.Array, n: int) -> jax.Array:
         """``n`` samples ``forward(x_i)``, ``x_i`` exact base samples (sample ``i`` depends only
         on ``(key, i)``)."""
         return jax.vmap(self.forward)(self.base.sample(key, n))

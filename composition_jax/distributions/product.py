@@ -190,12 +190,12 @@ class Product(Distribution):
                         for j in range(len(self.blocks)))
         return Product(factors, self.blocks)
 
-    def sample(self, key, n):
+    def _sample(self, key, n):
         keys = jax.random.split(key, len(self.factors))
         parts = [f.sample(k, n) for f, k in zip(self.factors, keys)]
         return jnp.concatenate(parts, axis=-1)[:, np.asarray(self._inv_perm)]
 
-    def _sample_one(self, key):  # pragma: no cover - sample() is overridden
+    def _sample_one(self, key):  # pragma: no cover - _sample() is overridden
         return self.sample(key, 1)[0]
 
     def marginal(self, indices: Sequence[int]) -> Distribution:

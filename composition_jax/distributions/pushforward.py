@@ -225,10 +225,10 @@ class LinearPushforward(Distribution):
             return self.matrix @ self.base._noised_denoise(z, a, s) + self.shift
         return x  # t = 0: the posterior mean is the point itself
 
-    def sample(self, key, n):
+    def _sample(self, key, n):
         return self.base.sample(key, n) @ self.matrix.T + self.shift[None, :]
 
-    def _sample_one(self, key):  # pragma: no cover - sample() is overridden
+    def _sample_one(self, key):  # pragma: no cover - _sample() is overridden
         return self.sample(key, 1)[0]
 
     def marginal(self, indices) -> Distribution:
