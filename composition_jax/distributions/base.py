@@ -22,6 +22,7 @@ __all__ = [
     "MAX_MIXTURE_COMPONENTS",
     "Distribution",
     "cast_tree",
+    "check_count",
     "check_indices",
     "per_sample_keys",
 ]
@@ -38,12 +39,18 @@ def cast_tree(tree: Any, dtype: Any) -> Any:
     return jax.tree.map(f, tree)
 
 
+def check_count(n: Any) -> int:
+    """Validate a sample count: a non-negative int (a bool is not one)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    return int(n)
+
+
 def per_sample_keys(key: jax.Array, n: int) -> jax.Array:
     """Keys ``fold_in(key, i)`` for ``i < n``: sample ``i`` depends only on ``(key, i)``, so the
     first ``m`` of ``n`` samples equal ``m`` samples drawn with the same key."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ValueError(f"n must be a non-negative int, got {n!r}")
-    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(int(n), dtype=jnp.uint32))
+    n = check_count(n)
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n, dtype=jnp.uint32))
 
 
 def check_indices(indices: Any, dim: int, name: str = "indices") -> tuple[int, ...]:
@@ -205,9 +212,7 @@ class Distribution:
         """``n`` independent samples, shape ``(n, d)``; sample ``i`` depends only on ``(key, i)``.
 
         Families override the hook ``_sample(key, n)`` (default: ``_sample_one`` per sample)."""
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-            raise ValueError(f"n must be a non-negative int, got {n!r}")
-        return jit_when_concrete(_sample, self, key, int(n), static_argnums=(1,))
+        return jit_when_concrete(_sample, self, key, check_count(n), static_argnums=(1,))
 
     def _sample(self, key: jax.Array, n: int) -> jax.Array:
         keys = per_sample_keys(key, n)

@@ -12,13 +12,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from .._checks import check_point, check_t
 from .._pytree import pytree_dataclass
 from ..models import Model, jit_when_concrete
 from ..schedules import Schedule
-from .base import Distribution, cast_tree, per_sample_keys
+from .base import Distribution, cast_tree, check_count, per_sample_keys
 
 __all__ = ["Diffused", "diffuse"]
 
@@ -104,9 +103,8 @@ class Diffused(Model):
 
     def sample(self, key: jax.Array, n: int, t: Any) -> jax.Array:
         """``n`` exact samples of ``p_t``, shape ``(n, d)``; sample ``i`` depends on ``(key, i)``."""
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-            raise ValueError(f"n must be a non-negative int, got {n!r}")
-        return jit_when_concrete(_sample, self, key, int(n), check_t(t), static_argnums=(1,))
+        return jit_when_concrete(_sample, self, key, check_count(n), check_t(t),
+                                 static_argnums=(1,))
 
     def marginal(self, indices) -> Diffused:
         """Noised law of ``x[indices]`` (noising commutes with coordinate projection)."""
