@@ -308,3 +308,36 @@ def test_local_score_net_errors():
         nn.LocalScoreNet(dim=2, blocks=(0, 1))
     with pytest.raises(ValueError, match="hidden must be an even int"):
         nn.LocalScoreNet(dim=2, blocks=((0, 1),), hidden=3)
+
+
+@pytest.mark.parametrize("parameterization", ["eps", "velocity"])
+def test_eager_network_call_is_one_program_and_equals_jit_bitwise(parameterization):
+    """Called eagerly, a network model's score / denoise / eps / velocity each run ONE program
+    (not one per layer op); new parameters of the same network reuse it; and the result equals
+    ``jax.jit`` of the same call bit for bit."""
+    net = nn.MLPScoreNet(dim=3, hidden=24, depth=2)
+    params = nn.init_params(net, jax.random.key(1))
+    sched = cj.CosineVPSchedule()
+    m = nn.ScoreNetModel(net, params, sched, parameterization=parameterization)
+    m2 = nn.ScoreNetModel(net, jax.tree.map(lambda a: 0.5 * a, params), sched,
+                          parameterization=parameterization)
+    x, t = jnp.asarray([0.3, -1.2, 2.0], jnp.float32), jnp.float32(0.4)
+    built = []
+
+    def listen(event, _secs, **_kw):
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            built.append(event)
+
+    for name in ("score", "denoise", "eps", "velocity"):
+        jax.monitoring.register_event_duration_secs_listener(listen)
+        try:
+            before = len(built)
+            eager = jax.block_until_ready(getattr(m, name)(x, t))
+            first = len(built) - before
+            jax.block_until_ready(getattr(m2, name)(x, t))
+            again = len(built) - before - first
+        finally:
+            jax.monitoring.unregister_event_duration_listener(listen)
+        assert first <= 1 and again == 0, (name, first, again)
+        jitted = jax.jit(lambda m, x, t, name=name: getattr(m, name)(x, t))(m, x, t)
+        np.testing.assert_array_equal(np.asarray(eager), np.asarray(jitted), err_msg=name)

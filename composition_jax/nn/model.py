@@ -40,7 +40,7 @@ import numpy as np
 
 from .._checks import check_point, check_t, is_concrete
 from .._pytree import pytree_dataclass, replace, static_field
-from ..models import Model
+from ..models import Model, jit_when_concrete
 from ..schedules import Schedule
 from .nnx_networks import NNXNetwork
 
@@ -240,8 +240,31 @@ class ScoreNetModel(Model):
         da, ds = self.schedule.alpha_sigma_dot(check_t(t).astype(dtype))
         return da.astype(dtype), ds.astype(dtype)
 
+    # The public evaluations validate ``x`` and ``t``, then run the network through
+    # ``jit_when_concrete``: called eagerly, one program per network and shapes (the parameters
+    # are an argument) instead of one compilation per layer op; under a transformation, inline.
+    def _run(self, what: str, x: Any, t: Any) -> jax.Array:
+        return jit_when_concrete(_evaluate, self, check_point(x, self.dim), check_t(t), what,
+                                 static_argnums=(2,))
+
     def score(self, x: Any, t: Any) -> jax.Array:
         """Learned ``grad_x log p_t(x)``, shape ``(d,)`` (approximate: a trained network)."""
+        return self._run("score", x, t)
+
+    def _denoise(self, x: Any, t: Any) -> jax.Array:
+        """Learned ``E[x_0 | x_t = x]``, shape ``(d,)``."""
+        return self._run("denoise", x, t)
+
+    def eps(self, x: Any, t: Any) -> jax.Array:
+        """Learned ``E[eps | x_t = x] = -sigma score``, shape ``(d,)``."""
+        return self._run("eps", x, t)
+
+    def velocity(self, x: Any, t: Any) -> jax.Array:
+        """Learned ``E[alpha' x_0 + sigma' eps | x_t = x]`` (the network output itself for the
+        ``"velocity"`` parameterization), shape ``(d,)``."""
+        return self._run("velocity", x, t)
+
+    def _score_of_output(self, x: Any, t: Any) -> jax.Array:
         out, x, a, s = self._out(x, t)
         if self.parameterization == "velocity":
             da, ds = self._velocity_coeffs(t, x.dtype)
@@ -255,8 +278,7 @@ class ScoreNetModel(Model):
     def _why_not(self, capability: str) -> str:
         return "a score network gives a score and a denoiser, not a log-density"
 
-    def _denoise(self, x: Any, t: Any) -> jax.Array:
-        """Learned ``E[x_0 | x_t = x]``, shape ``(d,)``."""
+    def _denoise_of_output(self, x: Any, t: Any) -> jax.Array:
         out, x, a, s = self._out(x, t)
         if self.parameterization == "velocity":
             da, ds = self._velocity_coeffs(t, x.dtype)
@@ -267,21 +289,23 @@ class ScoreNetModel(Model):
             return (x + s * s * out) / a
         return out
 
-    def eps(self, x: Any, t: Any) -> jax.Array:
-        """Learned ``E[eps | x_t = x] = -sigma score``, shape ``(d,)``."""
+    def _eps_of_output(self, x: Any, t: Any) -> jax.Array:
         out, x, a, s = self._out(x, t)
         da, ds = self._velocity_coeffs(t, x.dtype)
         return output_to_eps(out, x, a, s, self.parameterization, da, ds)
 
-    def velocity(self, x: Any, t: Any) -> jax.Array:
-        """Learned ``E[alpha' x_0 + sigma' eps | x_t = x]`` (the network output itself for the
-        ``"velocity"`` parameterization), shape ``(d,)``."""
+    def _velocity_of_output(self, x: Any, t: Any) -> jax.Array:
         out, x, a, s = self._out(x, t)
         da, ds = self._velocity_coeffs(t, x.dtype)
         if self.parameterization == "velocity":
             return out
         eps = output_to_eps(out, x, a, s, self.parameterization, da, ds)
         return (da * x + (a * ds - s * da) * eps) / a
+
+
+def _evaluate(model: ScoreNetModel, x: jax.Array, t: jax.Array, what: str) -> jax.Array:
+    """``what`` (score, denoise, eps, velocity) of the model at validated ``x``, ``t``."""
+    return getattr(model, f"_{what}_of_output")(x, t)
 
 
 def init_params(network: Any, key: jax.Array, dtype: Any = jnp.float32) -> Any:
