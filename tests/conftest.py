@@ -509,6 +509,22 @@ for _file, _why, _costs, _x64 in (
      ('the Monte Carlo mixture gap: the exact Gaussian gaps stay default'),
      {'test_mixture_gap_fisher': 5.1},
      ()),
+    # Added with the eager oracles' single programs (costs: one pytest process at the suite's
+    # flags, 2 cores otherwise idle).
+    ('tests/test_distributions_exact.py',
+     ('further families of the same eager-call check (one program, equal to jax.jit bit for '
+      'bit): the mixture and the pushforward of a product (Diffused, Product, '
+      'LinearPushforward and mixture code) stay default'),
+     {f'test_eager_call_is_one_program_and_equals_jit_bitwise[{name}]': cost
+      for name, cost in (('product', 8.1), ('pf_orth_product', 7.2), ('pf_mixture', 4.9),
+                         ('gaussian', 4.2), ('empirical', 3.7), ('pf_empirical', 3.6),
+                         ('pf_gaussian', 2.1))},
+     ()),
+    ('tests/test_nn.py',
+     ('the eps parameterization of the eager network check: the velocity case (the longest '
+      'output conversion) stays default'),
+     {'test_eager_network_call_is_one_program_and_equals_jit_bitwise[eps]': 3.8},
+     ()),
 ):
     SLOW_TESTS.update(_group(_file, _why, _costs, _x64))
 
