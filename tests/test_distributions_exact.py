@@ -34,6 +34,7 @@ from _distribution_cases import (
     oracle_log_prob,
     oracle_score,
 )
+from _programs import programs_built
 
 import composition_jax as cj
 
@@ -194,23 +195,6 @@ def test_x64_log_prob_matches_scipy_dims_1_to_8_all_schedules():
     _dims_sweep(jnp.float64, _tol64, full=True)
 
 
-def _programs_built(fn, *args):
-    """``(fn(*args), number of programs JAX lowered while running it)`` (a lowering happens for every
-    program not already in this process's memory, whatever the persistent cache holds)."""
-    built = []
-
-    def listen(event, _secs, **_kw):
-        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
-            built.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
-        out = jax.block_until_ready(fn(*args))
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
-    return out, len(built)
-
-
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_eager_call_is_one_program_and_equals_jit_bitwise(family):
     """Called eagerly, each public method of a diffused law (and of the clean law) runs ONE
@@ -237,9 +221,9 @@ def test_eager_call_is_one_program_and_equals_jit_bitwise(family):
         "clean sample": lambda m, x, X, t: m.dist.sample(key, 4),
     }
     for name, call in calls.items():
-        eager, built = _programs_built(call, p, x, X, t)
+        eager, built = programs_built(call, p, x, X, t)
         assert built <= 1, f"{family} {name}: {built} programs for one eager call"
-        _, built = _programs_built(call, q, x, X, t)
+        _, built = programs_built(call, q, x, X, t)
         assert built == 0, f"{family} {name}: {built} programs for a law of the same structure"
         jitted = jax.jit(call)(p, x, X, t)
         for e, j in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):

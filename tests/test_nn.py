@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _programs import programs_built
 
 import composition_jax as cj
 from composition_jax import nn
@@ -322,22 +323,9 @@ def test_eager_network_call_is_one_program_and_equals_jit_bitwise(parameterizati
     m2 = nn.ScoreNetModel(net, jax.tree.map(lambda a: 0.5 * a, params), sched,
                           parameterization=parameterization)
     x, t = jnp.asarray([0.3, -1.2, 2.0], jnp.float32), jnp.float32(0.4)
-    built = []
-
-    def listen(event, _secs, **_kw):
-        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
-            built.append(event)
-
     for name in ("score", "denoise", "eps", "velocity"):
-        jax.monitoring.register_event_duration_secs_listener(listen)
-        try:
-            before = len(built)
-            eager = jax.block_until_ready(getattr(m, name)(x, t))
-            first = len(built) - before
-            jax.block_until_ready(getattr(m2, name)(x, t))
-            again = len(built) - before - first
-        finally:
-            jax.monitoring.unregister_event_duration_listener(listen)
+        eager, first = programs_built(lambda m, name=name: getattr(m, name)(x, t), m)
+        _, again = programs_built(lambda m, name=name: getattr(m, name)(x, t), m2)
         assert first <= 1 and again == 0, (name, first, again)
         jitted = jax.jit(lambda m, x, t, name=name: getattr(m, name)(x, t))(m, x, t)
         np.testing.assert_array_equal(np.asarray(eager), np.asarray(jitted), err_msg=name)

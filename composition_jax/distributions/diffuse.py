@@ -53,6 +53,9 @@ class Diffused(Model):
     def _checked(self, x, t):
         return check_point(x, self.dim), check_t(t)
 
+    def _run(self, what: str, x: Any, t: Any) -> jax.Array:
+        return jit_when_concrete(_noised, self, *self._checked(x, t), what, static_argnums=(2,))
+
     def _prep(self, x, t):
         x, t = self._checked(x, t)
         t = t.astype(x.dtype)
@@ -60,13 +63,11 @@ class Diffused(Model):
 
     def _log_prob(self, x: Any, t: Any) -> jax.Array:
         """Exact ``log p_t(x)``."""
-        return jit_when_concrete(_noised, self, *self._checked(x, t), "log_prob",
-                                 static_argnums=(2,))
+        return self._run("log_prob", x, t)
 
     def score(self, x: Any, t: Any) -> jax.Array:
         """Exact ``grad_x log p_t(x)``."""
-        return jit_when_concrete(_noised, self, *self._checked(x, t), "score",
-                                 static_argnums=(2,))
+        return self._run("score", x, t)
 
     @property
     def columns_native(self) -> bool:
@@ -92,14 +93,12 @@ class Diffused(Model):
 
     def _log_prob_and_score(self, x: Any, t: Any) -> tuple[jax.Array, jax.Array]:
         """Both at once, sharing work (used by Metropolis-corrected samplers)."""
-        return jit_when_concrete(_noised, self, *self._checked(x, t), "log_prob_and_score",
-                                 static_argnums=(2,))
+        return self._run("log_prob_and_score", x, t)
 
     def _denoise(self, x: Any, t: Any) -> jax.Array:
         """Exact posterior mean ``E[x_0 | x_t = x]`` (Tweedie:
         ``(x + sigma^2 score) / alpha``, computed here without dividing by ``alpha``)."""
-        return jit_when_concrete(_noised, self, *self._checked(x, t), "denoise",
-                                 static_argnums=(2,))
+        return self._run("denoise", x, t)
 
     def sample(self, key: jax.Array, n: int, t: Any) -> jax.Array:
         """``n`` exact samples of ``p_t``, shape ``(n, d)``; sample ``i`` depends on ``(key, i)``."""
