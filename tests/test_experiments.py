@@ -527,3 +527,36 @@ def test_learned_vector_radius_event_rule():
     with pytest.raises(ValueError, match="covariance between blocks"):
         any_disc_probability(cj.Gaussian(jnp.zeros(4), jnp.eye(4) + 0.1 * jnp.ones((4, 4))),
                              laws["blocks"], 1.0)
+
+
+@pytest.mark.parametrize("concurrent", [True, False])
+def test_learned_experiments_run_side_by_side_in_order(monkeypatch, concurrent):
+    """run_learned_experiments: the learned-vector experiment runs in a second thread
+    (concurrent=True) or after the length-generalization one; the records come back in the same
+    order either way, each experiment gets its mode's configuration and the cache argument, and
+    an error in the second thread is raised in the caller."""
+    import threading
+
+    import composition_jax.experiments as ex
+    import composition_jax.experiments.learned_vector as lv
+
+    seen = {}
+
+    def fake_length(cfg, cache):
+        seen["length"] = (cfg.mode, cache, threading.current_thread() is threading.main_thread())
+        return {"records": [{"name": "a"}, {"name": "b"}]}
+
+    def fake_vector(cfg, cache):
+        seen["vector"] = (cfg.mode, cache, threading.current_thread() is threading.main_thread())
+        if cfg.mode == "full":
+            raise FloatingPointError("boom")
+        return {"records": [{"name": "c"}]}
+
+    monkeypatch.setattr(ex, "run_length_generalization", fake_length)
+    monkeypatch.setattr(lv, "run_learned_vector", fake_vector)
+    recs = ex.run_learned_experiments(quick=True, out_dir=None, concurrent=concurrent)
+    assert [r["name"] for r in recs] == ["a", "b", "c"]
+    assert seen == {"length": ("quick", "default", True),
+                    "vector": ("quick", "default", not concurrent)}
+    with pytest.raises(FloatingPointError, match="boom"):
+        ex.run_learned_experiments(quick=False, out_dir=None, concurrent=concurrent)
