@@ -97,7 +97,13 @@ def open_session(path: str | os.PathLike, max_bytes: int = CACHE_MAX_BYTES) -> i
 
 
 def close_session(path: str | os.PathLike) -> None:
-    """Remove this process's mark (a clean end: the next process need not check every entry)."""
+    """Remove this process's mark (a clean end: the next process need not check every entry).
+    The mark stays while work started by :func:`composition_jax._threads.beside` still runs
+    (the process is ending on an interrupt: such a thread may be cut in the middle of a write)."""
+    from ._threads import running
+
+    if running():
+        return
     (Path(path) / f"{_OPEN_MARK}{os.getpid()}").unlink(missing_ok=True)
 
 

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from ._outputs import OutputError, OutputExists, Staging, check_target
+from ._threads import beside
 
 #: Measured extra run time of the learned experiments in quick mode, stated by ``reproduce
 #: --help`` (cli.py) and by the report when they were not run; re-measure when their sizes change.
@@ -175,6 +176,8 @@ def environment() -> dict:
         "cpu_count": os.cpu_count(),
         # JAX's persistent compilation cache (None: off); compiled programs, not results
         "compilation_cache": jax.config.jax_compilation_cache_dir or None,
+        # XLA's flags of this run (other flags change results by rounding)
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
 
 
@@ -863,6 +866,14 @@ def reproduce(out: str | os.PathLike, *, mode: str = "quick", force: bool = Fals
             except ImportError:
                 bar = None
         results, figs = [], {}
+        learned_join = None
+        if learned_state == "on":
+            if progress:
+                print("learned-model experiments (training or cache, then sampling) start "
+                      "beside the scenarios ...", file=sys.stderr, flush=True)
+            # a daemon thread beside the zoo (its records come after the zoo's): the zoo alone
+            # keeps about 1.4 of 2 cores busy, the learned stage fills the rest
+            learned_join = beside(lambda: learned_results(quick=mode != "full"), "learned")
         try:
             for i, n in enumerate(names):
                 if bar is not None:
@@ -877,11 +888,11 @@ def reproduce(out: str | os.PathLike, *, mode: str = "quick", force: bool = Fals
         finally:  # also on an interrupt: the bar's last line comes before any message
             if bar is not None:
                 bar.close()
-        if learned_state == "on":
+        if learned_join is not None:
             if progress:
-                print("learned-model experiments (training or cache, then sampling) ...",
-                      file=sys.stderr, flush=True)
-            for r in learned_results(quick=mode != "full"):
+                print("waiting for the learned-model experiments ...", file=sys.stderr,
+                      flush=True)
+            for r in learned_join():
                 results.append(r)
                 figs[r.name] = draw(r, tmp)
         seconds = time.perf_counter() - t0

@@ -82,3 +82,26 @@ def test_reproduce_flag_reaches_the_cache_switch(tmp_path, monkeypatch):
     assert cli.main(["reproduce", "--out", str(tmp_path / "a")]) == 0
     assert cli.main(["reproduce", "--out", str(tmp_path / "b"), "--no-compile-cache"]) == 0
     assert calls == [True, False]
+
+
+def test_mark_stays_while_work_beside_the_main_thread_runs(tmp_path):
+    """close_session at the end of a process leaves the folder marked while a thread of
+    _threads.beside still runs (an interrupted run: it may be cut in the middle of a write, so
+    the next process checks every entry); once it has finished the mark goes."""
+    import threading
+
+    from composition_jax import _threads
+
+    _compile_cache.open_session(tmp_path)
+    mark = tmp_path / f"{_compile_cache._OPEN_MARK}{os.getpid()}"
+    assert mark.exists()
+    go = threading.Event()
+    join = _threads.beside(lambda: go.wait(30), "test-writer")
+    assert _threads.running()
+    _compile_cache.close_session(tmp_path)
+    assert mark.exists()
+    go.set()
+    assert join() is True
+    assert not _threads.running()
+    _compile_cache.close_session(tmp_path)
+    assert not mark.exists()

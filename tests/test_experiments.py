@@ -560,3 +560,41 @@ def test_learned_experiments_run_side_by_side_in_order(monkeypatch, concurrent):
                     "vector": ("quick", "default", not concurrent)}
     with pytest.raises(FloatingPointError, match="boom"):
         ex.run_learned_experiments(quick=False, out_dir=None, concurrent=concurrent)
+
+
+def test_reproduce_runs_the_learned_stage_beside_the_zoo(tmp_path, monkeypatch):
+    """--learned starts the learned experiments in another thread before the zoo's scenarios
+    (the zoo's scenario below only finishes once the learned stage has started); their records
+    come after the zoo's; an error in the learned stage reaches the caller (exit code 3)."""
+    import json
+    import threading
+
+    import composition_jax.experiments as ex
+    from composition_jax.verify import scenarios as sc
+
+    started = threading.Event()
+
+    def cheap(cfg, key):
+        assert started.wait(60), "the learned stage did not start beside the scenario"
+        return sc.ScenarioResult("cheap", "a cheap scenario", "success", "success", {}, ["ok"])
+
+    def fake(quick=True, out_dir=None):
+        assert threading.current_thread() is not threading.main_thread()
+        started.set()
+        return _fake_records()
+
+    monkeypatch.setitem(sc.SCENARIOS, "cheap", cheap)
+    monkeypatch.setattr(ex, "run_learned_experiments", fake)
+    out = tmp_path / "rep"
+    assert _reproduce_cli(out, "--size", "quick", "--learned") == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert [s["name"] for s in rep["scenarios"]] == [
+        "cheap", "learned_length_empty", "learned_vector_empty"]
+
+    def broken(quick=True, out_dir=None):
+        started.set()
+        raise FloatingPointError("learned stage failed")
+
+    monkeypatch.setattr(ex, "run_learned_experiments", broken)
+    assert _reproduce_cli(tmp_path / "rep2", "--size", "quick", "--learned") == 3
+    assert not (tmp_path / "rep2").exists()

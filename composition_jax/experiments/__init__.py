@@ -23,8 +23,8 @@ def run_learned_experiments(quick: bool = True, out_dir=None, *, concurrent: boo
     records compared equal). The second thread is a daemon: an interrupt of the main thread
     (Ctrl-C) ends the run without waiting for it."""
     import pathlib
-    import threading
 
+    from .._threads import beside
     from .learned_vector import VectorConfig, run_learned_vector
 
     mode = "quick" if quick else "full"
@@ -33,25 +33,15 @@ def run_learned_experiments(quick: bool = True, out_dir=None, *, concurrent: boo
     def vector():
         return run_learned_vector(VectorConfig.for_mode(mode), cache=cache)["records"]
 
-    if not concurrent:
-        recs = list(run_length_generalization(LengthGenConfig.for_mode(mode),
+    def length():
+        return list(run_length_generalization(LengthGenConfig.for_mode(mode),
                                               cache=cache)["records"])
-        return recs + vector()
-    box: dict = {}
 
-    def worker():
-        try:
-            box["records"] = vector()
-        except BaseException as e:  # re-raised in the calling thread
-            box["error"] = e
-
-    th = threading.Thread(target=worker, name="learned-vector", daemon=True)
-    th.start()
-    recs = list(run_length_generalization(LengthGenConfig.for_mode(mode), cache=cache)["records"])
-    th.join()
-    if "error" in box:
-        raise box["error"]
-    return recs + box["records"]
+    if not concurrent:
+        return length() + vector()
+    join = beside(vector, "learned-vector")
+    recs = length()
+    return recs + join()
 
 
 __all__ += ["run_learned_experiments"]
