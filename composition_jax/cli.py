@@ -59,7 +59,8 @@ FULL_RUNTIME = ("55 minutes of wall time with the learned experiments (measured 
                 "parameters cached and one blob network trained; its runtime was not measured "
                 "on an idle machine; since 2026-12-01 the learned 4-D ring experiment trains a "
                 "block-local network and alone took 21.5 minutes with its networks trained anew, "
-                "5.6 of them training)")
+                "5.6 of them training; since 2026-12-02 the learned stage runs beside the "
+                "scenarios, full mode not re-measured)")
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -2,8 +2,8 @@
 ``report.json`` atomically.
 
 Learned-model experiments (:func:`composition_jax.experiments.run_learned_experiments`: length
-generalization on blob scenes, learned 4-D ring composition vs the exact one) are appended after
-the zoo when ``learned`` is on: by default in ``full`` mode, off in ``quick`` (the zoo alone
+generalization on blob scenes, learned 4-D ring composition vs the exact one) run in a thread
+beside the zoo's scenarios and their records are appended after the zoo's when ``learned`` is on: by default in ``full`` mode, off in ``quick`` (the zoo alone
 fills the quick budget) and always off in ``minimal``. Their trained parameters live in the
 experiments' cache (``$COMPOSITION_JAX_CACHE``, else ``$XDG_CACHE_HOME/composition_jax`` or
 ``~/.cache/composition_jax``), never in ``out``, so they
@@ -48,11 +48,11 @@ from ._threads import beside
 #: Measured extra run time of the learned experiments in quick mode, stated by ``reproduce
 #: --help`` (cli.py) and by the report when they were not run; re-measure when their sizes change.
 LEARNED_QUICK_RUNTIME = (
-    "about 5 to 6 extra minutes on 2 cores with an empty parameter cache, about 2.5 once the "
-    "parameters are cached and about 1.5 on a rerun whose compiled programs come from the "
-    "command's compilation cache (on by default, --no-compile-cache); measured on 2026-12-01 "
-    "with one cheap scenario, --only weights_w1: 308 s (363 s in a later run that day, 26 s of "
-    "them the scenario), 167 s and 112 s against 27 s without the learned experiments")
+    "about 3.5 extra minutes on 2 cores with empty caches (the learned experiments run beside the "
+    "zoo's scenarios; measured on 2026-12-02: the quick zoo alone 290 s, with --learned 495 s); "
+    "with one cheap scenario, --only weights_w1: 283 s with empty caches, 139 s on a rerun whose "
+    "parameters and compiled programs come from the caches (the compilation cache is on by "
+    "default, --no-compile-cache)")
 
 __all__ = ["OutputError", "OutputExists", "check_out_dir", "environment", "expected_outputs",
            "learned_results", "reproduce", "scenario_catalog", "status"]
