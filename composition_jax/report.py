@@ -91,6 +91,61 @@ def learned_results(quick: bool) -> list:
                            reasons=list(r["reasons"]), seconds=each) for r in recs]
 
 
+def _scenario_groups(sc: Any, names: Sequence[str]) -> list[list[int]]:
+    """Indices of ``names`` grouped by the zoo module that defines each scenario (in order of
+    first appearance): scenarios of one module build the same laws and programs, so they run
+    one after another in one thread (the second then finds the first's compiled programs; two
+    started side by side would both compile them). A name without a module is its own group."""
+    groups: dict = {}
+    for i, n in enumerate(names):
+        spec = getattr(sc, "SCENARIOS", {}).get(n)
+        mod = getattr(getattr(spec, "fn", None), "__module__", None)
+        groups.setdefault(mod or ("", n), []).append(i)
+    return list(groups.values())
+
+
+def _run_scenarios(sc: Any, names: Sequence[str], cfg: Any, bar: Any, progress: bool,
+                   workers: int | None = None) -> list:
+    """``sc.run_scenario(n, cfg)`` for every name, returned in the order of ``names``, by
+    ``workers`` threads (default: 2 on a machine with 2 or more cores, else 1): the calling
+    thread and daemon threads of :func:`composition_jax._threads.beside` each take the next
+    group of :func:`_scenario_groups` not yet started. A scenario is a chain of tracing,
+    single-threaded XLA compilations and programs that keeps about 1.4 of 2 cores busy, so two
+    side by side fill the cores. Every key is fixed, so the results do not depend on the
+    number of threads. An error is raised in the caller (the calling thread's at once, another
+    thread's once the calling thread has run out of groups)."""
+    import itertools
+    import threading
+
+    if workers is None:
+        workers = 2 if (os.cpu_count() or 1) >= 2 else 1
+    groups = _scenario_groups(sc, names)
+    out: list = [None] * len(names)
+    order = itertools.count()
+    lock = threading.Lock()
+
+    def work():
+        while True:
+            with lock:
+                g = next(order)
+            if g >= len(groups):
+                return
+            for i in groups[g]:
+                if bar is not None:
+                    bar.set_postfix_str(names[i])
+                elif progress:
+                    print(f"[{i + 1}/{len(names)}] {names[i]}", file=sys.stderr, flush=True)
+                out[i] = sc.run_scenario(names[i], cfg)
+                if bar is not None:
+                    bar.update(1)
+
+    joins = [beside(work, f"scenarios-{k}") for k in range(1, workers)]
+    work()
+    for join in joins:
+        join()
+    return out
+
+
 def expected_outputs(names: Sequence[str]) -> set[str]:
     """File names a run over the scenarios ``names`` may write (learned experiments aside)."""
     out = {"report.md", "report.json", "composition_gap.png"}
@@ -871,20 +926,12 @@ def reproduce(out: str | os.PathLike, *, mode: str = "quick", force: bool = Fals
             if progress:
                 print("learned-model experiments (training or cache, then sampling) start "
                       "beside the scenarios ...", file=sys.stderr, flush=True)
-            # a daemon thread beside the zoo (its records come after the zoo's): the zoo alone
-            # keeps about 1.4 of 2 cores busy, the learned stage fills the rest
+            # a daemon thread beside the zoo's scenarios (its records come after the zoo's)
             learned_join = beside(lambda: learned_results(quick=mode != "full"), "learned")
         try:
-            for i, n in enumerate(names):
-                if bar is not None:
-                    bar.set_postfix_str(n)
-                elif progress:
-                    print(f"[{i + 1}/{len(names)}] {n}", file=sys.stderr, flush=True)
-                r = sc.run_scenario(n, cfg)
+            for r in _run_scenarios(sc, names, cfg, bar, progress):
                 results.append(r)
-                figs[n] = draw(r, tmp)
-                if bar is not None:
-                    bar.update(1)
+                figs[r.name] = draw(r, tmp)
         finally:  # also on an interrupt: the bar's last line comes before any message
             if bar is not None:
                 bar.close()

@@ -598,3 +598,72 @@ def test_reproduce_runs_the_learned_stage_beside_the_zoo(tmp_path, monkeypatch):
     monkeypatch.setattr(ex, "run_learned_experiments", broken)
     assert _reproduce_cli(tmp_path / "rep2", "--size", "quick", "--learned") == 3
     assert not (tmp_path / "rep2").exists()
+
+
+def test_zoo_scenarios_run_two_at_a_time_in_order():
+    """report._run_scenarios: with 2 workers the first scenario is still running when the second
+    starts (it waits for it), results come back in the order of the names; with 1 worker all
+    run in the calling thread; an error in either thread reaches the caller."""
+    import threading
+    import types
+
+    from composition_jax import report
+
+    second_started = threading.Event()
+    threads = {}
+
+    def run_scenario(name, cfg):
+        threads[name] = threading.current_thread().name
+        if name == "b":
+            second_started.set()
+        if name == "a" and cfg == "two":
+            assert second_started.wait(60), "the second scenario did not start beside the first"
+        if name == "boom":
+            raise FloatingPointError("scenario failed")
+        return types.SimpleNamespace(name=name)
+
+    sc = types.SimpleNamespace(run_scenario=run_scenario)
+    names = ["a", "b", "c", "d", "e"]
+    out = report._run_scenarios(sc, names, "two", None, False, workers=2)
+    assert [r.name for r in out] == names
+    assert threads["a"] != threads["b"] and len(set(threads.values())) == 2
+    threads.clear()
+    out = report._run_scenarios(sc, names, "one", None, False, workers=1)
+    assert [r.name for r in out] == names
+    assert set(threads.values()) == {threading.current_thread().name}
+    for workers in (1, 2):
+        with pytest.raises(FloatingPointError, match="scenario failed"):
+            report._run_scenarios(sc, ["c", "boom", "d", "e"], "x", None, False, workers=workers)
+
+
+def test_zoo_scenarios_of_one_module_run_in_one_thread():
+    """Scenarios defined in the same zoo module form one group (one thread, in order), so the
+    second finds the first's compiled programs; the real zoo's groups are its modules."""
+    import threading
+    import types
+
+    from composition_jax import report
+    from composition_jax.verify import scenarios as real
+
+    names = list(real.SCENARIOS)
+    groups = report._scenario_groups(real, names)
+    assert sorted(i for g in groups for i in g) == list(range(len(names)))
+    for g in groups:
+        assert len({real.SCENARIOS[names[i]].fn.__module__ for i in g}) == 1
+    assert len(groups) == len({s.fn.__module__ for s in real.SCENARIOS.values()})
+
+    def spec(mod):
+        return types.SimpleNamespace(fn=types.SimpleNamespace(__module__=mod))
+
+    threads = {}
+
+    def run_scenario(name, cfg):
+        threads[name] = threading.current_thread().name
+        return types.SimpleNamespace(name=name)
+
+    sc = types.SimpleNamespace(run_scenario=run_scenario, SCENARIOS={
+        "a1": spec("m.a"), "b1": spec("m.b"), "a2": spec("m.a"), "b2": spec("m.b")})
+    assert report._scenario_groups(sc, ["a1", "b1", "a2", "b2", "x"]) == [[0, 2], [1, 3], [4]]
+    out = report._run_scenarios(sc, ["a1", "b1", "a2", "b2"], None, None, False, workers=2)
+    assert [r.name for r in out] == ["a1", "b1", "a2", "b2"]
+    assert threads["a1"] == threads["a2"] and threads["b1"] == threads["b2"]
