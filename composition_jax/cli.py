@@ -49,9 +49,9 @@ is refused). Folders and files get your umask's permissions."""
 
 
 #: Measured run times of ``reproduce`` (stated in --help; re-measure when the sizes change).
-QUICK_RUNTIME = ("about 5.7 minutes of CPU time for the 20 scenarios (measured 2026-11-30 on "
-                 "the 2-core development machine under other load: wall time on 2 idle cores "
-                 "is at most about that)")
+QUICK_RUNTIME = ("about 4 minutes of wall time on 2 cores for the 20 scenarios, two at a time "
+                 "(230 s with empty caches, measured 2026-12-02 on the 2-core development "
+                 "machine; 290 s one at a time), about 6.5 minutes of CPU time")
 FULL_RUNTIME = ("55 minutes of wall time with the learned experiments (measured 2026-11-30 on the "
                 "2-core development machine under heavy other load, load average 5-14: the 20 "
                 "scenarios 38 minutes, the 8-D eq. 17 and eq. 18 ones 4-12 minutes each, the "

@@ -49,7 +49,7 @@ from ._threads import beside
 #: --help`` (cli.py) and by the report when they were not run; re-measure when their sizes change.
 LEARNED_QUICK_RUNTIME = (
     "about 3.5 extra minutes on 2 cores with empty caches (the learned experiments run beside the "
-    "zoo's scenarios; measured on 2026-12-02: the quick zoo alone 290 s, with --learned 495 s); "
+    "zoo's scenarios; measured on 2026-12-02: the quick zoo alone 230 s, with --learned 431 s); "
     "with one cheap scenario, --only weights_w1: 283 s with empty caches, 139 s on a rerun whose "
     "parameters and compiled programs come from the caches (the compilation cache is on by "
     "default, --no-compile-cache)")
