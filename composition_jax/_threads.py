@@ -1,4 +1,5 @@
-"""Work that runs beside the calling thread (the ``reproduce`` command's learned experiments).
+"""Work that runs beside the calling thread (the ``reproduce`` command's second scenario thread
+and its learned experiments).
 
 Each piece of work runs in a *daemon* thread, so an interrupt of the main thread (Ctrl-C,
 SIGTERM) ends the process without waiting for it; :func:`running` tells whether any is still

@@ -3,8 +3,9 @@
 
 Learned-model experiments (:func:`composition_jax.experiments.run_learned_experiments`: length
 generalization on blob scenes, learned 4-D ring composition vs the exact one) run in a thread
-beside the zoo's scenarios and their records are appended after the zoo's when ``learned`` is on: by default in ``full`` mode, off in ``quick`` (the zoo alone
-fills the quick budget) and always off in ``minimal``. Their trained parameters live in the
+beside the zoo's scenarios (which run two at a time, :func:`_run_scenarios`) and their records
+are appended after the zoo's when ``learned`` is on: by default in ``full`` mode, off in
+``quick`` (the zoo alone fills the quick budget) and always off in ``minimal``. Their trained parameters live in the
 experiments' cache (``$COMPOSITION_JAX_CACHE``, else ``$XDG_CACHE_HOME/composition_jax`` or
 ``~/.cache/composition_jax``), never in ``out``, so they
 survive ``--force``.
@@ -112,8 +113,8 @@ def _run_scenarios(sc: Any, names: Sequence[str], cfg: Any, bar: Any, progress: 
     group of :func:`_scenario_groups` not yet started. A scenario is a chain of tracing,
     single-threaded XLA compilations and programs that keeps about 1.4 of 2 cores busy, so two
     side by side fill the cores. Every key is fixed, so the results do not depend on the
-    number of threads. An error is raised in the caller (the calling thread's at once, another
-    thread's once the calling thread has run out of groups)."""
+    number of threads. After an error no thread starts another group; the error is raised in
+    the caller (the calling thread's own, else the first other thread's)."""
     import itertools
     import threading
 
@@ -123,9 +124,17 @@ def _run_scenarios(sc: Any, names: Sequence[str], cfg: Any, bar: Any, progress: 
     out: list = [None] * len(names)
     order = itertools.count()
     lock = threading.Lock()
+    failed = threading.Event()
 
     def work():
-        while True:
+        try:
+            run_groups()
+        except BaseException:
+            failed.set()
+            raise
+
+    def run_groups():
+        while not failed.is_set():
             with lock:
                 g = next(order)
             if g >= len(groups):
