@@ -105,3 +105,43 @@ def test_mark_stays_while_work_beside_the_main_thread_runs(tmp_path):
     assert not _threads.running()
     _compile_cache.close_session(tmp_path)
     assert not mark.exists()
+
+
+def test_reused_mlir_context_lowers_the_same_module():
+    """The suite lowers in a reused MLIR context (tests/conftest.py): the same module text,
+    debug locations included (so the same compiled program and persistent-cache key), as
+    JAX's fresh context per lowering, for a sampler run, a network and a small program, each
+    lowered again after the others in the same context."""
+    import jax
+    import jax.numpy as jnp
+    from jax._src.interpreters import mlir
+
+    import composition_jax as cj
+
+    reused = getattr(mlir.make_ir_context, "_reused", False)
+    if os.environ.get("COMPOSITION_JAX_TEST_FRESH_MLIR", "") not in ("", "0"):
+        assert not reused
+        return
+    assert reused
+    assert mlir.make_ir_context() is mlir.make_ir_context()  # reused (one thread)
+    sch = cj.VPSchedule()
+    g = cj.diffuse(cj.Gaussian(jnp.zeros(3), jnp.eye(3)), sch)
+    net = cj.nn.MLPScoreNet(dim=3, hidden=8, depth=1)
+    m = cj.nn.ScoreNetModel(net, cj.nn.init_params(net, jax.random.key(0)), sch)
+    progs = [
+        (jax.jit(lambda k: cj.sample(k, g, sch, (8, 3), steps=3)), (jax.random.key(1),)),
+        (jax.jit(lambda x: m.score(x, 0.5)), (jnp.ones(3),)),
+        (jax.jit(lambda x: jnp.sum(x * 2.0 + 1.0)), (jnp.arange(3.0),)),
+    ]
+
+    def texts():
+        return [f.lower(*args).as_text(debug_info=True) for f, args in progs]
+
+    reused = texts() + texts()
+    patched = mlir.make_ir_context
+    mlir.make_ir_context = patched._fresh
+    try:
+        fresh = texts()
+    finally:
+        mlir.make_ir_context = patched
+    assert reused[:3] == fresh and reused[3:] == fresh
