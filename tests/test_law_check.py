@@ -68,3 +68,25 @@ def test_cost_cap_skips_large_dimension():
     d = 1 + round((driver._MAX_LAW_FLOPS / 64) ** (1 / 3))  # 8 x 8 components at this d: over
     big = cj.compose(_mix(8, d), [_mix(8, d), _mix(8, d)])
     assert driver._law_inputs(*driver._law_tree(big)) is None
+
+
+def test_mixture_background_to_a_negative_power_is_refused_before_any_algebra():
+    """``compose(mixture, [p1, p2])`` puts the mixture background to the power -1, which has no
+    closed form: ``composed_distribution`` says so (NotImplementedError) before computing any
+    natural parameters, so ``cj.sample``'s check of this common Bayes-style composition builds
+    at most one small program (the weights' dtype conversion; 16 programs and 0.6 s of the first
+    call went to the background's algebra before) and stays silent; the same refusal for a
+    mixture to a non-integer power among Gaussians."""
+    from _programs import programs_built
+
+    bg, c1, c2 = _mix(8, 2), _mix(6, 2, 2.0), _mix(5, 2, 1.0)
+    model = cj.compose(bg, [c1, c2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", cj.CompositionWarning)
+        _, built = programs_built(driver.warn_if_no_law, model)
+    assert built <= 1
+    with pytest.raises(NotImplementedError, match="exponent -1 in"):
+        cj.composed_distribution(bg.dist, [c1.dist, c2.dist])
+    g = cj.Gaussian(jnp.zeros(2), jnp.eye(2))
+    with pytest.raises(NotImplementedError, match="exponent 0.5 in"):
+        cj.composed_distribution(g, [bg.dist], weights=jnp.asarray([0.5]))
