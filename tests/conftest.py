@@ -64,7 +64,7 @@ def _reuse_mlir_contexts(uses: int = 256) -> bool:
     lowering (JAX's ``make_ir_context``, which loads every dialect: ~5 ms, and about half of the
     lowering time of the suite's thousands of small programs). The lowered module is the same
     text, so the compiled program and its persistent-cache key are the same
-    (tests/test_compile_cache.py checks both). A context keeps the types and attributes it
+    (tests/test_compile_cache.py compares the text). A context keeps the types and attributes it
     interned until it is replaced: ``uses`` bounds that. Test processes only; set
     ``COMPOSITION_JAX_TEST_FRESH_MLIR=1`` to lower as JAX does. Returns whether it is on."""
     if os.environ.get("COMPOSITION_JAX_TEST_FRESH_MLIR", "") not in ("", "0"):
