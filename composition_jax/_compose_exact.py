@@ -171,19 +171,19 @@ def _closed_form(dists: list, w: jax.Array) -> Distribution:
             "weights must be concrete (not traced) when a Gaussian mixture is composed: "
             "mixture exponents must be checked to be non-negative integers"
         )
-    if concrete_w:
-        # every mixture's power before any algebra: cj.sample's law check of a Bayes-style
-        # composition (a mixture background to a negative power) otherwise spent 0.6 s of its
-        # first call on the background's natural parameters before this error (d = 2, K = 8)
-        for (_, _, _, single), e, n in forms:
-            if not single and abs(float(e)) > tol:
-                _mixture_power(float(e), tol, " = ".join(n))
+    # every mixture's power before any algebra: cj.sample's law check of a Bayes-style
+    # composition (a mixture background to a negative power) otherwise spent 0.6 s of its first
+    # call on the background's natural parameters before this error (d = 2, K = 8). None: a
+    # Gaussian factor or a cancelled exponent (with traced weights every factor is a Gaussian).
+    powers = [_mixture_power(float(e), tol, " = ".join(n))
+              if concrete_w and not single and abs(float(e)) > tol else None
+              for (_, _, _, single), e, n in forms]
     d = dists[0].dim
     prec = jnp.zeros((1, d, d), dt)
     lin = jnp.zeros((1, d), dt)
     const = jnp.zeros((1,), dt)
     used = []  # (name, exponent, P, h) of the Gaussian factors, for error messages
-    for (lw, means, covs, single), e, n in forms:
+    for ((lw, means, covs, single), e, n), power in zip(forms, powers):
         label = " = ".join(n)
         if concrete_w:
             ev = float(e)
@@ -195,7 +195,7 @@ def _closed_form(dists: list, w: jax.Array) -> Distribution:
             prec, lin, const = prec + ee * p, lin + ee * h, const + ee * c
             used.append((label, e, p[0]))
             continue
-        for _ in range(_mixture_power(ev, tol, label)):
+        for _ in range(power):
             m0, m1 = prec.shape[0], p.shape[0]
             if m0 * m1 > _MAX_COMPONENTS:
                 raise NotImplementedError(
