@@ -1,0 +1,69 @@
+"""``cj.sample(compiler_options=)``: the per-platform default (512-bit vectors on CPU), options
+reaching XLA's compiler for a top-level run, none for a run traced by the caller's ``jit``, and
+the argument's checks."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import composition_jax as cj
+from composition_jax.samplers import driver
+
+SCH = cj.VPSchedule()
+P = cj.diffuse(cj.GaussianMixture(jnp.array([0.3, 0.7]), jnp.array([[-1.0, 0.5], [2.0, 0.0]]),
+                                  jax.vmap(jnp.diag)(jnp.array([[0.4, 0.3], [0.2, 0.5]])),
+                                  covariance="diag"), SCH)
+KW = {"steps": 6, "layout": "rows"}
+WIDTH = "xla_cpu_prefer_vector_width"
+
+
+@pytest.fixture
+def built(monkeypatch):
+    """The ``_Config`` of every compiled run in call order."""
+    seen = []
+    real = driver._build
+    monkeypatch.setattr(driver, "_build", lambda cfg: seen.append(cfg) or real(cfg))
+    return seen
+
+
+def test_default_options_per_platform():
+    assert driver._check_compiler_options(None, "cpu") == ((WIDTH, 512),)
+    for platform in ("gpu", "tpu", "cuda"):
+        assert driver._check_compiler_options(None, platform) == ()
+    assert driver._check_compiler_options({}, "cpu") == ()
+    opts = {WIDTH: 256, "xla_cpu_enable_fast_math": False}
+    assert driver._check_compiler_options(opts, "gpu") == tuple(sorted(opts.items()))
+
+
+def test_options_reach_the_compiler(key, built):
+    """The default and an explicit width compile (their samples agree to rounding: 512-bit
+    vectors may round a reduction differently); an option XLA does not know fails in XLA,
+    which shows the options are passed to it."""
+    wide = np.asarray(cj.sample(key, P, SCH, (64, 2), **KW))
+    narrow = np.asarray(cj.sample(key, P, SCH, (64, 2), compiler_options={WIDTH: 256}, **KW))
+    assert [c.compiler_options for c in built] == [((WIDTH, 512),), ((WIDTH, 256),)]
+    np.testing.assert_allclose(narrow, wide, rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="xla_no_such_option"):
+        cj.sample(key, P, SCH, (64, 2), compiler_options={"xla_no_such_option": 1}, **KW)
+
+
+def test_traced_run_takes_the_callers_options(key, built):
+    """Inside the caller's ``jit`` JAX forbids options on the nested run: none are passed
+    (even an unknown one), and the caller's own ``compiler_options`` apply."""
+    def run(k):
+        return cj.sample(k, P, SCH, (64, 2), compiler_options={"xla_no_such_option": 1},
+                         nonfinite="ignore", **KW)
+
+    out = jax.jit(run, compiler_options={WIDTH: 256})(key)
+    assert [c.compiler_options for c in built] == [()]
+    eager = cj.sample(key, P, SCH, (64, 2), compiler_options={WIDTH: 256}, **KW)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(eager), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [[(WIDTH, 512)], {WIDTH: None}, {1: 2}, "fast"])
+def test_bad_compiler_options(key, bad):
+    with pytest.raises(TypeError, match="compiler_options must be None or a mapping"):
+        cj.sample(key, P, SCH, (4, 2), compiler_options=bad, **KW)
