@@ -262,8 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="replace the outputs of an earlier run in a non-empty --out "
                               "(listed in its manifest); other files there are kept")
     p_bench.add_argument("--impls", default=None,
-                         help="comma-separated subset of composition_jax,numpy,diffrax,torch,"
-                              "torch_compile (default: all available)")
+                         help="comma-separated subset of composition_jax,"
+                              "composition_jax_sharded,composition_jax_fullcov,jax_scan,"
+                              "jax_scan_wide,numpy,diffrax,diffrax_wide,torch,torch_compile "
+                              "(default: all available)")
     p_bench.add_argument("--ks", default=None,
                          help="comma-separated numbers of composed models (default: 1,2,4; "
                               "quick 1)")

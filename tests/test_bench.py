@@ -72,8 +72,9 @@ def cj_key():
 @pytest.mark.parametrize("names", [
     # default suite: one subprocess per implementation costs ~4 s of CPU (imports, compile)
     ("composition_jax", "numpy"),
-    pytest.param(("composition_jax", "composition_jax_sharded", "jax_scan", "numpy", "diffrax",
-                  "torch", "torch_compile"), marks=pytest.mark.slow, id="all"),
+    pytest.param(("composition_jax", "composition_jax_sharded", "jax_scan", "jax_scan_wide",
+                  "numpy", "diffrax", "diffrax_wide", "torch", "torch_compile"),
+                 marks=pytest.mark.slow, id="all"),
 ])
 def test_tiny_end_to_end(tmp_path, names):
     names = [i for i in names if impls.available(i)]
@@ -109,12 +110,34 @@ def test_tiny_end_to_end(tmp_path, names):
             assert r["agreement"]["agree"], r
     assert harness.failures(res) == []
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["environment"]["jax"] and saved["ceilings"]["matmul_flops_per_s"] > 0
+    ceil = saved["ceilings"]
+    assert saved["environment"]["jax"] and ceil["matmul_flops_per_s"] > 0
+    # the normals' ceiling is the best generator under either compiler setting; the stream's
+    # working sets grow up to the DRAM-sized one that gives bandwidth_bytes_per_s
+    assert ceil["normals_per_s"] == max(ceil[f"normals_per_s_{g}{w}"] for g in (
+        "jax_random", "cj_noise") for w in ("", "_wide"))
+    sizes = [b for b, _ in ceil["bandwidth_by_working_set"]]
+    assert sizes == sorted(sizes) and len(sizes) >= 3
+    assert ceil["bandwidth_by_working_set"][-1][1] == ceil["bandwidth_bytes_per_s"]
     assert "composition_jax" in (tmp_path / "table.md").read_text()
     if loops:
         assert "straightforward version" in (tmp_path / "table.md").read_text()
     assert recs[0]["roofline"]["binding_ceiling"] in (
         "matmul_flops", "normal_samples", "memory_bandwidth")
+
+
+def test_roofline_reads_the_bandwidth_of_the_working_set():
+    """The memory term uses the stream measured on the smallest working set at least as large
+    as the step's ``16 d n`` bytes (a cached state is not bound by DRAM), else DRAM's."""
+    ceil = {"matmul_flops_per_s": 1e12, "normals_per_s": 1e12, "bandwidth_bytes_per_s": 1e9,
+            "bandwidth_by_working_set": [[1 << 20, 1e11], [1 << 24, 1e10], [1 << 28, 1e9]]}
+    rec = {"particle_steps_per_s": 1e6, "d": 64, "flops_per_particle_step": 1,
+           "normals_per_particle_step": 1}
+    for n, bw in ((100, 1e11), (1000, 1e11), (2000, 1e10), (100_000, 1e9), (10**6, 1e9)):
+        roof = harness._roofline(dict(rec, n=n), ceil)
+        assert roof["binding_ceiling"] == "memory_bandwidth"
+        np.testing.assert_allclose(roof["floor_particle_steps_per_s"], bw / (16 * 64))
+        np.testing.assert_allclose(roof["fraction_of_ceiling"], 1e6 * 16 * 64 / bw)
 
 
 def test_agreement_detects_a_shift():

@@ -68,12 +68,22 @@ def measure_ceilings(quick: bool = False) -> dict:
     """This machine's ceilings, measured in the same run: float32 matmul FLOP/s (XLA's dot, all
     threads), standard-normal generation rate (the best of ``jax.random.normal`` and the
     samplers' own counter-based generator, one device), memory bandwidth (a streaming
-    ``x * a + b``, read + write)."""
+    ``x * a + b``, read + write, of ``8 m`` bytes; ``bandwidth_by_working_set``: the same for
+    smaller working sets, ``[bytes, B/s]``). The generators and the stream are compiled both
+    with XLA's defaults and with the options ``cj.sample`` uses on this backend (``*_wide``
+    entries: on CPU, 512-bit vectors); the ceiling is the faster, so that the roofline is
+    never the sampler's own compiler setting."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     from ..samplers import noise
+    from ..samplers.driver import _check_compiler_options
+
+    wide = dict(_check_compiler_options(None, jax.default_backend()))
+
+    def jit_both(fn):  # (XLA defaults, cj.sample's options)
+        return jax.jit(fn), jax.jit(fn, compiler_options=wide or None)
 
     def best(fn, *args, reps=5):
         jax.block_until_ready(fn(*args))
@@ -89,14 +99,33 @@ def measure_ceilings(quick: bool = False) -> dict:
     mm = jax.jit(lambda x: x @ x)
     flops = 2 * n**3 / best(mm, a)
     m = 1 << (22 if quick else 24)
-    rng = jax.jit(lambda k: jax.random.normal(k, (m,), jnp.float32))
-    normals_jax = m / best(rng, jax.random.key(0))
     rows = m // 64
-    own = jax.jit(lambda k: noise.normals(k, rows, (64,), jnp.float32))
-    normals_cj = rows * 64 / best(own, jax.random.key(0))
     big = jnp.ones((m,), jnp.float32)
-    add = jax.jit(lambda x: x * 1.0001 + 1.0)
-    bw = 2 * 4 * m / best(add, big)  # read + write
+    rates = {}
+    for name, fn, arg, per_call in (
+            ("normals_per_s_jax_random", lambda k: jax.random.normal(k, (m,), jnp.float32),
+             jax.random.key(0), m),
+            ("normals_per_s_cj_noise", lambda k: noise.normals(k, rows, (64,), jnp.float32),
+             jax.random.key(0), rows * 64)):
+        plain, tuned = jit_both(fn)
+        rates[name] = per_call / best(plain, arg)
+        rates[name + "_wide"] = per_call / best(tuned, arg)
+    normals = max(rates.values())
+    # a streaming x * a + b (read + write), repeated in one program (>= 4 m floats of traffic,
+    # one output allocation), over working sets from 128 KiB to 8 m bytes: a state that fits in
+    # a cache streams at that cache's bandwidth
+    by_size = []
+    for size in (1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, m):
+        if size > m:
+            break
+        reps = max(4, 4 * m // size)
+
+        def stream(x, reps=reps):
+            return jax.lax.fori_loop(0, reps, lambda i, y: y * 1.0001 + 1.0, x)
+
+        t = min(best(f, jnp.ones((size,), jnp.float32), reps=3) for f in jit_both(stream))
+        by_size.append([2 * 4 * size, 2 * 4 * size * reps / t])
+    bw = by_size[-1][1]
     arr = np.ones(m, np.float32)
     out = np.empty_like(arr)
     t0 = time.perf_counter()
@@ -105,10 +134,10 @@ def measure_ceilings(quick: bool = False) -> dict:
     np_bw = 5 * 2 * 4 * m / (time.perf_counter() - t0)
     return {
         "matmul_flops_per_s": flops,
-        "normals_per_s": max(normals_jax, normals_cj),
-        "normals_per_s_jax_random": normals_jax,
-        "normals_per_s_cj_noise": normals_cj,
+        **rates,
+        "normals_per_s": normals,
         "bandwidth_bytes_per_s": bw,
+        "bandwidth_by_working_set": by_size,
         "numpy_bandwidth_bytes_per_s": np_bw,
     }
 
@@ -131,11 +160,23 @@ def agreement(ref: dict, other: dict) -> dict:
             "agree": bool(z < thr and other["summary"]["finite"])}
 
 
+def _bandwidth(ceil: dict, working_set: int) -> float:
+    """Streaming bandwidth for ``working_set`` bytes: of the smallest measured stream at least
+    that large (``bandwidth_by_working_set``), else the largest (DRAM) one."""
+    for size, rate in ceil.get("bandwidth_by_working_set", []):
+        if size >= working_set:
+            return rate
+    return ceil["bandwidth_bytes_per_s"]
+
+
 def _roofline(rec: dict, ceil: dict) -> dict:
     """Achieved fraction of the machine's limits for one record.
 
     Per particle-step: ``t_flop = flops / matmul FLOP/s``, ``t_rng = normals / normal rate``,
-    ``t_mem = bytes / bandwidth`` (read x, write x, read noise, one temporary: ``16 d`` bytes).
+    ``t_mem = bytes / bandwidth`` (read x, write x, read noise, one temporary: ``16 d`` bytes),
+    the bandwidth measured for a working set of the step's ``16 d n`` bytes (the smallest
+    measured stream at least that large: a state that stays in a cache is read at the cache's
+    bandwidth, not DRAM's, which would put the run above its "ceiling").
     ``binding`` is the largest of the three (the roofline: a perfect implementation that
     overlaps everything is limited by it); ``fraction_of_ceiling = floor / achieved time``.
     Since the matmuls and the noise run on the same cores, ``fraction_of_additive_bound`` uses
@@ -144,7 +185,7 @@ def _roofline(rec: dict, ceil: dict) -> dict:
     d = rec["d"]
     t_flop = rec["flops_per_particle_step"] / ceil["matmul_flops_per_s"]
     t_rng = rec["normals_per_particle_step"] / ceil["normals_per_s"]
-    t_mem = (4 * 4 * d) / ceil["bandwidth_bytes_per_s"]
+    t_mem = (4 * 4 * d) / _bandwidth(ceil, 4 * 4 * d * rec.get("n", 0))
     floor = max(t_flop, t_rng, t_mem)
     binding = ["matmul_flops", "normal_samples", "memory_bandwidth"][[t_flop, t_rng, t_mem].index(floor)]
     return {"binding_ceiling": binding, "floor_particle_steps_per_s": 1 / floor,
@@ -181,7 +222,8 @@ def environment() -> dict:
 
 CJ_IMPLS = ("composition_jax", "composition_jax_sharded")
 DEFAULT_IMPLS = ["composition_jax", "composition_jax_sharded", "composition_jax_fullcov",
-                 "jax_scan", "numpy", "diffrax", "torch", "torch_compile"]
+                 "jax_scan", "jax_scan_wide", "numpy", "diffrax", "diffrax_wide", "torch",
+                 "torch_compile"]
 
 
 def _cj_devices() -> int:

@@ -19,11 +19,14 @@ product, and after the per-model softmax the composed score (with the step's coe
 in) is a second one, so a step costs two matmuls whatever ``k``. Their ``*_loop`` variants are
 the straightforward versions (a Python loop over the models, two matmuls each, coefficients
 applied per step): kept to show that each peer is at least as fast as the straightforward
-version of itself (``benchmarks/README.md``).
+version of itself (``benchmarks/README.md``). ``jax_scan_wide`` and ``diffrax_wide`` are the
+JAX peers compiled with the XLA options ``cj.sample`` uses on CPU (512-bit vectors), so that
+the comparison also shows what that compiler option alone is worth.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -379,12 +382,13 @@ def _jax_fused_term(x, A, b, G, J, K):
     return r @ G
 
 
-def run_jax_scan(p: Problem, seed: int, method: str):
+def run_jax_scan(p: Problem, seed: int, method: str, compiler_options: dict | None = None):
     """Hand-written JAX, as an expert writes it: ONE ``jax.jit`` of a ``lax.scan`` over the
     steps, the per-step tables of :func:`_step_tables` (constants folded, update scalars inside
     ``G``) as the scanned input, the fused score (two matmuls per evaluation), and the noise drawn
     inside the scan (``jax.random.normal`` of ``fold_in(key, step)``): no ``(steps, n, d)``
-    noise array in memory."""
+    noise array in memory. ``compiler_options``: XLA options of that ``jit``
+    (:func:`run_jax_scan_wide`)."""
     import jax
     import jax.numpy as jnp
 
@@ -407,7 +411,7 @@ def run_jax_scan(p: Problem, seed: int, method: str):
         T2 = _jax_fused_term(xt, A2, b2, G2, J, K)
         return (x * sc[1] + 0.5 * u1 + xt * sc[2] + (T2[:, :d] - xt * T2[:, d:]), key), None
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=compiler_options)
     def solve(tab, key):
         k0, k1 = jax.random.split(key)
         x0 = jax.random.normal(k0, (n, d), jnp.float32)
@@ -429,13 +433,15 @@ def run_jax_scan(p: Problem, seed: int, method: str):
 
 
 # ----------------------------------------------------------------------------- diffrax
-def run_diffrax(p: Problem, seed: int, method: str, fused: bool = True):
+def run_diffrax(p: Problem, seed: int, method: str, fused: bool = True,
+                compiler_options: dict | None = None):
     """``diffeqsolve`` on the batched ``(n, d)`` state: ``Euler`` with an ``UnsafeBrownianPath``
     (no Brownian tree: the fastest path for a fixed-step SDE solve) for the reverse SDE,
     ``Heun`` for the probability-flow ODE, ``ForwardMode`` adjoint (no backward pass is taken),
     the whole solve under one ``jax.jit``. ``fused``: the drift evaluates the fused score, its
     tables computed from ``t`` inside the drift (:func:`fused_tables` in ``jnp``: ``O(J K d)``
-    per step, nothing against the ``n``-row matmuls); otherwise the looped score."""
+    per step, nothing against the ``n``-row matmuls); otherwise the looped score.
+    ``compiler_options``: XLA options of the ``jit`` (:func:`run_diffrax_wide`)."""
     import diffrax
     import jax
     import jax.numpy as jnp
@@ -477,7 +483,7 @@ def run_diffrax(p: Problem, seed: int, method: str, fused: bool = True):
         beta, _, _ = coeffs(t)
         return lineax.DiagonalLinearOperator(jnp.sqrt(beta) * jnp.ones_like(x))
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=compiler_options)
     def solve(params, key):
         k0, kb = jax.random.split(key)
         x0 = jax.random.normal(k0, (p.n, p.d))
@@ -501,6 +507,27 @@ def run_diffrax(p: Problem, seed: int, method: str, fused: bool = True):
         return np.asarray(jax.block_until_ready(solve(params, key)))
 
     return go
+
+
+def _wide_options():
+    """The XLA options ``cj.sample`` compiles with on CPU (``CPU_COMPILER_OPTIONS``: 512-bit
+    vectors), for the JAX peers' ``*_wide`` versions; none on other backends."""
+    import jax
+
+    from ..samplers.driver import CPU_COMPILER_OPTIONS
+
+    return dict(CPU_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else None
+
+
+def run_jax_scan_wide(p: Problem, seed: int, method: str):
+    """:func:`run_jax_scan` compiled with the XLA options composition_jax uses on CPU: the
+    hand-written scan as written by an expert who also knows that option."""
+    return run_jax_scan(p, seed, method, compiler_options=_wide_options())
+
+
+def run_diffrax_wide(p: Problem, seed: int, method: str):
+    """:func:`run_diffrax` (fused) compiled with the XLA options composition_jax uses on CPU."""
+    return run_diffrax(p, seed, method, compiler_options=_wide_options())
 
 
 def run_diffrax_loop(p: Problem, seed: int, method: str):
@@ -560,8 +587,10 @@ IMPLEMENTATIONS = {
     "composition_jax": run_cj,
     "composition_jax_fullcov": run_cj_fullcov,
     "jax_scan": run_jax_scan,
+    "jax_scan_wide": run_jax_scan_wide,
     "numpy": run_numpy,
     "diffrax": run_diffrax,
+    "diffrax_wide": run_diffrax_wide,
     "torch": run_torch_fused_eager,
     "torch_compile": run_torch_compile,
     # the straightforward versions of the peers (see the module docstring)
@@ -576,7 +605,7 @@ LOOP_VERSIONS = {"numpy": "numpy_loop", "diffrax": "diffrax_loop", "torch": "tor
 
 
 def available(name: str) -> bool:
-    mod = {"diffrax": "diffrax", "diffrax_loop": "diffrax"}.get(name)
+    mod = "diffrax" if name.startswith("diffrax") else None
     if name.startswith("torch"):
         mod = "torch"
     if mod is None:
