@@ -511,9 +511,9 @@ def tile_plan(platform: str, d: int, num_normals: int, dtype: Any) -> int:
 #: XLA options of a sampler run on CPU (``cj.sample(compiler_options=None)``). LLVM emits 256-bit
 #: vectors by default even where the CPU has 512-bit ones (AVX-512); the run's elementwise work
 #: (the noise's hash and inverse CDF, the update, the mixtures' softmax) is a chain of dependent
-#: vector operations per element, so twice the lanes is nearly twice the speed: measured on 2
-#: AVX-512 cores (``benchmarks/README.md``), Euler-Maruyama 1.3-1.8x at d = 2 and 64. On a CPU
-#: without AVX-512 the option changes nothing.
+#: vector operations per element, so twice the lanes runs it up to twice as fast: measured on 2
+#: AVX-512 cores (``benchmarks/README.md``), Euler-Maruyama 1.3-2.0x at d = 64, 1.3-1.5x at
+#: d = 2, 1.05-1.3x at d = 256. On a CPU without AVX-512 the option changes nothing.
 CPU_COMPILER_OPTIONS = {"xla_cpu_prefer_vector_width": 512}
 
 
