@@ -117,7 +117,7 @@ def test_tiny_end_to_end(tmp_path, names):
     assert ceil["normals_per_s"] == max(ceil[f"normals_per_s_{g}{w}"] for g in (
         "jax_random", "cj_noise") for w in ("", "_wide"))
     sizes = [b for b, _ in ceil["bandwidth_by_working_set"]]
-    assert sizes == sorted(sizes) and len(sizes) >= 3
+    assert sizes == sorted(set(sizes)) and len(sizes) >= 3
     assert ceil["bandwidth_by_working_set"][-1][1] == ceil["bandwidth_bytes_per_s"]
     assert "composition_jax" in (tmp_path / "table.md").read_text()
     if loops:

@@ -51,8 +51,9 @@ def test_options_reach_the_compiler(key, built):
 
 
 def test_traced_run_takes_the_callers_options(key, built):
-    """Inside the caller's ``jit`` JAX forbids options on the nested run: none are passed
-    (even an unknown one), and the caller's own ``compiler_options`` apply."""
+    """Inside the caller's ``jit`` JAX forbids options on the nested run: none are passed, so
+    even an unknown one compiles (the caller's program, with the caller's options), and the
+    samples match the top-level run with the same width to rounding."""
     def run(k):
         return cj.sample(k, P, SCH, (64, 2), compiler_options={"xla_no_such_option": 1},
                          nonfinite="ignore", **KW)

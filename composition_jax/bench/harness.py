@@ -124,9 +124,8 @@ def measure_ceilings(quick: bool = False) -> dict:
     # one output allocation), over working sets from 128 KiB to 8 m bytes: a state that fits in
     # a cache streams at that cache's bandwidth
     by_size = []
-    for size in (1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, m):
-        if size > m:
-            break
+    for size in sorted({s for s in (1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22) if s < m}
+                       | {m}):
         reps = max(4, 4 * m // size)
 
         def stream(x, reps=reps):
