@@ -1,6 +1,6 @@
-"""``cj.sample(compiler_options=)``: the per-platform default (512-bit vectors on CPU), options
-reaching XLA's compiler for a top-level run, none for a run traced by the caller's ``jit``, and
-the argument's checks."""
+"""``cj.sample(compiler_options=)`` (and ``smc_sample``'s): the
+per-platform default (512-bit vectors on CPU), options reaching XLA's compiler for a top-level
+run, none for a run traced by the caller's ``jit``, and the argument's checks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import composition_jax as cj
-from composition_jax.samplers import driver
+from composition_jax.samplers import driver, smc
 
 SCH = cj.VPSchedule()
 P = cj.diffuse(cj.GaussianMixture(jnp.array([0.3, 0.7]), jnp.array([[-1.0, 0.5], [2.0, 0.0]]),
@@ -30,12 +30,29 @@ def built(monkeypatch):
 
 
 def test_default_options_per_platform():
-    assert driver._check_compiler_options(None, "cpu") == ((WIDTH, 512),)
+    assert driver.check_compiler_options(None, "cpu") == ((WIDTH, 512),)
     for platform in ("gpu", "tpu", "cuda"):
-        assert driver._check_compiler_options(None, platform) == ()
-    assert driver._check_compiler_options({}, "cpu") == ()
+        assert driver.check_compiler_options(None, platform) == ()
+    assert driver.check_compiler_options({}, "cpu") == ()
     opts = {WIDTH: 256, "xla_cpu_enable_fast_math": False}
-    assert driver._check_compiler_options(opts, "gpu") == tuple(sorted(opts.items()))
+    assert driver.check_compiler_options(opts, "gpu") == tuple(sorted(opts.items()))
+
+
+def test_smc_takes_the_same_options(key, monkeypatch):
+    """``smc_sample`` compiles with the same default; an option XLA does not know fails in
+    XLA; a bad value is a TypeError naming the argument."""
+    seen, real = [], smc._build
+    monkeypatch.setattr(smc, "_build", lambda cfg: seen.append(cfg) or real(cfg))
+
+    def run(**kw):
+        return smc.smc_sample(key, P, SCH, (16, 2), steps=4, **kw)
+
+    assert np.all(np.isfinite(np.asarray(run())))
+    assert seen[-1].compiler_options == ((WIDTH, 512),)
+    with pytest.raises(RuntimeError, match="xla_no_such_option"):
+        run(compiler_options={"xla_no_such_option": 1})
+    with pytest.raises(TypeError, match="compiler_options must be None or a mapping"):
+        run(compiler_options="fast")
 
 
 def test_options_reach_the_compiler(key, built):

@@ -79,9 +79,9 @@ def measure_ceilings(quick: bool = False) -> dict:
     import numpy as np
 
     from ..samplers import noise
-    from ..samplers.driver import _check_compiler_options
+    from ..samplers.driver import check_compiler_options
 
-    wide = dict(_check_compiler_options(None, jax.default_backend()))
+    wide = dict(check_compiler_options(None, jax.default_backend()))
 
     def jit_both(fn):  # (XLA defaults, cj.sample's options)
         return jax.jit(fn), jax.jit(fn, compiler_options=wide or None)

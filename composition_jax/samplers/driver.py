@@ -525,7 +525,7 @@ def _top_level() -> bool:
     return bool(clean()) if callable(clean) else False
 
 
-def _check_compiler_options(value: Any, platform: str) -> tuple:
+def check_compiler_options(value: Any, platform: str) -> tuple:
     """``cj.sample``'s ``compiler_options`` as sorted ``(name, value)`` pairs (hashable, part of
     the compiled run's cache key); ``None``: the platform's defaults. Empty when traced."""
     if value is None:
@@ -537,6 +537,12 @@ def _check_compiler_options(value: Any, platform: str) -> tuple:
             "compiler_options must be None or a mapping of XLA option names (str) to str, "
             f"int, float or bool values, got {value!r}")
     return tuple(sorted(value.items())) if _top_level() else ()
+
+
+def jit_run(fn, compiler_options: tuple):
+    """``jax.jit(fn)`` compiled with a run's checked options (:func:`check_compiler_options`):
+    ``cj.sample``'s and ``smc_sample``'s compiled programs."""
+    return jax.jit(fn, compiler_options=dict(compiler_options) or None)
 
 
 def _check_tile_size(tile_size: Any, layout: str) -> int | None:
@@ -823,10 +829,9 @@ def choose_layout(layout: str, method: SamplerMethod, model: Any, d: int, record
 def _build(cfg: _Config):
     # one compiled run per layout: the body chosen once (choose_layout), no dispatcher between
     fn = functools.partial(_rows_run if cfg.layout == "rows" else _columns_run, cfg=cfg)
-    jit = functools.partial(jax.jit, compiler_options=dict(cfg.compiler_options) or None)
     if cfg.check:
-        return jit(checkify.checkify(fn, errors=checkify.user_checks))
-    return jit(fn)
+        return jit_run(checkify.checkify(fn, errors=checkify.user_checks), cfg.compiler_options)
+    return jit_run(fn, cfg.compiler_options)
 
 
 def _auto_mesh(mesh):
@@ -1035,7 +1040,7 @@ def sample(
     layout = choose_layout(layout, method, model, d, record_every, bool(check))
     if layout == "columns" and tile_size is None:
         tile_size = tile_plan(_platform(mesh), d, method.num_normals, dtype)
-    compiler_options = _check_compiler_options(compiler_options, _platform(mesh))
+    compiler_options = check_compiler_options(compiler_options, _platform(mesh))
     cfg = _Config(
         layout=layout,
         tile=tile_size if layout == "columns" else 0,

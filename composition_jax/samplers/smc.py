@@ -67,7 +67,15 @@ import jax.numpy as jnp
 
 from ..models import Model, _Adapter, as_model
 from ..schedules import Schedule
-from .driver import check_key, check_model_shape, check_shape, check_times
+from .driver import (
+    _platform,
+    check_compiler_options,
+    check_key,
+    check_model_shape,
+    check_shape,
+    check_times,
+    jit_run,
+)
 from .grids import time_grid
 from .mcmc import _mh
 from .methods import DDIM, DDPM, EulerMaruyama, SamplerMethod, _sigma2_between, resolve_method
@@ -231,6 +239,7 @@ class _Config:
     mcmc_steps: int
     mcmc_step_size: float
     dtype: Any
+    compiler_options: tuple = ()
 
 
 def _run(key, model, schedule, cfg: _Config):
@@ -328,7 +337,7 @@ def _run(key, model, schedule, cfg: _Config):
 
 @functools.lru_cache(maxsize=64)
 def _build(cfg: _Config):
-    return jax.jit(functools.partial(_run, cfg=cfg))
+    return jit_run(functools.partial(_run, cfg=cfg), cfg.compiler_options)
 
 
 def smc_sample(
@@ -349,6 +358,7 @@ def smc_sample(
     mcmc_step_size: float = 1.0,
     return_info: bool = False,
     dtype: Any = None,
+    compiler_options: Any = None,
 ) -> Any:
     r"""Sample the composed law ``pi_{t_min} ∝ exp(E_{t_min})`` by sequential Monte Carlo.
 
@@ -390,6 +400,9 @@ def smc_sample(
       return_info: return an :class:`SMCResult` (samples, log-weights, log-normalizer, ESS
         trace, resampling steps, times) instead of the samples.
       dtype: floating dtype (default: JAX's default float).
+      compiler_options: XLA options of the compiled program, as for ``cj.sample`` (default on
+        CPU: ``CPU_COMPILER_OPTIONS``, 512-bit vectors; ``{}``: XLA's defaults; none when
+        traced by your ``jit``/``vmap``/``grad``).
 
     Returns:
       ``samples (n, d)`` (weighted by ``log_weights`` when ``final_resample=False``), or an
@@ -442,6 +455,7 @@ def smc_sample(
     cfg = _Config(kernel=method, shape=(n, d), steps=steps, t_min=t_min_f, grid=grid,
                   weights=weights, resample=resample, ess_threshold=float(ess_threshold),
                   final_resample=bool(final_resample), mcmc_steps=mcmc_steps,
-                  mcmc_step_size=float(mcmc_step_size), dtype=dtype)
+                  mcmc_step_size=float(mcmc_step_size), dtype=dtype,
+                  compiler_options=check_compiler_options(compiler_options, _platform(None)))
     out = _build(cfg)(key, model, schedule)
     return out if return_info else out.samples
