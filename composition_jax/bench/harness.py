@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .impls import LOOP_VERSIONS, available
+from .impls import LOOP_VERSIONS, available, wide_options
 from .problem import QUICK_SIZES, SIZES
 
 __all__ = ["OUTPUTS", "agreement", "failures", "measure_ceilings", "ratio_table", "run_backend",
@@ -79,12 +79,11 @@ def measure_ceilings(quick: bool = False) -> dict:
     import numpy as np
 
     from ..samplers import noise
-    from ..samplers.driver import check_compiler_options
 
-    wide = dict(check_compiler_options(None, jax.default_backend()))
+    wide = wide_options()
 
     def jit_both(fn):  # (XLA defaults, cj.sample's options)
-        return jax.jit(fn), jax.jit(fn, compiler_options=wide or None)
+        return jax.jit(fn), jax.jit(fn, compiler_options=wide)
 
     def best(fn, *args, reps=5):
         jax.block_until_ready(fn(*args))

@@ -509,25 +509,26 @@ def run_diffrax(p: Problem, seed: int, method: str, fused: bool = True,
     return go
 
 
-def _wide_options():
-    """The XLA options ``cj.sample`` compiles with on CPU (``CPU_COMPILER_OPTIONS``: 512-bit
-    vectors), for the JAX peers' ``*_wide`` versions; none on other backends."""
+def wide_options() -> dict | None:
+    """The XLA options ``cj.sample`` compiles with by default on this backend (its own policy,
+    ``driver.check_compiler_options``: 512-bit vectors on CPU, none elsewhere), for the JAX
+    peers' ``*_wide`` versions and the benchmark's ceilings."""
     import jax
 
-    from ..samplers.driver import CPU_COMPILER_OPTIONS
+    from ..samplers.driver import check_compiler_options
 
-    return dict(CPU_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else None
+    return dict(check_compiler_options(None, jax.default_backend())) or None
 
 
 def run_jax_scan_wide(p: Problem, seed: int, method: str):
     """:func:`run_jax_scan` compiled with the XLA options composition_jax uses on CPU: the
     hand-written scan as written by an expert who also knows that option."""
-    return run_jax_scan(p, seed, method, compiler_options=_wide_options())
+    return run_jax_scan(p, seed, method, compiler_options=wide_options())
 
 
 def run_diffrax_wide(p: Problem, seed: int, method: str):
     """:func:`run_diffrax` (fused) compiled with the XLA options composition_jax uses on CPU."""
-    return run_diffrax(p, seed, method, compiler_options=_wide_options())
+    return run_diffrax(p, seed, method, compiler_options=wide_options())
 
 
 def run_diffrax_loop(p: Problem, seed: int, method: str):
