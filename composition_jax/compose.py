@@ -44,9 +44,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import as_float_array, is_concrete
+from ._checks import as_float_array, check_point, check_t, is_concrete
 from ._pytree import pytree_dataclass
 from .distributions import Distribution
+from .distributions.base import cast_tree
 from .models import FunctionModel, Model, as_model
 
 __all__ = [
@@ -138,46 +139,85 @@ def _fused_mixtures(models: tuple) -> tuple | None:
     return models
 
 
-def _fused_mixture_score(models: tuple, coeffs: jax.Array, x: Any, t: Any) -> jax.Array:
-    """``sum_j coeffs[j] * score_j(x, t)`` for diffused isotropic or diagonal mixtures
-    (:func:`_fused_mixtures`) with every model's components in one matrix: the logits of all
-    ``sum_j K_j`` components from one product ``A x`` (``A`` stacks ``a_j m_jk``; diagonal
-    components: ``(A W) x`` and ``W (x * x)`` with ``W = 1 / v``), a softmax per model, and the
-    output from one product with ``G_jk = coeffs_j r_jk``: ``sum_jk G_jk (a_j m_jk - x) / v_jk``.
-    Each model's schedule gives its own ``a_j = alpha_j(t)``, ``v_jk = a_j^2 lam_jk +
-    sigma_j(t)^2`` (per coordinate for diagonal components)."""
-    from .distributions.gaussian import GaussianMixture
-
+def _fused_terms(models: tuple, coeffs: jax.Array, dtype: Any, t: Any):
+    """The per-step constants of :func:`_fused_mixture_score`: ``B (M, d)``, ``W`` (``(M,)`` when
+    every input is isotropic, else ``(M, d)``), ``c (M,)`` for ``M = sum_j K_j`` components, the
+    component counts ``K_j`` and ``coeffs`` in ``dtype``."""
     iso = all(m.dist.isotropic for m in models)
-    rows, prec, base, sizes = [], [], [], []
+    t = check_t(t).astype(dtype)
+    rows, prec, const, sizes = [], [], [], []
     for m in models:
-        xm, g, a, s = m._prep(x, t)
-        mp, w, logdet = g._diag_consts(a, s)  # mp = means (not centred); w = 1 / v
-        rows.append(a * mp)
-        # isotropic w is (K_j,); beside diagonal components it is written per coordinate
-        prec.append(w if iso or not g.isotropic else jnp.broadcast_to(w[:, None], mp.shape))
-        base.append(g.log_weights - 0.5 * logdet)  # the common 2 pi term cancels
+        g = cast_tree(m.dist, dtype)
+        a = m.schedule.alpha(t)
+        mp, w, logdet = g._diag_consts(a, m.schedule.sigma(t))  # mp: means (not centred)
+        am = a * mp
+        if iso or not g.isotropic:  # (K_j,) when all inputs are isotropic, else (K_j, d)
+            wk = w
+        else:
+            wk = jnp.broadcast_to(w[:, None], mp.shape)
+        wc = wk[:, None] if iso else wk
+        rows.append(am * wc)
+        prec.append(wk)
+        # the common 2 pi term cancels in each softmax
+        const.append(g.log_weights - 0.5 * (logdet + jnp.sum(am * am * wc, -1)))
         sizes.append(g.num_components)
-    x = xm
-    A = jnp.concatenate(rows)  # (sum K, d): a_j m_jk
-    w = jnp.concatenate(prec)  # (sum K,) or (sum K, d)
-    if iso:
-        q = (jnp.dot(x, x) - 2.0 * (A @ x) + jnp.sum(A * A, -1)) * w
-    else:
-        AW = A * w
-        q = w @ (x * x) - 2.0 * (AW @ x) + jnp.sum(A * AW, -1)
-    logits = jnp.concatenate(base) - 0.5 * q
-    coeffs = coeffs.astype(x.dtype)
+    return (jnp.concatenate(rows), jnp.concatenate(prec), jnp.concatenate(const), sizes,
+            coeffs.astype(dtype))
+
+
+def _responsibilities(logits: jax.Array, sizes: list, coeffs: jax.Array, axis: int):
+    """``G = coeffs_j softmax_j(logits)`` with one softmax per model over its ``sizes[j]``
+    components along ``axis`` (0 or -1 of ``logits``). The logits are pinned before the max
+    and the exponential read them (``optimization_barrier``): XLA otherwise recomputes them in
+    each consumer with different rounding, and far from every mean (logits ~ -1e12) that
+    difference exceeds ``exp``'s range (inf or 0 for every component)."""
+    logits = jax.lax.optimization_barrier(logits)
+    ax = axis % logits.ndim
+    if len(set(sizes)) == 1:  # one softmax over a (models, K) view
+        shape = logits.shape[:ax] + (len(sizes), sizes[0]) + logits.shape[ax + 1:]
+        lg = logits.reshape(shape)
+        e = jnp.exp(lg - jax.lax.stop_gradient(jnp.max(lg, ax + 1, keepdims=True)))
+        cw = coeffs.reshape((len(sizes), 1) + (1,) * (logits.ndim - 1 - ax))
+        return (e * (cw / jnp.sum(e, ax + 1, keepdims=True))).reshape(logits.shape)
     G, start = [], 0
     for j, k in enumerate(sizes):
-        e, z = GaussianMixture._unnormalized(logits[start:start + k])
-        G.append(e * (coeffs[j] / z))
+        lg = jax.lax.slice_in_dim(logits, start, start + k, axis=ax)
+        e = jnp.exp(lg - jax.lax.stop_gradient(jnp.max(lg, ax, keepdims=True)))
+        G.append(e * (coeffs[j] / jnp.sum(e, ax, keepdims=True)))
         start += k
-    G = jnp.concatenate(G)
-    if iso:
-        G = G * w
-        return G @ A - x * (G @ jnp.ones_like(G))
-    return G @ AW - x * (G @ w)
+    return jnp.concatenate(G, ax)
+
+
+def _fused_mixture_score(models: tuple, coeffs: jax.Array, x: Any, t: Any) -> jax.Array:
+    """``sum_j coeffs[j] * score_j(x, t)`` for diffused isotropic or diagonal mixtures
+    (:func:`_fused_mixtures`) with every model's components in one matrix.
+
+    With ``a_j = alpha_j(t)``, ``v_jk = a_j^2 lam_jk + sigma_j(t)^2`` (per coordinate for
+    diagonal components) and ``W = 1 / v``, component ``jk``'s logit is ``b_jk - Q_jk / 2`` with
+    ``Q_jk = sum W (x - a_j m_jk)^2``; expanded, with the constants folded once per step,
+    ``logit = c_jk + B_jk . x - (W_jk . x^2) / 2`` where ``B = a m W`` and
+    ``c = b - sum a^2 m^2 W / 2``. So the logits of all ``sum_j K_j`` components are one product
+    ``B x`` plus a term per component, each model's responsibilities ``r_j`` a softmax over its
+    own components, and with ``G_jk = coeffs_j r_jk`` the output is one more product:
+    ``sum_jk G_jk W_jk (a_j m_jk - x) = G B - x (G W)``."""
+    x = check_point(x, models[0].dim)
+    B, w, c, sizes, coeffs = _fused_terms(models, coeffs, x.dtype, t)
+    quad = jnp.dot(x, x) * w if w.ndim == 1 else w @ (x * x)
+    G = _responsibilities(c + B @ x - 0.5 * quad, sizes, coeffs, -1)
+    return G @ B - x * (G @ w)
+
+
+def _fused_mixture_score_columns(models: tuple, coeffs: jax.Array, X: jax.Array, t: Any):
+    """:func:`_fused_mixture_score` for ``X (d, n)``, one particle per column: the ``(M, n)``
+    logits have the particle axis contiguous, so each model's softmax reduces over the major
+    axis, element-wise across particles."""
+    B, w, c, sizes, coeffs = _fused_terms(models, coeffs, X.dtype, t)
+    if w.ndim == 1:
+        quad = w[:, None] * jnp.sum(X * X, 0, keepdims=True)
+    else:
+        quad = w @ (X * X)
+    G = _responsibilities(c[:, None] + B @ X - 0.5 * quad, sizes, coeffs, 0)
+    return B.T @ G - X * ((w @ G)[None] if w.ndim == 1 else w.T @ G)
 
 
 @pytree_dataclass
@@ -244,10 +284,15 @@ class Composition(Model):
         return _without(self._inputs, _input_names(len(self._inputs)), capability)
 
     @property
-    def _prefers_rows(self) -> bool:
-        """:meth:`score` takes the fused form (:func:`_fused_mixtures`): ``cj.sample``'s
-        ``layout="auto"`` then picks the rows layout, which is faster for it than the columns
-        layout's per-input scores."""
+    def _coefficients(self) -> jax.Array:
+        """``(1 - sum w, w_1, ..., w_k)``: each input's coefficient in the composed score."""
+        w = self.weights
+        return jnp.concatenate([1.0 - jnp.sum(w, keepdims=True), w])
+
+    @property
+    def _fused_columns(self) -> bool:
+        """Scored in the fused form (:func:`_fused_mixtures`), in both layouts: ``cj.sample``'s
+        ``layout="auto"`` then picks the columns layout up to ``FUSED_COLUMN_MAX_D``."""
         return _fused_mixtures(self._inputs) is not None
 
     def score(self, x: Any, t: Any) -> jax.Array:
@@ -262,9 +307,7 @@ class Composition(Model):
         differs). Otherwise each input is scored on its own."""
         fused = _fused_mixtures(self._inputs)
         if fused is not None:
-            w = self.weights
-            return _fused_mixture_score(fused, jnp.concatenate([1.0 - jnp.sum(w, keepdims=True),
-                                                                w]), x, t)
+            return _fused_mixture_score(fused, self._coefficients, x, t)
         sb = self.background.score(x, t)
         s = jnp.stack([c.score(x, t) for c in self.conditionals])
         w = self.weights.astype(sb.dtype)
@@ -280,7 +323,14 @@ class Composition(Model):
         return out
 
     def score_columns(self, X: Any, t: Any) -> jax.Array:
-        """Composed scores in particle-minor layout: ``X (d, n)`` -> ``(d, n)``."""
+        """Composed scores in particle-minor layout: ``X (d, n)`` -> ``(d, n)`` (the fused form
+        of :meth:`score` when it applies, see :func:`_fused_mixture_score_columns`)."""
+        fused = _fused_mixtures(self._inputs)
+        if fused is not None:
+            X = jnp.asarray(X)
+            if X.ndim != 2 or X.shape[0] != self.dim:
+                raise ValueError(f"X must have shape ({self.dim}, n), got {tuple(X.shape)}")
+            return _fused_mixture_score_columns(fused, self._coefficients, X, t)
         sb = self.background.score_columns(X, t)
         w = self.weights.astype(sb.dtype)
         out = sb

@@ -29,8 +29,17 @@ def built(monkeypatch):
     return seen
 
 
+YNN = "xla_cpu_experimental_ynn_fusion_type"
+
+
 def test_default_options_per_platform():
     assert driver.check_compiler_options(None, "cpu") == ((WIDTH, 512),)
+    # the columns layout's matrix-product forms (d > 8) without YNNPACK fusions, on CPU only
+    assert driver.check_compiler_options(None, "cpu", "columns", 9) == ((YNN, ""), (WIDTH, 512))
+    assert driver.check_compiler_options(None, "cpu", "columns", 8) == ((WIDTH, 512),)
+    assert driver.check_compiler_options(None, "cpu", "rows", 64) == ((WIDTH, 512),)
+    assert driver.check_compiler_options(None, "gpu", "columns", 64) == ()
+    assert driver.check_compiler_options({WIDTH: 256}, "cpu", "columns", 64) == ((WIDTH, 256),)
     for platform in ("gpu", "tpu", "cuda"):
         assert driver.check_compiler_options(None, platform) == ()
     assert driver.check_compiler_options({}, "cpu") == ()

@@ -54,11 +54,13 @@ def test_fused_score_is_the_per_model_formula_x64(seed, diag):
     assert _fused_mixtures(comp._inputs) is not None
     score = jax.jit(jax.vmap(comp.score, (0, None)))
     ref = jax.jit(jax.vmap(lambda x, t: _per_model(comp, x, t), (0, None)))
+    columns = jax.jit(lambda x, t: comp.score_columns(x.T, t).T)  # particle-minor form
     for scale in (1.0, 30.0):
         x = jnp.asarray(rng.normal(size=(64, 12)) * scale)
         for t in (1e-3, 0.05, 0.4, 1.0):
-            a, b = np.asarray(score(x, t)), np.asarray(ref(x, t))
-            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10 * np.abs(b).max())
+            b = np.asarray(ref(x, t))
+            for a in (np.asarray(score(x, t)), np.asarray(columns(x, t))):
+                np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10 * np.abs(b).max())
 
 
 @pytest.mark.parametrize("diag", [(), (2,)])
@@ -114,9 +116,10 @@ def test_fused_float32_error_at_the_edges_is_the_per_model_error_x64(diag):
         return cj.compose(ms[0], ms[1:], weights=jnp.asarray([1.0, -0.5], dtype))
 
     fused = jax.jit(lambda c, x, t: jax.vmap(c.score, (0, None))(x, t))
+    columns = jax.jit(lambda c, x, t: c.score_columns(x.T, t).T)
     per = jax.jit(lambda c, x, t: jax.vmap(lambda z: _per_model(c, z, t))(x))
     rng = np.random.default_rng(6)
-    errs_f, errs_p = [], []
+    errs_f, errs_c, errs_p = [], [], []
     for seed in range(6):
         c32, c64 = comp(seed, jnp.float32), comp(seed, jnp.float64)
         assert _fused_mixtures(c32._inputs) is not None
@@ -125,15 +128,36 @@ def test_fused_float32_error_at_the_edges_is_the_per_model_error_x64(diag):
             for t in (1e-3, 0.1, 0.9):
                 ref = np.asarray(per(c64, jnp.asarray(x), t))
                 f = np.asarray(fused(c32, jnp.asarray(x, jnp.float32), t))
+                col = np.asarray(columns(c32, jnp.asarray(x, jnp.float32), t))
                 p = np.asarray(per(c32, jnp.asarray(x, jnp.float32), t))
-                assert np.isfinite(f).all(), (seed, scale, t)
+                assert np.isfinite(f).all() and np.isfinite(col).all(), (seed, scale, t)
                 if not np.isfinite(p).all():
                     # the per-model path itself can overflow far out when XLA compiles at
                     # optimization level 0 (make test's fast-compile lanes): nothing to compare
                     continue
                 nrm = np.abs(ref).max()
                 errs_f.append(np.abs(f - ref).max() / nrm)
+                errs_c.append(np.abs(col - ref).max() / nrm)
                 errs_p.append(np.abs(p - ref).max() / nrm)
     assert len(errs_f) >= 27, len(errs_f)  # most of the 54 cases compared
-    assert max(errs_f) <= 10 * max(errs_p), (max(errs_f), max(errs_p))
-    assert np.median(errs_f) <= 2 * np.median(errs_p), (np.median(errs_f), np.median(errs_p))
+    for errs in (errs_f, errs_c):  # the rows and the columns (particle-minor) fused forms
+        assert max(errs) <= 10 * max(errs_p), (max(errs), max(errs_p))
+        assert np.median(errs) <= 2 * np.median(errs_p), (np.median(errs), np.median(errs_p))
+
+
+def test_fused_composition_samples_the_same_in_both_layouts(key):
+    """``cj.sample`` of a fused composition: the columns layout (the default up to
+    ``FUSED_COLUMN_MAX_D``, compiled on CPU without YNNPACK fusions) and the rows layout give
+    the same samples to float32 rounding, for every particle of a batch that spans two tiles."""
+    comp, _ = _composition(5, diag=(1,))
+    comp = cj.compose(*(jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), m)
+                        for m in (comp.background, list(comp.conditionals))),
+                      weights=jnp.asarray([1.0, -0.5], jnp.float32))
+    kw = {"steps": 20, "dtype": jnp.float32}
+    sch = cj.VPSchedule()
+    a = np.asarray(cj.sample(key, comp, sch, (203, 12), layout="rows", **kw))
+    b = np.asarray(cj.sample(key, comp, sch, (203, 12), layout="columns", tile_size=128, **kw))
+    c = np.asarray(cj.sample(key, comp, sch, (203, 12), **kw))  # "auto": columns
+    assert np.isfinite(a).all()
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * np.abs(a).max())
+    np.testing.assert_allclose(c, b, rtol=1e-5, atol=1e-5 * np.abs(a).max())

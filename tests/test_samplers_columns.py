@@ -137,16 +137,22 @@ def test_auto_layout_choice():
         assert choose("auto", m, _full(), 2, None, False) == "rows"
     assert choose("auto", em, comp, driver.COLUMN_MAX_D + 1, None, False) == "rows"
     assert choose("rows", em, comp, 2, None, False) == "rows"
-    # d > 8 isotropic mixtures: the rows layout scores the composition in the fused form
-    rng = np.random.default_rng(0)
-    mix16 = [cj.diffuse(cj.GaussianMixture(jnp.full((3,), 1 / 3),
-                                           jnp.asarray(rng.normal(size=(3, 16))),
-                                           jnp.broadcast_to(jnp.eye(16), (3, 16, 16)),
-                                           covariance="iso"), SCH) for _ in range(2)]
-    fused = cj.compose(mix16[0], [mix16[1]])
-    assert fused._prefers_rows and not comp._prefers_rows
-    assert choose("auto", em, fused, 16, None, False) == "rows"
-    assert choose("columns", em, fused, 16, None, False) == "columns"  # still available
+    # d > 8 isotropic mixtures: the composition is scored in the fused form (both layouts),
+    # whose columns layout "auto" picks up to FUSED_COLUMN_MAX_D
+    def fused_of(d):
+        rng = np.random.default_rng(0)
+        mix = [cj.diffuse(cj.GaussianMixture(jnp.full((3,), 1 / 3),
+                                             jnp.asarray(rng.normal(size=(3, d))),
+                                             jnp.broadcast_to(jnp.eye(d), (3, d, d)),
+                                             covariance="iso"), SCH) for _ in range(2)]
+        return cj.compose(mix[0], [mix[1]])
+
+    fused, wide = fused_of(16), fused_of(driver.FUSED_COLUMN_MAX_D + 1)
+    assert fused._fused_columns and not comp._fused_columns
+    assert choose("auto", em, fused, 16, None, False) == "columns"
+    assert choose("auto", em, wide, wide.dim, None, False) == "rows"
+    assert choose("auto", cj.PredictorCorrector(), fused, 16, None, False) == "rows"
+    assert choose("rows", em, fused, 16, None, False) == "rows"  # still available
 
 
 def test_layout_errors(key):

@@ -70,20 +70,21 @@ def measure_ceilings(quick: bool = False) -> dict:
     samplers' own counter-based generator, one device, each consumed by an update of a
     cache-sized state as a sampler step consumes it), memory bandwidth (a streaming
     ``x * a + b``, read + write, of ``8 m`` bytes; ``bandwidth_by_working_set``: the same for
-    smaller working sets, ``[bytes, B/s]``). The generators and the stream are compiled both
-    with XLA's defaults and with the options ``cj.sample`` uses on this backend (``*_wide``
-    entries: on CPU, 512-bit vectors); the ceiling is the faster, so that the roofline is
-    never the sampler's own compiler setting."""
+    smaller working sets, ``[bytes, B/s]``). The generators and the stream are compiled with
+    XLA's defaults and with each set of options ``cj.sample`` uses on this backend (``*_wide``
+    entries: on CPU, 512-bit vectors; ``*_columns``: the columns layout's, also without
+    YNNPACK fusions); the ceiling is the fastest, so that the roofline is never the sampler's
+    own compiler setting."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     from ..samplers import noise
 
-    wide = wide_options()
+    variants = {"": None, "_wide": wide_options(), "_columns": wide_options("columns", 64)}
 
-    def jit_both(fn):  # (XLA defaults, cj.sample's options)
-        return jax.jit(fn), jax.jit(fn, compiler_options=wide)
+    def jit_all(fn):  # {suffix: fn compiled with XLA's defaults or one of cj.sample's options}
+        return {k: jax.jit(fn, compiler_options=o) for k, o in variants.items()}
 
     def best(fn, *args, reps=5):
         jax.block_until_ready(fn(*args))
@@ -115,9 +116,8 @@ def measure_ceilings(quick: bool = False) -> dict:
     for name, draw in (
             ("normals_per_s_jax_random", lambda k: jax.random.normal(k, (rows, 64))),
             ("normals_per_s_cj_noise", lambda k: noise.normals(k, rows, (64,), jnp.float32))):
-        plain, tuned = jit_both(consumed(draw))
-        rates[name] = m / best(plain, jax.random.key(0))
-        rates[name + "_wide"] = m / best(tuned, jax.random.key(0))
+        for suffix, fn in jit_all(consumed(draw)).items():
+            rates[name + suffix] = m / best(fn, jax.random.key(0))
     normals = max(rates.values())
     # a streaming x * a + b (read + write), repeated in one program (>= 4 m floats of traffic,
     # one output allocation), over working sets from 128 KiB to 8 m bytes: a state that fits in
@@ -130,7 +130,8 @@ def measure_ceilings(quick: bool = False) -> dict:
         def stream(x, reps=reps):
             return jax.lax.fori_loop(0, reps, lambda i, y: y * 1.0001 + 1.0, x)
 
-        t = min(best(f, jnp.ones((size,), jnp.float32), reps=3) for f in jit_both(stream))
+        t = min(best(f, jnp.ones((size,), jnp.float32), reps=3)
+                for f in jit_all(stream).values())
         by_size.append([2 * 4 * size, 2 * 4 * size * reps / t])
     bw = by_size[-1][1]
     arr = np.ones(m, np.float32)

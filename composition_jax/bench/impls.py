@@ -509,15 +509,16 @@ def run_diffrax(p: Problem, seed: int, method: str, fused: bool = True,
     return go
 
 
-def wide_options() -> dict | None:
+def wide_options(layout: str = "rows", d: int = 0) -> dict | None:
     """The XLA options ``cj.sample`` compiles with by default on this backend (its own policy,
-    ``driver.check_compiler_options``: 512-bit vectors on CPU, none elsewhere), for the JAX
-    peers' ``*_wide`` versions and the benchmark's ceilings."""
+    ``driver.default_compiler_options``: on CPU 512-bit vectors, and no YNNPACK fusions in the
+    columns layout at d > 8; none elsewhere), for the JAX peers' ``*_wide`` versions and the
+    benchmark's ceilings."""
     import jax
 
-    from ..samplers.driver import check_compiler_options
+    from ..samplers.driver import default_compiler_options
 
-    return dict(check_compiler_options(None, jax.default_backend())) or None
+    return default_compiler_options(jax.default_backend(), layout, d) or None
 
 
 def run_jax_scan_wide(p: Problem, seed: int, method: str):

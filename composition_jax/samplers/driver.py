@@ -56,6 +56,7 @@ import numpy as np
 from jax.experimental import checkify
 from jax.sharding import NamedSharding, PartitionSpec
 
+from ..distributions.gaussian import _SMALL_INNER
 from ..models import as_model, score_shape
 from ..schedules import Schedule
 from . import noise
@@ -476,6 +477,9 @@ def check_model_shape(model: Any, d: int, dtype: Any) -> None:
 # benchmarks/: at d = 2 the columns layout is 1.5-2.5x faster; by d = 64 the (K x d) matmuls
 # dominate and both layouts are equal).
 COLUMN_MAX_D = 32
+# The same for compositions scored in the fused form (``Composition._fused_columns``): their
+# columns score is two (sum K x d) products and one softmax per input over the major axis.
+FUSED_COLUMN_MAX_D = 64
 #: CPU policy of the columns layout: particles per tile, so that a tile's state, noise and
 #: score intermediates stay in a core's caches while it runs through all steps.
 COLUMN_TILE = 16384
@@ -515,6 +519,12 @@ def tile_plan(platform: str, d: int, num_normals: int, dtype: Any) -> int:
 #: AVX-512 cores (``benchmarks/README.md``), Euler-Maruyama 1.3-2.0x at d = 64, 1.3-1.5x at
 #: d = 2, 1.05-1.3x at d = 256. On a CPU without AVX-512 the option changes nothing.
 CPU_COMPILER_OPTIONS = {"xla_cpu_prefer_vector_width": 512}
+#: Added on CPU for the columns layout at ``d > 8`` (the mixtures' matrix-product forms):
+#: XLA:CPU otherwise hands each product, with the element-wise work and the softmax's
+#: reductions over the components (the major axis of the ``(K, n)`` logits), to YNNPACK fusions,
+#: which ran those reductions 3-4x slower than XLA's own loops. At ``d <= 8`` (element-wise
+#: difference forms) the YNNPACK fusions are the faster, so they stay.
+CPU_COLUMN_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 def _top_level() -> bool:
@@ -525,11 +535,23 @@ def _top_level() -> bool:
     return bool(clean()) if callable(clean) else False
 
 
-def check_compiler_options(value: Any, platform: str) -> tuple:
+def default_compiler_options(platform: str, layout: str = "rows", d: int = 0) -> dict:
+    """The XLA options of a run with ``compiler_options=None``: on CPU
+    :data:`CPU_COMPILER_OPTIONS`, with :data:`CPU_COLUMN_OPTIONS` for the columns layout at
+    ``d > 8``; none elsewhere."""
+    if platform != "cpu":
+        return {}
+    if layout == "columns" and d > _SMALL_INNER:
+        return {**CPU_COMPILER_OPTIONS, **CPU_COLUMN_OPTIONS}
+    return dict(CPU_COMPILER_OPTIONS)
+
+
+def check_compiler_options(value: Any, platform: str, layout: str = "rows", d: int = 0) -> tuple:
     """``cj.sample``'s ``compiler_options`` as sorted ``(name, value)`` pairs (hashable, part of
-    the compiled run's cache key); ``None``: the platform's defaults. Empty when traced."""
+    the compiled run's cache key); ``None``: :func:`default_compiler_options`. Empty when
+    traced."""
     if value is None:
-        value = CPU_COMPILER_OPTIONS if platform == "cpu" else {}
+        value = default_compiler_options(platform, layout, d)
     if not isinstance(value, Mapping) or not all(
             isinstance(k, str) and isinstance(v, (str, int, float, bool))
             for k, v in value.items()):
@@ -800,9 +822,9 @@ def choose_layout(layout: str, method: SamplerMethod, model: Any, d: int, record
                   check: bool) -> str:
     """Resolve ``layout`` ("auto" | "rows" | "columns") for a run (see ``cj.sample``) from the
     method's and the model's declarations: columns need ``method.elementwise`` and no
-    ``record_every``/``check``; "auto" picks them when also ``d <= COLUMN_MAX_D``,
-    ``model.columns_native`` and the model is not a composition that the rows layout scores in
-    the fused form (``Composition._prefers_rows``)."""
+    ``record_every``/``check``; "auto" picks them when also ``model.columns_native`` and
+    ``d <= COLUMN_MAX_D`` (``FUSED_COLUMN_MAX_D`` for a composition scored in the fused form,
+    ``Composition._fused_columns``)."""
     if layout not in ("auto", "rows", "columns"):
         raise ValueError(f"layout must be 'auto', 'rows' or 'columns', got {layout!r}")
     ok = (method.elementwise and method.num_uniforms == 0 and record_every is None
@@ -817,11 +839,9 @@ def choose_layout(layout: str, method: SamplerMethod, model: Any, d: int, record
             f"check={check!r}"
         )
     if layout == "auto":
-        # a composition scored by the fused rows form (compose._fused_mixture_score, d > 8) runs
-        # faster in rows: measured 1.0-2.9x the columns layout at d = 16 and 32 (2 cores, two runs)
-        fused = bool(getattr(model, "_prefers_rows", False))
-        return ("columns" if ok and d <= COLUMN_MAX_D and model.columns_native and not fused
-                else "rows")
+        fused = bool(getattr(model, "_fused_columns", False))
+        max_d = FUSED_COLUMN_MAX_D if fused else COLUMN_MAX_D
+        return "columns" if ok and d <= max_d and model.columns_native else "rows"
     return layout
 
 
@@ -1040,7 +1060,7 @@ def sample(
     layout = choose_layout(layout, method, model, d, record_every, bool(check))
     if layout == "columns" and tile_size is None:
         tile_size = tile_plan(_platform(mesh), d, method.num_normals, dtype)
-    compiler_options = check_compiler_options(compiler_options, _platform(mesh))
+    compiler_options = check_compiler_options(compiler_options, _platform(mesh), layout, d)
     cfg = _Config(
         layout=layout,
         tile=tile_size if layout == "columns" else 0,
