@@ -55,9 +55,12 @@ def _close(a, b):
 
 
 def test_score_columns_equals_vmapped_score(key):
+    # K = 16 and 70 components: the difference form's sums over components as row additions
+    # (K <= 64) and as a reduce
     for model in (_composition(), cj.diffuse(_diag(3), SCH),
                   cj.linear_combination([cj.diffuse(_diag(4), SCH), cj.diffuse(_diag(5), SCH)],
-                                        jnp.array([0.5, 0.5]))):
+                                        jnp.array([0.5, 0.5])),
+                  cj.diffuse(_diag(6, d=2, K=16), SCH), cj.diffuse(_iso(7, d=3, K=70), SCH)):
         assert columns_native(model)
         X = 2.0 * jax.random.normal(key, (model.dim, 37))
         for t in (1e-3, 0.3, 1.0):

@@ -112,12 +112,15 @@ def _small_matmul(A, X):
     return out
 
 
+_ROW_SUM_MAX = 64  # most rows summed as row additions by _sum_rows
+
+
 def _sum_rows(A):
-    """``A.sum(0, keepdims=True)`` for ``A (K, n)``; for ``K <= _SMALL_INNER`` as ``K - 1``
+    """``A.sum(0, keepdims=True)`` for ``A (K, n)``; for ``K <= _ROW_SUM_MAX`` as ``K - 1``
     additions of rows (element-wise, fused by XLA; a reduce over a small major axis is one more
-    kernel on XLA:CPU). The max and the normalizer keep ``jnp.max``/``jnp.sum``: written as rows
-    they made the d = 2 sampler 2x slower."""
-    if A.shape[0] > _SMALL_INNER:
+    kernel on XLA:CPU, and the difference form takes ``d`` of them). The max and the normalizer
+    keep ``jnp.max``/``jnp.sum``: written as rows they made the d = 2 sampler 2x slower."""
+    if A.shape[0] > _ROW_SUM_MAX:
         return jnp.sum(A, 0, keepdims=True)
     acc = A[:1]
     for k in range(1, A.shape[0]):
