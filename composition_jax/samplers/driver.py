@@ -479,6 +479,9 @@ def check_model_shape(model: Any, d: int, dtype: Any) -> None:
 COLUMN_MAX_D = 32
 # The same for compositions scored in the fused form (``Composition._fused_columns``): their
 # columns score is two (sum K x d) products and one softmax per input over the major axis.
+# Columns / rows time per particle-step, K = 16 per input, 2 cores (docs/sampling.md): Euler-
+# Maruyama 0.45 at d = 16, 0.61-0.74 at d = 32, 0.81-0.88 at d = 64 (k = 1, 2, 4), 1.18 at
+# d = 128; Heun 0.25 / 0.51 / 0.72-0.92.
 FUSED_COLUMN_MAX_D = 64
 #: CPU policy of the columns layout: particles per tile, so that a tile's state, noise and
 #: score intermediates stay in a core's caches while it runs through all steps.
@@ -522,8 +525,10 @@ CPU_COMPILER_OPTIONS = {"xla_cpu_prefer_vector_width": 512}
 #: Added on CPU for the columns layout at ``d > 8`` (the mixtures' matrix-product forms):
 #: XLA:CPU otherwise hands each product, with the element-wise work and the softmax's
 #: reductions over the components (the major axis of the ``(K, n)`` logits), to YNNPACK fusions,
-#: which ran those reductions 3-4x slower than XLA's own loops. At ``d <= 8`` (element-wise
-#: difference forms) the YNNPACK fusions are the faster, so they stay.
+#: which ran those reductions 3-4x slower than XLA's own loops (a (3, 16, 10k) softmax: 64 vs
+#: 16 ns per particle); whole runs 1.2-1.8x faster without them at d = 16-64 (fused
+#: compositions). At ``d <= 8`` (element-wise difference forms) the YNNPACK fusions are the
+#: faster (d = 2: 2.3x), so they stay.
 CPU_COLUMN_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
@@ -966,8 +971,9 @@ def sample(
         ``method.step`` and the model's batched ``score_columns``; methods with
         ``elementwise`` set, no ``record_every``/``check``) or ``"auto"`` (columns when
         allowed, ``d <= COLUMN_MAX_D`` and the model declares ``columns_native``: mixtures
-        with diagonal covariances and their compositions). Same samples either way (the noise
-        of particle ``j`` is the same stream); only speed differs.
+        with diagonal covariances and their compositions; ``d <= FUSED_COLUMN_MAX_D`` for a
+        composition of isotropic or diagonal mixtures scored in the fused form). Same samples
+        either way (the noise of particle ``j`` is the same stream); only speed differs.
       tile_size: the most particles per tile of the columns layout (rounded up to a multiple
         of 8; tiles run one after the other on each device). ``None`` (default): the
         backend's policy, :func:`tile_plan` -- ``COLUMN_TILE = 16384`` on CPU (cache-sized),
@@ -977,7 +983,8 @@ def sample(
       compiler_options: XLA options for compiling the run, as ``jax.jit(...,
         compiler_options=)`` takes them (a mapping of ``DebugOptions`` names to values).
         ``None`` (default): :data:`CPU_COMPILER_OPTIONS` on CPU (512-bit vectors where the CPU
-        has them), none elsewhere; ``{}``: XLA's defaults. They apply when ``cj.sample`` is
+        has them; in the columns layout at ``d > 8`` also :data:`CPU_COLUMN_OPTIONS`, no
+        YNNPACK fusions), none elsewhere; ``{}``: XLA's defaults. They apply when ``cj.sample`` is
         called at top level; traced by your ``jit``/``vmap``/``grad`` the run is part of
         your program and compiled with its options (JAX allows no others).
       **options: options of a method given by name (the fields of its class): ``eta`` (ddim);
