@@ -79,3 +79,11 @@ def check_point(x: Any, dim: int, name: str = "x") -> jax.Array:
         hint = " (one sample; use jax.vmap for batches)" if arr.ndim == 2 else ""
         raise ValueError(f"{name} must have shape ({dim},), got {tuple(arr.shape)}{hint}")
     return arr
+
+
+def check_columns(X: Any, dim: int) -> jax.Array:
+    """Validate particles in particle-minor layout: shape ``(dim, n)``, one per column."""
+    X = jnp.asarray(X)
+    if X.ndim != 2 or X.shape[0] != dim:
+        raise ValueError(f"X must have shape ({dim}, n), got {tuple(X.shape)}")
+    return X

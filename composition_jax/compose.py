@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import as_float_array, check_point, check_t, is_concrete
+from ._checks import as_float_array, check_columns, check_point, check_t, is_concrete
 from ._pytree import pytree_dataclass
 from .distributions import Distribution
 from .distributions.base import cast_tree
@@ -329,10 +329,8 @@ class Composition(Model):
         of :meth:`score` when it applies, see :func:`_fused_mixture_score_columns`)."""
         fused = _fused_mixtures(self._inputs)
         if fused is not None:
-            X = jnp.asarray(X)
-            if X.ndim != 2 or X.shape[0] != self.dim:
-                raise ValueError(f"X must have shape ({self.dim}, n), got {tuple(X.shape)}")
-            return _fused_mixture_score_columns(fused, self._coefficients, X, t)
+            return _fused_mixture_score_columns(fused, self._coefficients,
+                                                check_columns(X, self.dim), t)
         sb = self.background.score_columns(X, t)
         w = self.weights.astype(sb.dtype)
         out = sb

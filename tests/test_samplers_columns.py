@@ -181,3 +181,19 @@ def test_columns_no_retrace_on_new_weights(key, monkeypatch):
     finally:
         driver._build.cache_clear()
         chex.clear_trace_counter()
+
+
+def test_score_columns_checks_the_shape():
+    """``score_columns`` takes ``(d, n)``: a diffused mixture and a fused composition (d > 8)
+    name the expected shape."""
+    rng = np.random.default_rng(1)
+    mix = [cj.diffuse(cj.GaussianMixture(jnp.full((2,), 0.5), jnp.asarray(rng.normal(size=(2, 12))),
+                                         jnp.broadcast_to(jnp.eye(12), (2, 12, 12)),
+                                         covariance="iso"), SCH) for _ in range(2)]
+    fused = cj.compose(mix[0], [mix[1]])
+    assert fused._fused_columns
+    for model in (mix[0], fused):
+        with pytest.raises(ValueError, match=r"X must have shape \(12, n\), got \(3, 5\)"):
+            model.score_columns(jnp.ones((3, 5)), 0.3)
+        with pytest.raises(ValueError, match=r"X must have shape \(12, n\), got \(12,\)"):
+            model.score_columns(jnp.ones(12), 0.3)

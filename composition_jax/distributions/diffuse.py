@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .._checks import check_point, check_t
+from .._checks import check_columns, check_point, check_t
 from .._pytree import pytree_dataclass
 from ..models import Model, jit_when_concrete
 from ..schedules import Schedule
@@ -79,10 +79,7 @@ class Diffused(Model):
     def score_columns(self, X: Any, t: Any) -> jax.Array:
         """Scores of many particles at once in particle-minor layout: ``X (d, n)`` -> ``(d, n)``
         (column ``j`` is ``score(X[:, j], t)``). Used by ``cj.sample``'s columns layout."""
-        X = jnp.asarray(X)
-        if X.ndim != 2 or X.shape[0] != self.dim:
-            raise ValueError(f"X must have shape ({self.dim}, n), got {tuple(X.shape)}")
-        return jit_when_concrete(_score_columns, self, X, check_t(t))
+        return jit_when_concrete(_score_columns, self, check_columns(X, self.dim), check_t(t))
 
     def batched_score(self, X: Any, t: Any) -> jax.Array:
         """Scores of many particles ``X (n, d)`` -> ``(n, d)`` (a ``vmap`` of :meth:`score`)."""
