@@ -17,6 +17,7 @@ __all__ = [
     "as_float_array",
     "check_t",
     "check_point",
+    "check_columns",
     "float_dtype_of",
 ]
 
