@@ -139,10 +139,10 @@ def _fused_mixtures(models: tuple) -> tuple | None:
     return models
 
 
-def _fused_terms(models: tuple, coeffs: jax.Array, dtype: Any, t: Any):
-    """The per-step constants of :func:`_fused_mixture_score`: ``B (M, d)``, ``W`` (``(M,)`` when
-    every input is isotropic, else ``(M, d)``), ``c (M,)`` for ``M = sum_j K_j`` components, the
-    component counts ``K_j`` and ``coeffs`` in ``dtype``."""
+def _fused_terms(models: tuple, dtype: Any, t: Any):
+    """The per-step constants of :func:`_fused_mixture_score` in ``dtype``: ``B (M, d)``, ``W``
+    (``(M,)`` when every input is isotropic, else ``(M, d)``), ``c (M,)`` for
+    ``M = sum_j K_j`` components, and the component counts ``K_j``."""
     iso = all(m.dist.isotropic for m in models)
     t = check_t(t).astype(dtype)
     rows, prec, const, sizes = [], [], [], []
@@ -161,8 +161,7 @@ def _fused_terms(models: tuple, coeffs: jax.Array, dtype: Any, t: Any):
         # the common 2 pi term cancels in each softmax
         const.append(g.log_weights - 0.5 * (logdet + jnp.sum(am * am * wc, -1)))
         sizes.append(g.num_components)
-    return (jnp.concatenate(rows), jnp.concatenate(prec), jnp.concatenate(const), sizes,
-            coeffs.astype(dtype))
+    return jnp.concatenate(rows), jnp.concatenate(prec), jnp.concatenate(const), sizes
 
 
 def _responsibilities(logits: jax.Array, sizes: list, coeffs: jax.Array, axis: int):
@@ -174,6 +173,7 @@ def _responsibilities(logits: jax.Array, sizes: list, coeffs: jax.Array, axis: i
     mixtures' own particle-minor score (``gaussian._shifted_exp_columns``). Pinned or not
     measured the same speed."""
     logits = jax.lax.optimization_barrier(logits)
+    coeffs = coeffs.astype(logits.dtype)
     ax = axis % logits.ndim
     if len(set(sizes)) == 1:  # one softmax over a (models, K) view
         shape = logits.shape[:ax] + (len(sizes), sizes[0]) + logits.shape[ax + 1:]
@@ -203,7 +203,7 @@ def _fused_mixture_score(models: tuple, coeffs: jax.Array, x: Any, t: Any) -> ja
     own components, and with ``G_jk = coeffs_j r_jk`` the output is one more product:
     ``sum_jk G_jk W_jk (a_j m_jk - x) = G B - x (G W)``."""
     x = check_point(x, models[0].dim)
-    B, w, c, sizes, coeffs = _fused_terms(models, coeffs, x.dtype, t)
+    B, w, c, sizes = _fused_terms(models, x.dtype, t)
     quad = jnp.dot(x, x) * w if w.ndim == 1 else w @ (x * x)
     G = _responsibilities(c + B @ x - 0.5 * quad, sizes, coeffs, -1)
     return G @ B - x * (G @ w)
@@ -213,7 +213,7 @@ def _fused_mixture_score_columns(models: tuple, coeffs: jax.Array, X: jax.Array,
     """:func:`_fused_mixture_score` for ``X (d, n)``, one particle per column: the ``(M, n)``
     logits have the particle axis contiguous, so each model's softmax reduces over the major
     axis, element-wise across particles."""
-    B, w, c, sizes, coeffs = _fused_terms(models, coeffs, X.dtype, t)
+    B, w, c, sizes = _fused_terms(models, X.dtype, t)
     if w.ndim == 1:
         quad = w[:, None] * jnp.sum(X * X, 0, keepdims=True)
     else:
